@@ -1,0 +1,116 @@
+"""Building blocks shared by the encoder and the heads.
+
+Every parameter is an `nnx.Param` whose metadata `logical_axes` names each dimension from the
+vocabulary in `sharding.py` (`vocab`, `embed`, `mlp`, `heads`, `kv`, ...). The mapping from those
+names to mesh axes lives only in `sharding.DEFAULT_RULES`; nothing here knows about meshes.
+
+Matmuls take their inputs in the config's compute dtype (bf16 on accelerators and on CPUs with
+avx512_bf16) and always accumulate and return f32; LayerNorm, softmax and activations run in f32.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LOGICAL_AXES_KEY = "logical_axes"
+
+
+def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], logical_axes: Sequence[str | None],
+          dtype) -> nnx.Param:
+  """Creates a parameter carrying its logical axis names (one per dimension)."""
+  if len(shape) != len(logical_axes):
+    raise ValueError(f"shape {shape} and logical axes {logical_axes} differ in rank")
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  return nnx.Param(init(key, tuple(shape), dtype), **{LOGICAL_AXES_KEY: tuple(logical_axes)})
+
+
+def truncated_normal(stddev: float):
+  # BERT initialises every weight with a normal truncated at two standard deviations.
+  return nnx.initializers.truncated_normal(stddev=stddev, lower=-2.0, upper=2.0)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; `key=None` means deterministic (evaluation)."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def activation(name: str):
+  return {
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+      "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "relu": jax.nn.relu,
+      "tanh": jnp.tanh,
+      "silu": jax.nn.silu,
+      "swish": jax.nn.silu,
+  }[name]
+
+
+class Dense(nnx.Module):
+  """y = x . W + b contracting the trailing `len(in_shape)` dims of x with W[*in_shape, *out_shape].
+
+  Multi-dimensional in/out shapes let attention keep heads as their own axis (`[D, N, H]`), so
+  heads can be sharded over `tensor` without reshapes of sharded dims.
+  """
+
+  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
+               in_axes: Sequence[str | None], out_axes: Sequence[str | None], *,
+               init_std: float, dtype, param_dtype, rngs: nnx.Rngs | None, use_bias: bool = True):
+    self.n_in = len(in_shape)
+    self.dtype = dtype
+    self.kernel = param(rngs, truncated_normal(init_std), (*in_shape, *out_shape),
+                        (*in_axes, *out_axes), param_dtype)
+    self.bias = (param(rngs, nnx.initializers.zeros, tuple(out_shape), tuple(out_axes),
+                       param_dtype) if use_bias else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...]
+    contract_x = tuple(range(x.ndim - self.n_in, x.ndim))
+    y = jax.lax.dot_general(
+        x.astype(self.dtype), kernel.astype(self.dtype),
+        ((contract_x, tuple(range(self.n_in))), ((), ())),
+        preferred_element_type=jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis, computed in f32."""
+
+  def __init__(self, size: int, eps: float, *, param_dtype, rngs: nnx.Rngs | None,
+               axis_name: str = "embed"):
+    self.eps = eps
+    self.scale = param(rngs, nnx.initializers.ones, (size,), (axis_name,), param_dtype)
+    self.bias = param(rngs, nnx.initializers.zeros, (size,), (axis_name,), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+
+
+class Embed(nnx.Module):
+  """A lookup table [num, features]; `attend` multiplies by its transpose (tied decoders)."""
+
+  def __init__(self, num: int, features: int, axes: tuple[str, str], *, init_std: float, dtype,
+               param_dtype, rngs: nnx.Rngs | None):
+    self.dtype = dtype
+    self.embedding = param(rngs, truncated_normal(init_std), (num, features), axes, param_dtype)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(jnp.float32)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """x[..., D] -> logits[..., num] against the table, f32 accumulation."""
+    return jnp.einsum("...D,VD->...V", x.astype(self.dtype), self.embedding[...].astype(self.dtype),
+                      preferred_element_type=jnp.float32)

@@ -1,0 +1,67 @@
+"""bert_jax: BERT pretraining and fine-tuning in JAX / Flax NNX on TPU, GPU or CPU."""
+from setuptools import find_packages, setup
+
+# Lower bounds are the versions this package was tested with (Python 3.11, 2026-11);
+# no upper pins, so Colab / TPU VMs with newer JAX keep working.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "sentencepiece>=0.2.0",
+    "tensorflow-datasets>=4.9.10",
+    "importlib_resources>=6.0",  # TFDS imports it for builders inside packages, undeclared.
+    "grain>=0.2.18",
+    "array-record>=0.8.6",
+    "absl-py>=2.1",
+    "ml-collections>=1.1.0",
+    "tokenizers>=0.22",
+    "safetensors>=0.6",
+    "numpy>=2.0",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    "tf": ["tensorflow-cpu>=2.21"],  # Only to read Google TF1 checkpoints.
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.6",
+        "torch==2.13.0",  # CPU wheel; any other torch request pulls a CUDA build.
+        "transformers>=5.0",
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
+    ],
+    "tpu": ["jax[tpu]>=0.10.2"],
+    "gpu": ["jax[cuda12]>=0.10.2"],
+    "beam": ["apache-beam>=2.77.0"],
+}
+
+setup(
+    name="bert_jax",
+    version="0.1.0",
+    description="BERT pretraining and fine-tuning in JAX / Flax NNX for TPU, GPU and CPU.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["bert_jax", "bert_jax.*"]),
+    package_data={"bert_jax": ["resources/*"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "bert-jax-convert=bert_jax.convert:run",
+            "bert-jax-prepare=bert_jax.prepare:run",
+            "bert-jax-vocab=bert_jax.vocab:run",
+            "bert-jax-pretrain=bert_jax.pretrain:run",
+            "bert-jax-finetune=bert_jax.finetune:run",
+            "bert-jax-predict=bert_jax.predict:run",
+            "bert-jax-embed=bert_jax.embed:run",
+            "bert-jax-fill-mask=bert_jax.fill_mask:run",
+            "bert-jax-aot=bert_jax.aot:run",
+        ],
+    },
+    license="Apache-2.0",
+)

