@@ -89,6 +89,8 @@ def _architecture_kwargs(cls, info: dict) -> dict:
     if info.get("num_labels") is None:
       raise ValueError(f"{cls.__name__} needs num_labels; pass num_labels=... to load_model.")
     kwargs["num_labels"] = int(info["num_labels"])
+  if "add_pooling_layer" in sig and info.get("add_pooling_layer") is False:
+    kwargs["add_pooling_layer"] = False
   return kwargs
 
 
@@ -175,6 +177,8 @@ def save_model_dir(path, model: nnx.Module, tokenizer=None, *, extra_info: dict 
   check_writable(path, overwrite)  # Fail before pulling parameters to the host.
   info = {"architecture": type(model).__name__,
           "num_labels": getattr(model, "num_labels", None)}
+  if getattr(model, "pooler", "absent") is None:
+    info["add_pooling_layer"] = False
   info.update(extra_info or {})
   return write_model_dir(path, model.config, info, model_params(model), tokenizer,
                          overwrite=overwrite)
@@ -284,7 +288,9 @@ def build_model(config: BertConfig, info: dict, params: dict, cls=None, *, seed:
 
 
 def _architecture_kwargs_safe(cls, info, model_kwargs):
-  return {} if "num_labels" in model_kwargs else _architecture_kwargs(cls, info)
+  if "num_labels" in model_kwargs:
+    info = {**info, "num_labels": model_kwargs["num_labels"]}
+  return _architecture_kwargs(cls, info)
 
 
 def load_model(path, cls=None, *, dtype=None, param_dtype=None, **model_kwargs) -> nnx.Module:

@@ -1,0 +1,495 @@
+"""Moves BERT weights between Hugging Face folders, Google TF1 checkpoints and bert_jax directories.
+
+    python -m bert_jax.convert --src=HF_OR_TF1_DIR --dst=OUT_DIR            # -> bert_jax
+    python -m bert_jax.convert --src=BERT_JAX_DIR --dst=OUT_DIR --to=hf     # -> HF folder
+
+Every source is first read into one in-memory form, HF-named numpy tensors in PyTorch layout
+(`Linear.weight` is [out, in]), which is then mapped onto the bert_jax parameter tree:
+attention q/k/v kernels [D, N, H], attention output kernel [N, H, D], other Dense kernels
+[in, out], LayerNorm `scale`/`bias`, embeddings `embedding`. The MLM decoder is tied to the word
+embeddings, so HF's `cls.predictions.decoder.weight` is not stored (it is written back on export).
+
+Refusals (one line, exit status 2, nothing written): a missing file, an unknown layout, a shape
+that does not fit the config, a destination that already holds files (unless --overwrite).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+import sys
+
+import numpy as np
+
+from bert_jax import model_io
+from bert_jax.configuration import BertConfig
+
+HEAD_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
+                      "BertForTokenClassification", "BertForQuestionAnswering")
+TF_INSTALL_HINT = "pip install 'bert_jax[tf]'"
+
+
+class ConversionError(ValueError):
+  """An expected problem with the input or destination; the message is one sentence."""
+
+
+@dataclasses.dataclass
+class Converted:
+  """A model in memory: config, model_info, flat bert_jax params, tokenizer (or None), report."""
+  config: BertConfig
+  info: dict
+  params: dict[str, np.ndarray]
+  tokenizer: object | None
+  mapped: list[str]
+  ignored: list[str]
+
+  def summary(self) -> str:
+    ign = ", ".join(self.ignored) if self.ignored else "none"
+    return (f"{self.info['architecture']}: mapped {len(self.mapped)} tensors to "
+            f"{len(self.params)} bert_jax parameters; ignored {len(self.ignored)}: {ign}")
+
+
+# ------------------------------------------------------------------ source detection
+def detect_format(path) -> str:
+  """'bert_jax', 'hf' or 'tf1' for a directory (or a TF1 checkpoint prefix)."""
+  path = pathlib.Path(path)
+  if not path.exists() and not pathlib.Path(str(path) + ".index").exists():
+    raise ConversionError(f"Source {path} does not exist; pass a bert_jax directory, a Hugging "
+                          "Face folder or a Google TF1 checkpoint directory.")
+  if model_io.is_model_dir(path):
+    return "bert_jax"
+  if path.is_dir() and (path / "config.json").is_file():
+    return "hf"
+  if _tf1_prefix(path) is not None:
+    return "tf1"
+  raise ConversionError(f"{path} is not a bert_jax directory (model_info.json), a Hugging Face "
+                        "folder (config.json + model.safetensors) or a TF1 checkpoint "
+                        "(bert_config.json + *.ckpt.index); check the path.")
+
+
+def _tf1_prefix(path: pathlib.Path) -> pathlib.Path | None:
+  if path.is_dir():
+    indexes = sorted(path.glob("*.ckpt*.index")) or sorted(path.glob("*.index"))
+    if not indexes:
+      return None
+    named = [p for p in indexes if p.name == "bert_model.ckpt.index"]
+    return (named or indexes)[-1].with_suffix("")
+  if pathlib.Path(str(path) + ".index").is_file():
+    return path
+  return None
+
+
+# ------------------------------------------------------------------ readers -> HF tensors
+def read_hf_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
+  """HF weights (safetensors, sharded safetensors or pytorch_model.bin) as f32 numpy arrays."""
+  single = folder / "model.safetensors"
+  index = folder / "model.safetensors.index.json"
+  binary = folder / "pytorch_model.bin"
+  if single.is_file():
+    return _read_safetensors(single)
+  if index.is_file():
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    out = {}
+    for shard in shards:
+      if not (folder / shard).is_file():
+        raise ConversionError(f"{folder / shard} listed in {index.name} is missing; copy the "
+                              "whole model folder.")
+      out.update(_read_safetensors(folder / shard))
+    return out
+  if binary.is_file():
+    try:
+      import torch
+    except ImportError as e:
+      raise ConversionError(f"{binary} needs PyTorch to read; pip install torch (or convert it "
+                            "to model.safetensors).") from e
+    state = torch.load(binary, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}
+  raise ConversionError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin; "
+                        "copy the weights file there.")
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+  out = {}
+  try:
+    with safe_open(str(path), framework="np") as f:
+      for k in f.keys():
+        out[k] = np.asarray(f.get_tensor(k))
+  except (TypeError, ValueError):  # bf16 tensors have no numpy dtype in safetensors' numpy API.
+    import torch
+    with safe_open(str(path), framework="pt") as f:
+      for k in f.keys():
+        out[k] = f.get_tensor(k).float().numpy()
+  return {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in out.items()}
+
+
+_TF_OPTIMIZER_SUFFIXES = ("adam_m", "adam_v", "Adam", "Adam_1", "Momentum", "LAMB", "LAMB_1")
+_TF_SKIP = ("global_step", "bad_steps", "good_steps", "loss_scale", "current_loss_scale")
+
+
+def read_tf1_tensors(prefix: pathlib.Path) -> tuple[dict[str, np.ndarray], list[str]]:
+  """Google TF1 variables renamed to HF names in HF layout; returns (tensors, ignored names)."""
+  try:
+    import tensorflow as tf
+  except ImportError as e:
+    raise ConversionError(f"Reading a TF1 checkpoint needs TensorFlow; {TF_INSTALL_HINT}.") from e
+  try:
+    reader = tf.train.load_checkpoint(str(prefix))
+  except Exception as e:  # noqa: BLE001 (TF raises several error types for unreadable files)
+    raise ConversionError(f"TensorFlow could not read the checkpoint {prefix} "
+                          f"({type(e).__name__}); check that all bert_model.ckpt.* files are "
+                          "there.") from e
+  out, ignored = {}, []
+  for name in sorted(reader.get_variable_to_shape_map()):
+    leaf = name.rsplit("/", 1)[-1]
+    if leaf in _TF_OPTIMIZER_SUFFIXES or name in _TF_SKIP:
+      ignored.append(name)
+      continue
+    hf = _tf_to_hf_name(name)
+    if hf is None:
+      ignored.append(name)
+      continue
+    value = np.asarray(reader.get_tensor(name), np.float32)
+    if name.endswith("/kernel"):
+      value = value.T  # TF Dense kernels are [in, out]; HF Linear weights are [out, in].
+    out[hf] = value
+  return out, ignored
+
+
+def _tf_to_hf_name(name: str) -> str | None:
+  if name == "cls/predictions/output_bias":
+    return "cls.predictions.bias"
+  if name == "cls/seq_relationship/output_weights":
+    return "cls.seq_relationship.weight"  # Stored [2, D] like an HF weight.
+  if name == "cls/seq_relationship/output_bias":
+    return "cls.seq_relationship.bias"
+  if not name.startswith(("bert/", "cls/predictions/")):
+    return None
+  parts = name.split("/")
+  parts = [re.sub(r"^layer_(\d+)$", r"layer.\1", p) for p in parts]
+  last = parts[-1]
+  if last in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+    parts.append("weight")
+  elif last in ("kernel", "gamma"):
+    parts[-1] = "weight"
+  elif last == "beta":
+    parts[-1] = "bias"
+  elif last != "bias":
+    return None
+  return ".".join(parts)
+
+
+# ------------------------------------------------------------------ HF tensors <-> bert_jax
+_DENSE_RE = re.compile(r"\.(dense|seq_relationship|classifier|qa_outputs)\.weight$")
+_QKV_RE = re.compile(r"\.attention\.self\.(query|key|value)\.(weight|bias)$")
+_ATT_OUT_RE = re.compile(r"\.attention\.output\.dense\.weight$")
+
+
+def _hf_local_to_jax(name: str) -> str | None:
+  """HF name with `bert.`/`cls.` resolved -> bert_jax name (no array transform)."""
+  name = re.sub(r"\.(gamma|beta)$", lambda m: ".weight" if m[1] == "gamma" else ".bias", name)
+  if re.search(r"LayerNorm\.weight$", name):
+    return name[:-len("weight")] + "scale"
+  if re.search(r"_embeddings\.weight$", name):
+    return name[:-len("weight")] + "embedding"
+  if name.endswith(".weight"):
+    return name[:-len("weight")] + "kernel"
+  if name.endswith(".bias"):
+    return name
+  return None
+
+
+def _to_jax_array(jax_name: str, x: np.ndarray, config: BertConfig) -> np.ndarray:
+  d, n, h = config.hidden_size, config.num_attention_heads, config.head_size
+  if _QKV_RE.search(jax_name.replace(".kernel", ".weight")):
+    if jax_name.endswith(".kernel"):
+      return x.T.reshape(d, n, h) if x.shape == (n * h, d) else x
+    return x.reshape(n, h) if x.shape == (n * h,) else x
+  if jax_name.endswith("attention.output.dense.kernel"):
+    return x.T.reshape(n, h, d) if x.shape == (d, n * h) else x
+  if jax_name.endswith(".kernel"):
+    return x.T
+  return x
+
+
+def _from_jax_array(jax_name: str, x: np.ndarray) -> np.ndarray:
+  if re.search(r"attention\.self\.(query|key|value)\.kernel$", jax_name):
+    d, n, h = x.shape
+    return np.ascontiguousarray(x.reshape(d, n * h).T)
+  if re.search(r"attention\.self\.(query|key|value)\.bias$", jax_name):
+    return x.reshape(-1)
+  if jax_name.endswith("attention.output.dense.kernel"):
+    n, h, d = x.shape
+    return np.ascontiguousarray(x.reshape(n * h, d).T)
+  if jax_name.endswith(".kernel"):
+    return np.ascontiguousarray(x.T)
+  return x
+
+
+def _guess_architecture(names: set[str], hf_config: dict) -> tuple[str, dict]:
+  """The bert_jax class for the heads present, and extra model_info."""
+  declared = (hf_config.get("architectures") or [None])[0]
+  has_mlm = any(k.startswith("cls.predictions.") for k in names)
+  has_nsp = any(k.startswith("cls.seq_relationship.") for k in names)
+  if any(k.startswith("qa_outputs.") for k in names):
+    return "BertForQuestionAnswering", {}
+  if any(k.startswith("classifier.") for k in names):
+    arch = declared if declared in ("BertForSequenceClassification",
+                                    "BertForTokenClassification") else (
+        "BertForSequenceClassification")
+    return arch, {}
+  if has_mlm and has_nsp:
+    return "BertForPreTraining", {}
+  if has_mlm:
+    return "BertForMaskedLM", {}
+  return "BertModel", {}
+
+
+def hf_tensors_to_bert_jax(tensors: dict[str, np.ndarray], config: BertConfig,
+                           hf_config: dict | None = None, source: str = "") -> Converted:
+  """Maps HF-named tensors (PyTorch layout) onto a bert_jax architecture and checks shapes."""
+  from flax import nnx
+  hf_config = hf_config or {}
+  has_prefix = any(k.startswith("bert.") for k in tensors)
+  if not any(k.endswith("embeddings.word_embeddings.weight") for k in tensors):
+    raise ConversionError(f"{source or 'The source'} has no embeddings.word_embeddings tensor; "
+                          "this is not a BERT checkpoint layout bert_jax knows.")
+  # Names relative to the encoder (BertModel) or the head model root.
+  local: dict[str, np.ndarray] = {}
+  ignored: list[str] = []
+  for k, v in tensors.items():
+    if has_prefix and k.startswith("bert."):
+      local[k] = v
+    elif not has_prefix and k.startswith(("embeddings.", "encoder.", "pooler.")):
+      local["bert." + k] = v
+    elif k.startswith("cls.") or k.startswith(("classifier.", "qa_outputs.")):
+      local[k] = v
+    else:
+      ignored.append(k)
+  arch, extra = _guess_architecture(set(local), hf_config)
+  if arch == "BertModel" and not any(k.startswith("bert.pooler.") for k in local):
+    extra["add_pooling_layer"] = False
+  num_labels = None
+  if arch in ("BertForSequenceClassification", "BertForTokenClassification"):
+    num_labels = int(local["classifier.weight"].shape[0])
+    id2label = hf_config.get("id2label")
+    if id2label and len(id2label) == num_labels:
+      extra["label_names"] = [id2label[str(i)] if str(i) in id2label else id2label[i]
+                              for i in range(num_labels)]
+  cls = model_io.architecture_class(arch)
+  kwargs = model_io._architecture_kwargs(cls, {"num_labels": num_labels, **extra})
+  abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), **kwargs))
+  expected = {k: tuple(v.shape) for k, v in
+              model_io.flatten(nnx.state(abstract, nnx.Param).to_pure_dict()).items()}
+  strip_bert = arch == "BertModel"
+
+  params, mapped = {}, []
+  word = local.get("bert.embeddings.word_embeddings.weight")
+  for k, v in sorted(local.items()):
+    if k == "cls.predictions.decoder.weight":
+      if word is not None and v.shape == word.shape and not np.array_equal(v, word):
+        print(f"warning: {k} differs from the word embeddings; bert_jax ties the decoder to the "
+              "embeddings, so it is ignored.", file=sys.stderr)
+      ignored.append(k + " (tied to word embeddings)")
+      continue
+    if k == "cls.predictions.decoder.bias":
+      if "cls.predictions.bias" in local:
+        ignored.append(k + " (same as cls.predictions.bias)")
+        continue
+      k = "cls.predictions.bias"
+    rel = k[len("bert."):] if (strip_bert and k.startswith("bert.")) else k
+    rel = re.sub(r"^cls\.", "", rel)
+    jax_name = _hf_local_to_jax(rel)
+    if jax_name is None or jax_name not in expected:
+      ignored.append(k)
+      continue
+    x = _to_jax_array(jax_name, v, config)
+    if tuple(x.shape) != expected[jax_name]:
+      raise ConversionError(f"Tensor {k} has shape {tuple(v.shape)}, which does not fit "
+                            f"{jax_name} {expected[jax_name]} for this config; the weights and "
+                            "config.json disagree.")
+    params[jax_name] = np.asarray(x, np.float32)
+    mapped.append(k)
+  missing = sorted(set(expected) - set(params))
+  if missing:
+    raise ConversionError(f"{source or 'The source'} lacks {len(missing)} tensors that "
+                          f"{arch} needs (first: {missing[0]}); the checkpoint is incomplete.")
+  info = {"architecture": arch, "num_labels": num_labels, **extra}
+  return Converted(config, info, params, None, mapped, sorted(ignored))
+
+
+def bert_jax_to_hf_tensors(params: dict[str, np.ndarray], info: dict) -> dict[str, np.ndarray]:
+  """bert_jax flat params -> HF state dict (f32, PyTorch layout) for info['architecture']."""
+  arch = info["architecture"]
+  out = {}
+  for name, x in params.items():
+    x = _from_jax_array(name, np.asarray(x, np.float32))
+    if arch == "BertModel":
+      hf = name
+    elif name.startswith(("predictions.", "seq_relationship.")):
+      hf = "cls." + name
+    else:
+      hf = name
+    if hf.endswith(".scale"):
+      hf = hf[:-len("scale")] + "weight"
+    elif hf.endswith(".embedding"):
+      hf = hf[:-len("embedding")] + "weight"
+    elif hf.endswith(".kernel"):
+      hf = hf[:-len("kernel")] + "weight"
+    out[hf] = np.ascontiguousarray(x, np.float32)
+  if "cls.predictions.bias" in out:
+    word_name = ("bert." if arch != "BertModel" else "") + "embeddings.word_embeddings.weight"
+    out["cls.predictions.decoder.weight"] = out[word_name].copy()  # HF ties; stored for loaders.
+    out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].copy()
+  return out
+
+
+def hf_config_dict(config: BertConfig, info: dict) -> dict:
+  keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+          "intermediate_size", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
+          "max_position_embeddings", "type_vocab_size", "initializer_range", "layer_norm_eps",
+          "pad_token_id")
+  cfg = {k: getattr(config, k) for k in keys}
+  cfg.update(architectures=[info["architecture"]], model_type="bert",
+             position_embedding_type="absolute", tie_word_embeddings=True, torch_dtype="float32")
+  if info.get("num_labels"):
+    names = info.get("label_names") or [f"LABEL_{i}" for i in range(info["num_labels"])]
+    cfg["id2label"] = {str(i): n for i, n in enumerate(names)}
+    cfg["label2id"] = {n: i for i, n in enumerate(names)}
+  return cfg
+
+
+# ------------------------------------------------------------------ loading any source
+def _tokenizer_or_none(folder: pathlib.Path):
+  from bert_jax.tokenization import Tokenizer
+  try:
+    return Tokenizer.from_dir(folder)
+  except FileNotFoundError:
+    return None
+
+
+def load_hf(folder) -> Converted:
+  folder = pathlib.Path(folder)
+  hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+  model_type = hf_config.get("model_type", "bert")
+  if model_type != "bert":
+    raise ConversionError(f"{folder}/config.json has model_type {model_type!r}; bert_jax converts "
+                          "only BERT ('bert') checkpoints.")
+  if hf_config.get("position_embedding_type", "absolute") != "absolute":
+    raise ConversionError(f"{folder} uses position_embedding_type "
+                          f"{hf_config['position_embedding_type']!r}; bert_jax supports only "
+                          "absolute position embeddings.")
+  try:
+    config = BertConfig.from_dict(hf_config)
+  except (TypeError, ValueError) as e:
+    raise ConversionError(f"{folder}/config.json is not a valid BERT config ({e}).") from e
+  conv = hf_tensors_to_bert_jax(read_hf_tensors(folder), config, hf_config, str(folder))
+  conv.tokenizer = _tokenizer_or_none(folder)
+  return conv
+
+
+def load_tf1(path) -> Converted:
+  path = pathlib.Path(path)
+  prefix = _tf1_prefix(path)
+  folder = prefix.parent
+  cfg_path = folder / "bert_config.json"
+  if not cfg_path.is_file():
+    raise ConversionError(f"{cfg_path} is missing; a Google TF1 checkpoint needs its "
+                          "bert_config.json beside bert_model.ckpt.*.")
+  config = BertConfig.from_json(cfg_path)
+  tensors, tf_ignored = read_tf1_tensors(prefix)
+  conv = hf_tensors_to_bert_jax(tensors, config, {}, str(prefix))
+  conv.ignored = sorted(conv.ignored + tf_ignored)
+  conv.tokenizer = _tokenizer_or_none(folder)
+  return conv
+
+
+def load_bert_jax(path) -> Converted:
+  config, info, params = model_io.read_model_dir(path)
+  flat = model_io.flatten(params)
+  return Converted(config, info, flat, _tokenizer_or_none(pathlib.Path(path)), sorted(flat), [])
+
+
+def load_any(path) -> Converted:
+  """Reads a bert_jax directory, HF folder or TF1 checkpoint into memory."""
+  fmt = detect_format(path)
+  return {"bert_jax": load_bert_jax, "hf": load_hf, "tf1": load_tf1}[fmt](path)
+
+
+# ------------------------------------------------------------------ writers
+def write_bert_jax(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
+  return model_io.write_model_dir(dst, conv.config, conv.info, conv.params, conv.tokenizer,
+                                  overwrite=overwrite)
+
+
+def write_hf(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
+  """Writes config.json, model.safetensors (f32), and the tokenizer files."""
+  from safetensors.numpy import save_file
+  tensors = bert_jax_to_hf_tensors(conv.params, conv.info)
+  cfg = hf_config_dict(conv.config, conv.info)
+
+  def write(tmp: pathlib.Path):
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n",
+                                     encoding="utf-8")
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if conv.tokenizer is not None:
+      conv.tokenizer.save(tmp)
+
+  return model_io.atomic_write_dir(dst, write, overwrite)
+
+
+def convert(src, dst, to: str = "bert_jax", overwrite: bool = False) -> Converted:
+  """Converts `src` (any supported format) to `dst` in format `to`; returns what was done."""
+  if to not in ("bert_jax", "hf"):
+    raise ConversionError(f"--to={to!r} is not 'bert_jax' or 'hf'.")
+  src, dst = pathlib.Path(src).absolute(), pathlib.Path(dst).absolute()
+  if src == dst:
+    raise ConversionError("--src and --dst are the same path; write to a new directory.")
+  try:
+    model_io.check_writable(dst, overwrite)  # Refuse before reading gigabytes.
+  except FileExistsError as e:
+    raise ConversionError(str(e)) from e
+  conv = load_any(src)
+  (write_bert_jax if to == "bert_jax" else write_hf)(conv, dst, overwrite)
+  return conv
+
+
+# ------------------------------------------------------------------ CLI
+def _define_flags():
+  from absl import flags
+  if "src" in flags.FLAGS:
+    return flags.FLAGS
+  flags.DEFINE_string("src", None, "bert_jax directory, Hugging Face folder or TF1 checkpoint.")
+  flags.DEFINE_string("dst", None, "Output directory (must not exist unless --overwrite).")
+  flags.DEFINE_enum("to", "bert_jax", ["bert_jax", "hf"], "Output format.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing destination.")
+  return flags.FLAGS
+
+
+def main(argv):
+  from absl import app, logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO.
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --src=... --dst=....")
+  flags = _define_flags()
+  if not flags.src or not flags.dst:
+    raise app.UsageError("Both --src and --dst are required.")
+  try:
+    conv = convert(flags.src, flags.dst, flags.to, flags.overwrite)
+  except (ConversionError, FileNotFoundError, FileExistsError) as e:
+    print(f"bert-jax-convert: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(conv.summary())
+  print(f"wrote {flags.to} model to {pathlib.Path(flags.dst).absolute()}")
+
+
+def run():
+  """Console entry point `bert-jax-convert`."""
+  from absl import app
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
