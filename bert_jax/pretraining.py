@@ -1,0 +1,182 @@
+"""Pretraining (MLM + NSP/SOP) as a `train.Task`, and `train_and_evaluate(config, workdir)`,
+the library function behind `python -m bert_jax.pretrain`, `make demo` and the notebooks."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bert_jax import flops as flops_lib
+from bert_jax import train
+from bert_jax.configuration import BertConfig, preset
+from bert_jax.heads import BertForPreTraining
+
+
+def bert_config_from(model_cfg, vocab_size: int) -> BertConfig:
+  """BertConfig from the config's `model` section (a preset plus non-zero overrides)."""
+  overrides = {k: model_cfg[k] for k in ("num_hidden_layers", "hidden_size",
+                                          "num_attention_heads", "intermediate_size")
+               if model_cfg[k]}
+  for k in ("hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+            "dtype", "attention_impl", "remat"):
+    overrides[k] = model_cfg[k]
+  return preset(model_cfg.preset, vocab_size=vocab_size, **overrides)
+
+
+def pretraining_loss(model: BertForPreTraining, batch: dict, dropout_rng):
+  """Masked-LM cross-entropy at the masked positions plus NSP/SOP cross-entropy."""
+  out = model(batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+              batch.get("position_ids"), masked_positions=batch["masked_lm_positions"],
+              packed_segment_ids=batch.get("packed_segment_ids"),
+              cls_positions=batch.get("cls_positions"), dropout_rng=dropout_rng)
+  ids_BxP = batch["masked_lm_ids"]
+  w_BxP = batch["masked_lm_weights"].astype(jnp.float32)
+  logp_BxPxV = jax.nn.log_softmax(out.mlm_logits, axis=-1)
+  nll_BxP = -jnp.take_along_axis(logp_BxPxV, ids_BxP[..., None], axis=-1)[..., 0]
+  mlm_sum, mlm_w = jnp.sum(nll_BxP * w_BxP), jnp.sum(w_BxP)
+  mlm_correct = jnp.sum((jnp.argmax(out.mlm_logits, -1) == ids_BxP) * w_BxP)
+
+  labels = batch["next_sentence_labels"]
+  nsp_w = batch.get("next_sentence_weights", jnp.ones(labels.shape, jnp.float32))
+  nsp_logp = jax.nn.log_softmax(out.nsp_logits, axis=-1)
+  nsp_nll = -jnp.take_along_axis(nsp_logp, labels[..., None], axis=-1)[..., 0]
+  nsp_sum, nsp_wsum = jnp.sum(nsp_nll * nsp_w), jnp.sum(nsp_w)
+  nsp_correct = jnp.sum((jnp.argmax(out.nsp_logits, -1) == labels) * nsp_w)
+
+  loss = mlm_sum / jnp.maximum(mlm_w, 1.0) + nsp_sum / jnp.maximum(nsp_wsum, 1.0)
+  return loss, {
+      "mlm_loss": (mlm_sum, mlm_w), "mlm_accuracy": (mlm_correct, mlm_w),
+      "nsp_loss": (nsp_sum, nsp_wsum), "nsp_accuracy": (nsp_correct, nsp_wsum),
+  }
+
+
+def _summarize(means: dict, sums: dict) -> dict:
+  """Adds the unigram baseline: accuracy of always predicting the most frequent masked token."""
+  hist = sums.get("masked_id_histogram")
+  if hist is not None and np.sum(hist) > 0:
+    means["unigram_baseline_mlm_accuracy"] = float(np.max(hist) / np.sum(hist))
+    means["unigram_baseline_token_id"] = int(np.argmax(hist))
+  return means
+
+
+def _resolve_vocab(config) -> str:
+  """The vocabulary to train with: the config's, else the one stored with the dataset."""
+  if config.data.vocab:
+    return config.data.vocab
+  from bert_jax.data import dataset_vocab_path
+  return dataset_vocab_path(config.data.dir)
+
+
+def make_task(config) -> train.Task:
+  """The pretraining Task for `config` (reads the dataset's metadata, checks the vocabulary)."""
+  from bert_jax import input_pipeline
+  from bert_jax.tokenization import Tokenizer
+
+  data_dir = config.data.dir
+  if not data_dir or not os.path.isdir(data_dir):
+    raise train.TrainingError(
+        f"config.data.dir={data_dir!r} is not a prepared dataset directory; create one with "
+        f"`bert-jax-prepare --input=... --output_dir=DIR --vocab=VOCAB` and pass "
+        f"--config.data.dir=DIR.")
+  tokenizer = Tokenizer.from_vocab(_resolve_vocab(config))
+  input_pipeline.check_vocab(data_dir, tokenizer)
+  bert_config = bert_config_from(config.model, tokenizer.vocab_size)
+  d = config.data
+  if d.seq_len > bert_config.max_position_embeddings:
+    raise train.TrainingError(
+        f"data.seq_len={d.seq_len} exceeds model.max_position_embeddings="
+        f"{bert_config.max_position_embeddings}; shorten the sequences or raise the limit.")
+  per_process = config.train.batch_size // jax.process_count()
+  common = dict(seq_len=d.seq_len, max_predictions=d.max_predictions,
+                masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob,
+                whole_word_mask=d.whole_word_mask, nsp_mode=d.nsp_mode, pack=d.pack,
+                tokenizer=tokenizer, process_index=jax.process_index(),
+                process_count=jax.process_count())
+
+  def train_iter():
+    ds = input_pipeline.create_pretraining_dataset(
+        data_dir, "train", batch_size=per_process, seed=config.train.seed, **common)
+    return iter(ds)
+
+  def eval_batches():
+    ds = input_pipeline.create_pretraining_dataset(
+        data_dir, "validation", batch_size=per_process, seed=config.train.seed + 1,
+        num_epochs=1, shuffle=False, **common)
+    for i, batch in enumerate(ds):
+      if i >= d.eval_batches:
+        break
+      yield batch
+
+  def eval_extra(batch):
+    w = np.asarray(batch["masked_lm_weights"]) > 0
+    ids = np.asarray(batch["masked_lm_ids"])[w]
+    return {"masked_id_histogram": np.bincount(ids, minlength=tokenizer.vocab_size)}
+
+  def init_params():
+    return load_init_params(config.init_from, bert_config)
+
+  return train.Task(
+      name="pretraining",
+      model_factory=lambda rngs: BertForPreTraining(bert_config, rngs=rngs),
+      loss_fn=pretraining_loss,
+      train_iter=train_iter,
+      eval_batches=eval_batches,
+      init_params=init_params if config.init_from else None,
+      identity={"bert_config": _shape_identity(bert_config),
+                "vocab_fingerprint": tokenizer.fingerprint},
+      tokens_per_example=d.seq_len,
+      flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, d.seq_len,
+                                                       d.max_predictions),
+      eval_extra=eval_extra,
+      summarize=_summarize,
+  )
+
+
+def _shape_identity(config: BertConfig) -> dict:
+  """The fields that decide parameter shapes (dtype, dropout etc. may change across resumes)."""
+  keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+          "intermediate_size", "max_position_embeddings", "type_vocab_size")
+  return {k: getattr(config, k) for k in keys}
+
+
+def load_init_params(path: str, bert_config: BertConfig) -> dict:
+  """Parameters of a bert_jax model directory for `init_from`, checked against the model."""
+  from bert_jax import model_io
+  if not model_io.is_model_dir(path):
+    raise train.TrainingError(
+        f"init_from={path!r} is not a bert_jax model directory (bert_config.json, params/); "
+        f"convert a checkpoint with `bert-jax-convert` or point at a pretraining WORKDIR/model.")
+  src_config, _, params = model_io.read_model_dir(path)
+  if _shape_identity(src_config) != _shape_identity(bert_config):
+    raise train.TrainingError(
+        f"init_from={path!r} has model shape {_shape_identity(src_config)} but the config asks "
+        f"for {_shape_identity(bert_config)}; make the model section match the checkpoint.")
+  return params
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Pretrains per `config` in `workdir`; exports WORKDIR/model and returns the run summary."""
+  task = make_task(config)
+  summary = train.run(task, config, workdir)
+  if summary["status"] != "preempted" and jax.process_index() == 0:
+    export_model(summary, config, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump({k: summary[k] for k in ("status", "step", "train_seconds", "train", "eval")}, f,
+                indent=2)
+  return summary
+
+
+def export_model(summary: dict, config, workdir: str) -> str:
+  """Writes the trained parameters as a bert_jax model directory WORKDIR/model."""
+  from bert_jax import model_io
+  from bert_jax.tokenization import Tokenizer
+  model = nnx.merge(summary["graphdef"], jax.device_get(summary["state"].params))
+  path = os.path.join(workdir, "model")
+  model_io.save_model_dir(path, model, Tokenizer.from_vocab(_resolve_vocab(config)),
+                          overwrite=True)
+  return path

@@ -1,0 +1,429 @@
+"""The one train loop, shared by pretraining and fine-tuning.
+
+`make_train_step` builds `train_step(state, batch, rng) -> (state, metrics)`: the whole update
+(gradient accumulation over micro-batches, clipping, optimizer, optional skip of non-finite
+updates). `run(task, config, workdir)` drives it: sharded initialisation, resume, data, logging,
+evaluation, checkpoints, SIGTERM and NaN handling. A `Task` supplies what differs between
+pretraining and fine-tuning: the model, the loss and the data.
+
+Metrics are `{name: (sum, weight)}` pairs, reduced on the host as sum / weight, so accumulation
+over micro-batches, steps and evaluation batches is exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bert_jax import checkpoint as ckpt_lib
+from bert_jax import flops as flops_lib
+from bert_jax import optim, sharding
+from bert_jax.metric_writers import MetricWriter
+
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot continue, with the reason and what to do."""
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any  # nested dict of arrays (nnx.State.to_pure_dict())
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Task:
+  """What a training job trains on.
+
+  model_factory(rngs) builds the model; loss_fn(model, batch, dropout_rng) returns
+  (scalar loss, metrics); train_iter() returns an iterator of host batches (numpy dicts, the
+  process's share of the global batch) with get_state()/set_state(); eval_batches() yields
+  evaluation batches; summarize(metric_means, sums) may add derived eval figures.
+  identity is stored with checkpoints: a workdir holding another identity is refused.
+  """
+  name: str
+  model_factory: Callable[[nnx.Rngs | None], nnx.Module]
+  loss_fn: Callable[[nnx.Module, dict, jax.Array | None], tuple[jax.Array, Metrics]]
+  train_iter: Callable[[], Iterator[dict]]
+  eval_batches: Callable[[], Iterable[dict]] | None = None
+  init_params: Callable[[], dict] | None = None  # Pure-dict params overlaid on a fresh init.
+  identity: dict = dataclasses.field(default_factory=dict)
+  tokens_per_example: int = 0
+  flops_per_example: float = 0.0
+  eval_extra: Callable[[dict], dict] | None = None  # Host batch -> extra eval sums.
+  summarize: Callable[[dict[str, float], dict[str, float]], dict[str, float]] | None = None
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def overlay_params(fresh: dict, loaded: dict, prefix: str = "") -> tuple[dict, list[str]]:
+  """Copies `loaded` leaves into `fresh` where names match; refuses shape mismatches."""
+  out, used = {}, []
+  for k, v in fresh.items():
+    name = f"{prefix}{k}"
+    lk = k if k in loaded else str(k) if str(k) in loaded else None
+    if lk is None:
+      out[k] = v
+    elif isinstance(v, dict):
+      if not isinstance(loaded[lk], dict):
+        raise ValueError(f"init_from has a tensor at {name} where the model has a module.")
+      out[k], sub = overlay_params(v, loaded[lk], name + ".")
+      used += sub
+    else:
+      if tuple(np.shape(loaded[lk])) != tuple(v.shape):
+        raise ValueError(f"init_from has {name} of shape {tuple(np.shape(loaded[lk]))} but the "
+                         f"model needs {tuple(v.shape)}; check the model config matches.")
+      out[k] = jnp.asarray(loaded[lk], v.dtype)
+      used.append(name)
+  return out, used
+
+
+def _opt_state_shardings(abstract_opt_state, params_treedef, param_shardings, mesh):
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda x: param_shardings if jax.tree.structure(x) == params_treedef else replicated,
+      abstract_opt_state, is_leaf=lambda x: jax.tree.structure(x) == params_treedef)
+
+
+def abstract_train_state(task: Task, tx, mesh, rules=sharding.DEFAULT_RULES, seed: int = 0):
+  """(graphdef, abstract TrainState, TrainState of shardings) without allocating anything."""
+  abstract_model = nnx.eval_shape(lambda: task.model_factory(nnx.Rngs(params=seed)))
+  graphdef, abs_vars = nnx.split(abstract_model)
+  param_shardings = sharding.named_shardings(abs_vars, mesh, rules).to_pure_dict()
+  abs_params = abs_vars.to_pure_dict()
+  abs_opt = jax.eval_shape(tx.init, abs_params)
+  shardings = TrainState(
+      step=NamedSharding(mesh, P()), params=param_shardings,
+      opt_state=_opt_state_shardings(abs_opt, jax.tree.structure(abs_params), param_shardings,
+                                     mesh))
+  abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abs_params, abs_opt)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  return graphdef, abstract, shardings
+
+
+def init_train_state(task: Task, tx, shardings, seed: int, loaded: dict | None = None):
+  """Creates the train state directly sharded (no full replica on one device)."""
+
+  def init(loaded_params):
+    model = task.model_factory(nnx.Rngs(params=seed))
+    params = nnx.split(model)[1].to_pure_dict()
+    if loaded_params is not None:
+      params, _ = overlay_params(params, loaded_params)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+  return jax.jit(init, out_shardings=shardings)(loaded)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _tree_add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
+                    skip_nonfinite: bool = False):
+  """train_step(state, batch, rng) -> (state, metrics); jit it with donate_argnums=0."""
+
+  def compute_loss(params, batch, rng):
+    return loss_fn(nnx.merge(graphdef, params), batch, rng)
+
+  grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    if accum_steps == 1:
+      (loss, metrics), grads = grad_fn(state.params, batch, rng)
+    else:
+      # Micro-batch i takes rows i, i+A, i+2A, ...: each micro-batch spans all data shards.
+      micro = jax.tree.map(
+          lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
+          batch)
+
+      def body(carry, xs):
+        i, mb = xs
+        (l, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+        return _tree_add(carry, (l, m, g)), None
+
+      first = jax.tree.map(lambda x: x[0], micro)
+      shapes = jax.eval_shape(lambda: grad_fn(state.params, first, rng))
+      (_, m_shape), g_shape = shapes
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           (shapes[0][0], m_shape, g_shape))
+      (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+      loss = loss / accum_steps
+      grads = jax.tree.map(lambda g: g / accum_steps, grads)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+      metrics["skipped_steps"] = (1.0 - ok.astype(jnp.float32), jnp.float32(1.0))
+    one = jnp.float32(1.0)
+    metrics.update(loss=(loss, one), grad_norm=(grad_norm, one),
+                   learning_rate=(schedule(state.step), one),
+                   nonfinite=(1.0 - ok.astype(jnp.float32), one))
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, loss_fn):
+
+  def eval_step(params, batch):
+    _, metrics = loss_fn(nnx.merge(graphdef, params), batch, None)
+    return metrics
+
+  return eval_step
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def to_global(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+  """Process-local numpy batch -> global jax arrays sharded along the mesh's batch axes."""
+  return {k: jax.make_array_from_process_local_data(
+      sharding.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in batch.items()}
+
+
+def host_means(sums: dict) -> dict[str, float]:
+  return {k: float(s) / float(w) if float(w) else float("nan") for k, (s, w) in sums.items()}
+
+
+def _accumulate(total: dict | None, metrics: dict) -> dict:
+  metrics = {k: (float(s), float(w)) for k, (s, w) in jax.device_get(metrics).items()}
+  if total is None:
+    return metrics
+  return {k: (total[k][0] + s, total[k][1] + w) for k, (s, w) in metrics.items()}
+
+
+def check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise TrainingError(f"Workdir {workdir} is not writable ({e.strerror}); choose a directory "
+                        f"you can write to with --workdir.") from None
+
+
+def validate_batch(config, mesh) -> None:
+  b, a = config.train.batch_size, config.optimizer.grad_accum_steps
+  data_par = sharding.batch_axis_size(mesh)
+  if b <= 0 or b % (a * data_par) or b % jax.process_count():
+    raise TrainingError(
+        f"train.batch_size={b} must be a positive multiple of grad_accum_steps ({a}) x the "
+        f"data-parallel size ({data_par} = mesh data x fsdp) and of the process count "
+        f"({jax.process_count()}); change the batch size or the mesh.")
+
+
+class _Preemption:
+  """SIGTERM (TPU preemption, scheduler stop) asks the loop to save and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def install(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. inside a notebook worker thread).
+      self._previous = None
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def uninstall(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def run(task: Task, config, workdir: str) -> dict:
+  """Trains `task` per `config` in `workdir`, resuming from its latest checkpoint.
+
+  Returns a summary: final step, train seconds, last train metrics, final eval metrics and
+  `status` ("completed", "time_budget", "preempted").
+  """
+  check_workdir(workdir)
+  lock = ckpt_lib.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _run_locked(task, config, workdir)
+  finally:
+    lock.release()
+
+
+def _run_locked(task: Task, config, workdir: str) -> dict:
+  tc = config.train
+  mesh = sharding.make_mesh(dict(config.mesh))
+  validate_batch(config, mesh)
+  tx, schedule = optim.create_optimizer(config.optimizer, tc.num_steps)
+  graphdef, abstract, shardings = abstract_train_state(task, tx, mesh, seed=tc.seed)
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                       async_save=config.checkpoint.async_save)
+  writer = MetricWriter(workdir, tc.num_steps)
+  identity = dict(task.identity, task=task.name)
+
+  data_state = None
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    meta = checkpointer.read_meta(latest)
+    if meta.get("identity") != identity:
+      raise TrainingError(
+          f"Workdir {workdir} holds a checkpoint (step {latest}) of a different model or task "
+          f"({_diff(meta.get('identity'), identity)}); use a new --workdir, or start from it "
+          f"with --config.init_from. Nothing was deleted.")
+    state, data_state, _ = checkpointer.restore(latest, abstract)
+    writer.info(f"Resumed from {checkpointer.directory}/{latest}.")
+  else:
+    loaded = task.init_params() if task.init_params is not None else None
+    with jax.set_mesh(mesh):
+      state = init_train_state(task, tx, shardings, tc.seed, loaded)
+
+  train_step = jax.jit(
+      make_train_step(graphdef, task.loss_fn, tx, schedule,
+                      accum_steps=config.optimizer.grad_accum_steps,
+                      skip_nonfinite=tc.skip_nonfinite),
+      in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(graphdef, task.loss_fn))
+  rng = jax.random.key(tc.seed)
+
+  it = task.train_iter()
+  if data_state is not None:
+    it.set_state(data_state)
+
+  start_step = int(jax.device_get(state.step))
+  peak = tc.peak_flops_per_device or flops_lib.CHIPS[flops_lib.chip_name()]["peak_flops"]
+  step_flops = task.flops_per_example * tc.batch_size
+  step_tokens = task.tokens_per_example * tc.batch_size
+  preempt = _Preemption()
+  preempt.install()
+  status, step, window, t_window, pending = "completed", start_step, None, time.time(), None
+  last_train: dict[str, float] = {}
+  t_start = time.time()
+  eval_results: dict[str, float] = {}
+
+  def pull(pending_metrics, at_step):
+    nonlocal window
+    window = _accumulate(window, pending_metrics)
+    bad = window["nonfinite"][0] > 0 and not tc.skip_nonfinite
+    if bad:
+      raise TrainingError(
+          f"Loss or gradient became NaN/Inf at step {at_step}; stopped without saving it. The "
+          f"last good checkpoint is kept (step {checkpointer.latest_step()}); lower the learning "
+          f"rate or set train.skip_nonfinite=True.")
+
+  def save(at_step, d_state, force=False):
+    checkpointer.save(at_step, state, d_state,
+                      {"identity": identity, "step": at_step, "config": config.to_dict()},
+                      force=force)
+
+  try:
+    with jax.set_mesh(mesh):
+      while step < tc.num_steps:
+        if preempt.requested or (jax.process_count() > 1
+                                 and checkpointer.manager.reached_preemption(step)):
+          status = "preempted"
+          break
+        if tc.max_train_seconds and time.time() - t_start > tc.max_train_seconds:
+          status = "time_budget"
+          break
+        batch = to_global(next(it), mesh)
+        d_state = it.get_state()
+        state, metrics = train_step(state, batch, rng)
+        if pending is not None:
+          pull(pending, step)
+        pending = metrics
+        step += 1
+        if step % config.checkpoint.every_steps == 0 or step % tc.log_every == 0 or step == tc.num_steps:
+          pull(pending, step)
+          pending = None
+        if step % config.checkpoint.every_steps == 0:
+          save(step, d_state)
+        if step % tc.log_every == 0 or step == tc.num_steps:
+          dt = time.time() - t_window
+          n = window["loss"][1]
+          last_train = task_means(task, window)
+          last_train["steps_per_sec"] = n / dt
+          last_train["tokens_per_sec"] = n * step_tokens / dt / 1.0
+          last_train["mfu"] = n * step_flops / dt / (peak * jax.device_count())
+          writer.write(step, last_train, "train/")
+          writer.progress(step, start_step, last_train, tc.max_train_seconds or None,
+                          time.time() - t_start)
+          window, t_window = None, time.time()
+        if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
+          eval_results = evaluate(task, eval_step, state.params, mesh)
+          writer.write(step, eval_results, "eval/")
+          t_window = time.time()
+      if pending is not None:
+        pull(pending, step)
+      train_seconds = time.time() - t_start
+      if step > start_step or latest is None:
+        if checkpointer.latest_step() != step:
+          save(step, it.get_state(), force=True)
+      checkpointer.wait()
+      if status != "preempted" and task.eval_batches is not None:
+        eval_results = evaluate(task, eval_step, state.params, mesh)
+        writer.write(step, eval_results, "eval/")
+  finally:
+    preempt.uninstall()
+    checkpointer.close()
+    writer.close()
+  return {"status": status, "step": step, "start_step": start_step,
+          "train_seconds": train_seconds, "train": last_train, "eval": eval_results,
+          "state": state, "graphdef": graphdef, "mesh": mesh}
+
+
+def task_means(task: Task, sums: dict) -> dict[str, float]:
+  means = host_means(sums)
+  return task.summarize(means, sums) if task.summarize else means
+
+
+def evaluate(task: Task, eval_step, params, mesh) -> dict[str, float]:
+  """Runs eval_step over task.eval_batches() and reduces the sums on the host."""
+  total = None
+  extra: dict[str, float] = {}
+  for host_batch in task.eval_batches():
+    total = _accumulate(total, eval_step(params, to_global(host_batch, mesh)))
+    if task.eval_extra is not None:
+      for k, v in task.eval_extra(host_batch).items():
+        extra[k] = extra.get(k, 0) + v
+  if total is None:
+    return {}
+  means = host_means(total)
+  return task.summarize(means, {**total, **extra}) if task.summarize else means
+
+
+def _diff(old: dict | None, new: dict) -> str:
+  if not isinstance(old, dict):
+    return "no identity recorded"
+  keys = sorted(set(old) | set(new), key=str)
+  diffs = [f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+  return "; ".join(diffs[:4]) or "same"
+
+
+def param_count(abstract_params) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))

@@ -1,0 +1,89 @@
+"""Pretraining configs: `--config=configs/pretrain.py:VARIANT` with VARIANT in
+tiny | demo | base | base_phase2 | large | large_phase2.
+
+  tiny  (tests, seconds):   python -m bert_jax.pretrain --config=configs/pretrain.py:tiny \
+                              --workdir=/tmp/tiny --config.data.dir=DATA
+  demo  (2-core CPU, 10 min; what `make demo` runs through bert_jax.demo):
+                            python -m bert_jax.pretrain --config=configs/pretrain.py:demo \
+                              --workdir=/tmp/demo --config.data.dir=DATA
+  base  phase 1 (seq 128, 90% of steps) then phase 2 (seq 512, init from phase 1), as in the
+        BERT paper (Devlin et al. 2019, appendix A.2; batch 256, 1M steps total):
+                            python -m bert_jax.pretrain --config=configs/pretrain.py:base \
+                              --workdir=gs://BUCKET/base128 --config.data.dir=gs://BUCKET/data
+                            python -m bert_jax.pretrain --config=configs/pretrain.py:base_phase2 \
+                              --workdir=gs://BUCKET/base512 --config.data.dir=gs://BUCKET/data \
+                              --config.init_from=gs://BUCKET/base128/model
+  large, large_phase2: the same for BERT-large.
+Override anything: --config.optimizer.learning_rate=1e-4 --config.mesh.fsdp=8 ...
+"""
+from ml_collections import ConfigDict
+
+
+def get_config(variant: str = "demo") -> ConfigDict:
+  c = ConfigDict()
+  c.variant = variant
+  c.init_from = ""  # A bert_jax model directory (converted or pretrained) to start from.
+
+  c.model = ConfigDict(dict(
+      preset="mini",  # tiny | mini | small | medium | base | large (configuration.PRESETS)
+      num_hidden_layers=0, hidden_size=0, num_attention_heads=0, intermediate_size=0,  # 0: preset
+      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+      max_position_embeddings=512,
+      dtype="bfloat16",  # matmul inputs; accumulation and master weights stay f32
+      attention_impl="auto",
+      remat=False,
+  ))
+  c.data = ConfigDict(dict(
+      dir="",  # A dataset from `bert-jax-prepare` (required except in bert_jax.demo).
+      vocab="",  # Default: the vocabulary stored with the dataset.
+      seq_len=128,
+      max_predictions=20,
+      masked_lm_prob=0.15,
+      short_seq_prob=0.1,
+      whole_word_mask=False,
+      nsp_mode="nsp",  # nsp | sop
+      pack=False,
+      eval_batches=20,
+  ))
+  c.optimizer = ConfigDict(dict(
+      name="adamw", learning_rate=1e-4, end_learning_rate=0.0, schedule="linear", power=1.0,
+      warmup_steps=10000, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0,
+      grad_accum_steps=1,
+  ))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.checkpoint = ConfigDict(dict(every_steps=1000, max_to_keep=3, async_save=True))
+  c.train = ConfigDict(dict(
+      batch_size=256, num_steps=900_000, max_train_seconds=0.0, seed=0, log_every=100,
+      eval_every=10_000, skip_nonfinite=False, peak_flops_per_device=0.0,
+  ))
+
+  if variant == "tiny":
+    c.model.update(preset="tiny", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                   intermediate_size=64, max_position_embeddings=64, dtype="float32",
+                   attention_impl="xla")
+    c.data.update(seq_len=32, max_predictions=5, eval_batches=2)
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
+    c.checkpoint.update(every_steps=5, async_save=False)
+    c.train.update(batch_size=8, num_steps=2, log_every=1, eval_every=0)
+  elif variant == "demo":
+    # 4 layers / 256 hidden (BERT-mini), batch 32, seq 128: the peers' time-to-accuracy job.
+    c.model.update(preset="mini", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    c.data.update(seq_len=128, max_predictions=20, eval_batches=16)
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=100, weight_decay=0.01)
+    c.checkpoint.update(every_steps=500, max_to_keep=2)
+    c.train.update(batch_size=32, num_steps=100_000, max_train_seconds=600.0, log_every=50,
+                   eval_every=0)
+  elif variant in ("base", "base_phase2", "large", "large_phase2"):
+    size = variant.split("_")[0]
+    c.model.preset = size
+    c.optimizer.update(learning_rate=1e-4, warmup_steps=10_000)
+    c.train.update(batch_size=256, num_steps=900_000, eval_every=10_000)
+    if variant.endswith("phase2"):
+      c.data.update(seq_len=512, max_predictions=80)
+      c.optimizer.update(warmup_steps=1000)
+      c.train.update(num_steps=100_000)
+    c.checkpoint.every_steps = 5000
+  else:
+    raise ValueError(f"Unknown pretrain variant {variant!r}; choose tiny, demo, base, "
+                     f"base_phase2, large or large_phase2.")
+  return c
