@@ -67,6 +67,12 @@ class Task:
   flops_per_example: float = 0.0
   eval_extra: Callable[[dict], dict] | None = None  # Host batch -> extra eval sums.
   summarize: Callable[[dict[str, float], dict[str, float]], dict[str, float]] | None = None
+  # Replaces the sum/weight evaluation when metrics need all predictions (F1, MCC, SQuAD):
+  # evaluate(model_with_trained_params, mesh) -> {name: value}.
+  evaluate: Callable[[nnx.Module, Any], dict[str, float]] | None = None
+  # Called after every evaluation on process 0's side of the loop, e.g. to keep the best model:
+  # on_eval(step, eval_results, model_with_trained_params).
+  on_eval: Callable[[int, dict[str, float], nnx.Module], None] | None = None
 
 
 # ----------------------------------------------------------------------------- state
@@ -375,7 +381,7 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
                           time.time() - t_start)
           window, t_window = None, time.time()
         if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
-          eval_results = evaluate(task, eval_step, state.params, mesh)
+          eval_results = evaluate(task, eval_step, state.params, mesh, graphdef, step)
           writer.write(step, eval_results, "eval/")
           t_window = time.time()
       if pending is not None:
@@ -385,8 +391,8 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
         if checkpointer.latest_step() != step:
           save(step, it.get_state(), force=True)
       checkpointer.wait()
-      if status != "preempted" and task.eval_batches is not None:
-        eval_results = evaluate(task, eval_step, state.params, mesh)
+      if status != "preempted" and (task.eval_batches or task.evaluate):
+        eval_results = evaluate(task, eval_step, state.params, mesh, graphdef, step)
         writer.write(step, eval_results, "eval/")
   finally:
     preempt.uninstall()
@@ -402,8 +408,19 @@ def task_means(task: Task, sums: dict) -> dict[str, float]:
   return task.summarize(means, sums) if task.summarize else means
 
 
-def evaluate(task: Task, eval_step, params, mesh) -> dict[str, float]:
-  """Runs eval_step over task.eval_batches() and reduces the sums on the host."""
+def evaluate(task: Task, eval_step, params, mesh, graphdef=None, step: int = 0
+             ) -> dict[str, float]:
+  """Evaluates with task.evaluate, else eval_step over task.eval_batches() (host-reduced sums)."""
+  if task.evaluate is not None:
+    results = task.evaluate(nnx.merge(graphdef, params), mesh)
+  else:
+    results = _evaluate_sums(task, eval_step, params, mesh)
+  if task.on_eval is not None and results:
+    task.on_eval(step, results, nnx.merge(graphdef, params))
+  return results
+
+
+def _evaluate_sums(task: Task, eval_step, params, mesh) -> dict[str, float]:
   total = None
   extra: dict[str, float] = {}
   for host_batch in task.eval_batches():
