@@ -1,0 +1,304 @@
+"""`prepare()`: raw text files -> a tokenized TFDS (ArrayRecord) dataset, resumable and parallel.
+
+Work happens in `<output_dir>/.incomplete/`: `plan.json` fixes the inputs, options and work units;
+each finished unit leaves ArrayRecord parts and a `unit-NNNNN.json` marker, so a rerun with the
+same arguments does only the units without a marker. When every unit is done, host 0 renames the
+parts into TFDS shards, writes the metadata and moves them into `output_dir` (an existing dataset
+is replaced only then, and only with `overwrite=True`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from bert_jax.data import reading, writer
+from bert_jax.data.reading import DataError
+
+FORMAT_VERSION = 1
+WORK_DIR = ".incomplete"
+_BATCH_SENTENCES = 2048
+_STAT_KEYS = ("bytes",  # uncompressed text bytes read
+               "lines", "skipped_lines", "documents", "sentences", "tokens", "unk_tokens",
+              "cpu_seconds")
+
+_TOKENIZER = None  # per worker process
+
+
+def default_corpus_path() -> str:
+  """The embedded World English Bible (public domain): gzip, one verse per line, no blank lines.
+
+  Prepare it with `layout="lines"` (every `doc_lines` verses form a document).
+  """
+  return os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources",
+                      "web-bible.en.txt.gz")
+
+
+def _load_tokenizer(vocab, do_lower_case):
+  from bert_jax.tokenization import Tokenizer
+  if isinstance(vocab, Tokenizer):
+    return vocab
+  try:
+    return Tokenizer.from_vocab(vocab, do_lower_case)
+  except (OSError, ValueError) as e:
+    raise DataError(f"Cannot load the vocabulary {vocab}: {e}") from None
+
+
+def _init_worker(vocab_path, do_lower_case, strip_accents, single_thread):
+  global _TOKENIZER
+  if single_thread:  # one tokenizer thread per worker process: workers are the parallelism
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+  from bert_jax.tokenization import Tokenizer
+  _TOKENIZER = Tokenizer.from_vocab(vocab_path, do_lower_case, strip_accents=strip_accents)
+
+
+def _is_validation(sentences: Sequence[str], fraction: float) -> bool:
+  """Deterministic held-out choice from the document's text (duplicates share a split)."""
+  if fraction <= 0:
+    return False
+  digest = hashlib.blake2b("\n".join(sentences).encode("utf-8"), digest_size=8).digest()
+  return int.from_bytes(digest, "little") / 2.0**64 < fraction
+
+
+def _process_unit(unit: reading.Unit, work: str, layout: str, doc_lines: int,
+                  validation_fraction: float) -> dict:
+  """Tokenizes and writes one unit's documents; returns its marker (stats and parts)."""
+  cpu0 = time.process_time()
+  tok = _TOKENIZER
+  counts = {k: 0 for k in _STAT_KEYS}
+  split_docs = {s: 0 for s in writer.SPLITS}
+  split_tokens = {s: 0 for s in writer.SPLITS}
+  prefix = os.path.join(work, f"unit-{unit.index:05d}")
+  out = writer.PartWriter(prefix)
+
+  def flush(docs):
+    flat = [s for d in docs for s in d]
+    encoded = tok.encode_batch(flat)
+    k = 0
+    for doc in docs:
+      pieces = [p for p in encoded[k:k + len(doc)] if p]
+      counts["skipped_lines"] += len(doc) - len(pieces)  # lines with no tokens at all
+      k += len(doc)
+      if not pieces:
+        continue
+      lengths = np.fromiter(map(len, pieces), np.int32, len(pieces))
+      ids = np.concatenate([np.asarray(p, np.int32) for p in pieces])
+      split = "validation" if _is_validation(doc, validation_fraction) else "train"
+      out.write(split, ids, lengths)
+      counts["documents"] += 1
+      counts["sentences"] += len(pieces)
+      counts["tokens"] += len(ids)
+      counts["unk_tokens"] += int(np.count_nonzero(ids == tok.unk_id))
+      split_docs[split] += 1
+      split_tokens[split] += len(ids)
+
+  batch, n = [], 0
+  for doc in reading.iter_documents(unit, layout, doc_lines, counts):
+    batch.append(doc)
+    n += len(doc)
+    if n >= _BATCH_SENTENCES:
+      flush(batch)
+      batch, n = [], 0
+  if batch:
+    flush(batch)
+  parts = out.close()
+  counts["cpu_seconds"] = time.process_time() - cpu0
+  marker = {"unit": unit.index, "stats": counts,
+            "splits": {s: {"documents": split_docs[s], "tokens": split_tokens[s]}
+                       for s in writer.SPLITS},
+            "parts": {s: [os.path.basename(p), split_docs[s]] for s, p in parts.items()}}
+  _write_json(prefix + ".json", marker)
+  return marker
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _check_output(output_dir: str, overwrite: bool) -> None:
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise DataError(f"--output_dir {output_dir} is a file; pass a folder.")
+  if not os.path.isdir(output_dir):
+    return
+  names = set(os.listdir(output_dir)) - {WORK_DIR}
+  if overwrite:
+    foreign = sorted(n for n in names if not writer.is_dataset_file(n))
+    if foreign:
+      raise DataError(f"{output_dir} holds files that are not a prepared dataset ({foreign[:3]}); "
+                      "choose an empty or new --output_dir.")
+    return
+  if "dataset_info.json" in names:
+    raise DataError(f"{output_dir} already holds a prepared dataset; pass --overwrite to replace "
+                    "it, or choose another --output_dir.")
+  if names:
+    raise DataError(f"{output_dir} is not empty; choose an empty or new --output_dir.")
+
+
+def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str = "sentences",
+            doc_lines: int | None = None, validation_fraction: float = 0.01,
+            num_workers: int = 1, host_index: int = 0, host_count: int = 1,
+            overwrite: bool = False, do_lower_case: bool | None = None, chunk_mb: float = 32,
+            progress: bool = True, host_wait_s: float = 86400.0) -> dict:
+  """Tokenizes text files into a TFDS dataset of documents; returns the statistics.
+
+  Args:
+    inputs: files, folders or globs (a list, or one comma-separated string); `.gz` is read too.
+    output_dir: the dataset folder (`tfds.builder_from_directory(output_dir)` reads it).
+    vocab: a WordPiece vocab.txt, a SentencePiece .model, or a `tokenization.Tokenizer`.
+    layout: "sentences", "lines" or "documents" (see `bert_jax.data.reading`).
+    doc_lines: lines per document for "lines" (default 32); for "sentences" an optional cap.
+    validation_fraction: share of documents held out, chosen by a hash of their text.
+    num_workers: worker processes on this host.
+    host_index, host_count: this host's share of the work units (a shared output_dir); host 0
+      waits for the others and writes the dataset.
+    overwrite: replace an existing dataset (only once the new one is complete).
+    chunk_mb: plain-text files above this size are split into ranges processed in parallel.
+  Returns:
+    dict of statistics (documents, sentences, tokens, unk_rate, skipped lines and files, per-split
+    documents / tokens, seconds); on hosts other than 0 the statistics of the units done so far.
+  Raises:
+    DataError: for bad input or options, before anything is written.
+  """
+  t0 = time.time()
+  if layout not in reading.LAYOUTS:
+    raise DataError(f"Unknown layout {layout!r}; use one of {', '.join(reading.LAYOUTS)}.")
+  if doc_lines is None:
+    doc_lines = reading.DEFAULT_DOC_LINES if layout == "lines" else 0
+  if doc_lines < 0 or (layout == "lines" and doc_lines < 2):
+    raise DataError(f"doc_lines={doc_lines} is invalid; use at least 2 lines per document.")
+  if not 0 <= validation_fraction < 1:
+    raise DataError(f"validation_fraction={validation_fraction} must be in [0, 1).")
+  if num_workers < 1 or host_count < 1 or not 0 <= host_index < host_count:
+    raise DataError(f"Need num_workers >= 1 and 0 <= host_index < host_count; got {num_workers}, "
+                    f"{host_index}, {host_count}.")
+  output_dir = os.path.abspath(os.fspath(output_dir))
+  files = reading.expand_inputs(inputs)
+  _check_output(output_dir, overwrite)
+  tok = _load_tokenizer(vocab, do_lower_case)
+  skipped = [{"path": f, "reason": r} for f in files if (r := reading.check_file(f))]
+  bad = {s["path"] for s in skipped}
+  good = [f for f in files if f not in bad]
+  if not good:
+    raise DataError("No usable input: " + "; ".join(f"{s['path']} is {s['reason']}"
+                                                   for s in skipped[:5]) +
+                    ". Pass UTF-8 text files (.txt or .gz).")
+  units = reading.plan_units(good, int(chunk_mb * 2**20))
+  options = {"layout": layout, "doc_lines": doc_lines, "validation_fraction": validation_fraction,
+             "do_lower_case": tok.do_lower_case}
+  plan = {"format_version": FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
+          "options": options, "skipped_files": skipped,
+          "inputs": [[f, os.path.getsize(f), int(os.path.getmtime(f))] for f in good],
+          "units": [u.to_json() for u in units]}
+  work = os.path.join(output_dir, WORK_DIR)
+  plan_path = os.path.join(work, "plan.json")
+  if os.path.exists(plan_path) and _read_json(plan_path) != plan:
+    if not overwrite:
+      raise DataError(f"{output_dir} holds an interrupted preparation with other inputs or "
+                      "options; rerun with the same arguments to finish it, or pass --overwrite.")
+    shutil.rmtree(work)
+  os.makedirs(work, exist_ok=True)
+  if not os.path.exists(plan_path):
+    _write_json(plan_path, plan)
+
+  def marker_path(u):
+    return os.path.join(work, f"unit-{u.index:05d}.json")
+
+  todo = [u for u in units[host_index::host_count] if not os.path.exists(marker_path(u))]
+  _run_units(todo, work, tok, layout, doc_lines, validation_fraction, num_workers, progress)
+  if host_index != 0:
+    return _aggregate([_read_json(marker_path(u)) for u in units[host_index::host_count]],
+                      skipped, t0)
+  deadline = time.time() + host_wait_s
+  while missing := [u for u in units if not os.path.exists(marker_path(u))]:
+    if time.time() > deadline:
+      raise DataError(f"{len(missing)} work units from other hosts are still missing in {work}; "
+                      "rerun host 0 once the other hosts have finished.")
+    time.sleep(2.0)
+  markers = [_read_json(marker_path(u)) for u in units]
+  stats = _aggregate(markers, skipped, t0)
+  if stats["splits"]["train"]["documents"] == 0:
+    shutil.rmtree(work)
+    if not os.listdir(output_dir):
+      os.rmdir(output_dir)
+    raise DataError(f"The inputs hold no text for training ({stats['lines']} lines read); check "
+                    "--layout and the files.")
+  _finish(output_dir, work, markers, stats, tok, options, files)
+  return stats
+
+
+def _run_units(todo, work, tok, layout, doc_lines, fraction, num_workers, progress):
+  if not todo:
+    return
+  from tqdm.auto import tqdm
+  bar = tqdm(total=sum(u.size for u in todo), unit="B", unit_scale=True, desc="prepare",
+             disable=not progress)
+  args = (work, layout, doc_lines, fraction)
+  if num_workers == 1 or len(todo) == 1:
+    global _TOKENIZER
+    _TOKENIZER = tok
+    for u in todo:
+      _process_unit(u, *args)
+      bar.update(u.size)
+  else:
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    with cf.ProcessPoolExecutor(
+        min(num_workers, len(todo)), mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(str(tok.vocab_path), tok.do_lower_case, tok.strip_accents, True)) as pool:
+      futures = {pool.submit(_process_unit, u, *args): u for u in todo}
+      for fut in cf.as_completed(futures):
+        fut.result()
+        bar.update(futures[fut].size)
+  bar.close()
+
+
+def _aggregate(markers: list[dict], skipped: list[dict], t0: float) -> dict:
+  stats = {k: sum(m["stats"][k] for m in markers) for k in _STAT_KEYS}
+  stats["unk_rate"] = stats["unk_tokens"] / max(1, stats["tokens"])
+  stats["skipped_files"] = len(skipped)
+  stats["skipped_file_list"] = skipped
+  stats["splits"] = {s: {k: sum(m["splits"][s][k] for m in markers)
+                         for k in ("documents", "tokens")} for s in writer.SPLITS}
+  stats["seconds"] = time.time() - t0
+  return stats
+
+
+def _finish(output_dir, work, markers, stats, tok, options, files):
+  staging = os.path.join(work, "final")
+  if os.path.isdir(staging):
+    shutil.rmtree(staging)
+  os.makedirs(staging)
+  parts = {s: [(os.path.join(work, m["parts"][s][0]), m["parts"][s][1])
+               for m in markers if s in m["parts"]] for s in writer.SPLITS}
+  metadata = {
+      "format_version": FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
+      "vocab_size": tok.vocab_size, "tokenizer_kind": tok.kind,
+      "do_lower_case": tok.do_lower_case, "vocab_file": os.path.basename(str(tok.vocab_path)),
+      "special": {"pad_id": tok.pad_id, "unk_id": tok.unk_id, "cls_id": tok.cls_id,
+                  "sep_id": tok.sep_id, "mask_id": tok.mask_id},
+      "special_ids": sorted(int(i) for i in tok.special_ids),
+      "options": options, "inputs": files,
+      "stats": {k: v for k, v in stats.items() if k != "seconds"},
+  }
+  writer.write_dataset(staging, parts, metadata, tok.word_start_mask(),
+                       description="Tokenized documents for BERT pretraining (bert_jax.prepare).")
+  for name in os.listdir(output_dir):  # only with overwrite=True can a dataset be here
+    if writer.is_dataset_file(name):
+      os.remove(os.path.join(output_dir, name))
+  for name in os.listdir(staging):
+    os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+  shutil.rmtree(work)
