@@ -108,7 +108,8 @@ class _MakeInstances:
       types[len(a) + 2:] = 1
       ids, positions, labels = masking.mask_tokens(tokens, self.spec, rng)
       out.append({"input_ids": ids, "segment_ids": types, "masked_lm_positions": positions,
-                  "masked_lm_ids": labels, "next_sentence_labels": label})
+                  "masked_lm_ids": labels, "next_sentence_labels": label,
+                  "document_index": int(doc_index)})
     return out
 
 
@@ -119,7 +120,7 @@ class _Flatten(grain.experimental.FlatMapTransform):
     return element
 
 
-def _row(inst: dict, seq_len: int, max_predictions: int) -> dict:
+def _row(inst: dict, seq_len: int, max_predictions: int, with_document_index: bool) -> dict:
   n, p = len(inst["input_ids"]), len(inst["masked_lm_positions"])
   row = {k: np.zeros(seq_len, np.int32) for k in ("input_ids", "input_mask", "segment_ids")}
   row["input_ids"][:n] = inst["input_ids"]
@@ -131,10 +132,13 @@ def _row(inst: dict, seq_len: int, max_predictions: int) -> dict:
   row["masked_lm_weights"] = np.zeros(max_predictions, np.float32)
   row["masked_lm_weights"][:p] = 1.0
   row["next_sentence_labels"] = np.int32(inst["next_sentence_labels"])
+  if with_document_index:
+    row["document_index"] = np.int32(inst["document_index"])
   return row
 
 
-def _packed_row(insts: list[dict], seq_len: int, max_predictions: int, max_packed: int) -> dict:
+def _packed_row(insts: list[dict], seq_len: int, max_predictions: int, max_packed: int,
+                with_document_index: bool) -> dict:
   row = {k: np.zeros(seq_len, np.int32) for k in
          ("input_ids", "input_mask", "segment_ids", "position_ids", "packed_segment_ids")}
   for k in ("masked_lm_positions", "masked_lm_ids"):
@@ -143,6 +147,8 @@ def _packed_row(insts: list[dict], seq_len: int, max_predictions: int, max_packe
   row["cls_positions"] = np.zeros(max_packed, np.int32)
   row["next_sentence_labels"] = np.zeros(max_packed, np.int32)
   row["next_sentence_weights"] = np.zeros(max_packed, np.float32)
+  if with_document_index:
+    row["document_index"] = np.full(max_packed, -1, np.int32)
   t = p = 0
   for k, inst in enumerate(insts):
     n, m = len(inst["input_ids"]), len(inst["masked_lm_positions"])
@@ -157,6 +163,8 @@ def _packed_row(insts: list[dict], seq_len: int, max_predictions: int, max_packe
     row["cls_positions"][k] = t
     row["next_sentence_labels"][k] = inst["next_sentence_labels"]
     row["next_sentence_weights"][k] = 1.0
+    if with_document_index:
+      row["document_index"][k] = inst["document_index"]
     t, p = t + n, p + m
   return row
 
@@ -185,13 +193,16 @@ def create_pretraining_dataset(
     nsp_mode: str = "nsp", pack: bool = False, max_packed: int = 4, tokenizer=None,
     process_index: int | None = None, process_count: int | None = None,
     num_epochs: int | None = None, shuffle: bool = True, drop_remainder: bool = True,
-    num_threads: int = 4, prefetch_batches: int = 2) -> grain.IterDataset:
+    num_threads: int = 4, prefetch_batches: int = 2,
+    with_document_index: bool = False) -> grain.IterDataset:
   """A grain IterDataset of numpy batch dicts (this process's `batch_size` rows); see module doc.
 
   `tokenizer=None` takes the special ids, vocabulary size and word starts stored with the data;
   a tokenizer is checked against the dataset's fingerprint (VocabMismatchError). `process_index`
   / `process_count` default to jax.process_index() / jax.process_count(); each process reads a
-  disjoint share of the documents. `num_epochs=None` repeats forever.
+  disjoint share of the documents. `num_epochs=None` repeats forever. `num_threads` threads
+  build pairs, `prefetch_batches` batches are made ahead in a thread. `with_document_index` adds
+  "document_index" [B] ([B, K] packed, -1 = empty slot): the split index of segment A's document.
   """
   data_dir = os.fspath(data_dir)
   if nsp_mode not in instances.NSP_MODES:
@@ -228,9 +239,11 @@ def create_pretraining_dataset(
     ds = PackIterDataset(ds, seq_len=seq_len, max_predictions=max_predictions,
                          max_packed=max_packed)
     ds = ds.map(functools.partial(_packed_row, seq_len=seq_len, max_predictions=max_predictions,
-                                  max_packed=max_packed))
+                                  max_packed=max_packed,
+                                  with_document_index=with_document_index))
   else:
-    ds = ds.map(functools.partial(_row, seq_len=seq_len, max_predictions=max_predictions))
+    ds = ds.map(functools.partial(_row, seq_len=seq_len, max_predictions=max_predictions,
+                                  with_document_index=with_document_index))
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if prefetch_batches:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
