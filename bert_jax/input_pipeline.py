@@ -43,7 +43,9 @@ def dataset_info(data_dir) -> dict:
   meta = writer.read_metadata(data_dir)
   with open(os.path.join(data_dir, "dataset_info.json"), encoding="utf-8") as f:
     info = json.load(f)
-  splits = {s["name"]: sum(int(n) for n in s.get("shardLengths", [])) for s in info["splits"]}
+  splits = {s: 0 for s in writer.SPLITS}  # a split without documents has no TFDS entry
+  splits.update({s["name"]: sum(int(n) for n in s.get("shardLengths", []))
+                 for s in info["splits"]})
   return {**meta, "splits": splits}
 
 

@@ -12,7 +12,6 @@ a blank line inside it (or at the file start), reading past its end to finish th
 """
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import glob
 import gzip
@@ -83,10 +82,17 @@ def check_file(path: str) -> str | None:
     return "empty"
   if b"\x00" in head:
     return "binary (contains NUL bytes)"
-  try:  # final=False: a multi-byte character cut at the end of the head is fine.
-    codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-  except UnicodeDecodeError as e:
-    return f"not UTF-8 (invalid byte at offset {e.start})"
+  # A file whose opening lines are mostly not UTF-8 is another encoding: skip it whole. A few bad
+  # lines in a UTF-8 file are skipped one by one (and counted) while reading.
+  lines = head.split(b"\n")[:-1] or [head]
+  bad = 0
+  for line in lines:
+    try:
+      line.decode("utf-8")
+    except UnicodeDecodeError:
+      bad += 1
+  if bad > len(lines) // 2:
+    return f"not UTF-8 ({bad} of the first {len(lines)} lines)"
   return None
 
 

@@ -74,6 +74,8 @@ def write_dataset(staging: str, parts: dict[str, list[tuple[str, int]]], metadat
   split_infos = []
   for split in SPLITS:
     files = parts.get(split, [])
+    if not files:  # TFDS metadata cannot describe a split without shards; it is left out
+      continue
     for shard, (path, _) in enumerate(files):
       os.replace(path, os.path.join(staging, shard_name(split, shard, len(files))))
     split_infos.append(tfds.core.SplitInfo(
