@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import bert_jax
-from bert_jax import convert, model_io
+from bert_jax import convert, heads, model_io, modeling
 from bert_jax.modeling import create_model
 from tests.conftest import REPO, corpus_sentences
 
@@ -117,7 +117,7 @@ def test_encoder_without_pooler_and_with_bert_prefix(tmp_path):
 @pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
 def test_random_bert_jax_pretraining_exported_to_hf(tmp_path, vocab_path, param_dtype):
   config = bert_jax.BertConfig(**TINY, param_dtype=param_dtype)
-  model = create_model(bert_jax.BertForPreTraining, config, seed=3)
+  model = create_model(heads.BertForPreTraining, config, seed=3)
   tok = bert_jax.Tokenizer.from_vocab(vocab_path)
   bert_jax.save_pretrained(model, tok, tmp_path / "hf", format="hf")
   exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
@@ -142,7 +142,7 @@ def test_random_bert_jax_pretraining_exported_to_hf(tmp_path, vocab_path, param_
 
 def test_classifier_round_trip_keeps_labels(tmp_path):
   config = bert_jax.BertConfig(**TINY)
-  model = create_model(bert_jax.BertForSequenceClassification, config, num_labels=3)
+  model = create_model(heads.BertForSequenceClassification, config, num_labels=3)
   bert_jax.save_pretrained(model, None, tmp_path / "hf", format="hf",
                            extra_info={"label_names": ["neg", "neu", "pos"]})
   hf, info = transformers.BertForSequenceClassification.from_pretrained(
