@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bert_jax.layers import dropout
+from bert_jax.layers import dropout, matmul
 
 _NEG_INF = -1e9  # Large but finite, so fully masked rows (padding queries) stay finite.
 
@@ -43,13 +43,14 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
         mask=mask_Bx1xLxM, scale=float(scale), implementation="cudnn")
     return ctx.astype(jnp.float32), None
 
-  scores_BxNxLxM = jnp.einsum("BLNH,BMNH->BNLM", (q_BxLxNxH * scale).astype(dtype),
-                              k_BxMxNxH.astype(dtype), preferred_element_type=jnp.float32)
+  q_BxNxLxH = jnp.swapaxes(q_BxLxNxH * scale, 1, 2)
+  kt_BxNxHxM = jnp.transpose(k_BxMxNxH, (0, 2, 3, 1))
+  v_BxNxMxH = jnp.swapaxes(v_BxMxNxH, 1, 2)
+  scores_BxNxLxM = matmul(q_BxNxLxH, kt_BxNxHxM, dtype)
   scores_BxNxLxM = jnp.where(mask_Bx1xLxM, scores_BxNxLxM, _NEG_INF)
   probs_BxNxLxM = jax.nn.softmax(scores_BxNxLxM, axis=-1)
   dropped = dropout(probs_BxNxLxM, dropout_rate, dropout_rng)
-  ctx_BxLxNxH = jnp.einsum("BNLM,BMNH->BLNH", dropped.astype(dtype), v_BxMxNxH.astype(dtype),
-                           preferred_element_type=jnp.float32)
+  ctx_BxLxNxH = jnp.swapaxes(matmul(dropped, v_BxNxMxH, dtype), 1, 2)
   return ctx_BxLxNxH, (probs_BxNxLxM if want_probs else None)
 
 
