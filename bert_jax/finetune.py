@@ -1,0 +1,246 @@
+"""Fine-tune BERT on classification / regression (incl. GLUE), NER or SQuAD with the one train loop.
+
+    python -m bert_jax.finetune --config=configs/finetune.py:task=NAME --workdir=DIR \
+      [--config.init_from=CKPT] [--config.key=value ...]
+
+`finetune_and_evaluate(config, workdir)` is the library function behind it (notebooks call it).
+It builds a `train.Task` from the task's data, trains with `train.run` (checkpoints, resume,
+logging, sharding), keeps WORKDIR/best by the task metric (a bert_jax model directory that
+`bert_jax.predict` reads) and writes that model's dev predictions to WORKDIR/dev_predictions.jsonl.
+Console script: `bert-jax-finetune`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+
+import jax
+from absl import app, flags
+
+from bert_jax import train
+
+TASK_CLASSES = {
+    "classification": ("bert_jax.tasks.classification", "ClassificationTask"),
+    "ner": ("bert_jax.tasks.ner", "NerTask"),
+    "squad": ("bert_jax.tasks.squad", "SquadTask"),
+}
+LOWER_IS_BETTER = ("mse",)
+DEFAULT_VOCAB = pathlib.Path(__file__).parent / "resources" / "bert-base-uncased-vocab.txt"
+
+
+def task_class(name: str):
+  import importlib
+  if name not in TASK_CLASSES:
+    raise ValueError(f"config.task={name!r} is not one of {sorted(TASK_CLASSES)}.")
+  module, cls = TASK_CLASSES[name]
+  return getattr(importlib.import_module(module), cls)
+
+
+# ----------------------------------------------------------------------------- model source
+def load_source(config):
+  """(bert_config, tokenizer, converted checkpoint or None) for init_from or a fresh model."""
+  from bert_jax import convert as convert_lib
+  from bert_jax import pretraining
+  from bert_jax.tokenization import Tokenizer
+  m = config.model
+  compute = dict(hidden_dropout_prob=m.hidden_dropout_prob,
+                 attention_probs_dropout_prob=m.attention_probs_dropout_prob, dtype=m.dtype,
+                 attention_impl=m.attention_impl, remat=m.remat)
+  if config.init_from:
+    if not os.path.exists(config.init_from):
+      raise train.TrainingError(f"init_from={config.init_from!r} does not exist; point it at a "
+                                f"bert_jax model directory, a HF folder or a TF1 checkpoint.")
+    try:
+      conv = convert_lib.load_any(config.init_from)
+    except convert_lib.ConversionError as e:
+      raise train.TrainingError(f"init_from={config.init_from!r}: {e}") from None
+    tokenizer = Tokenizer.from_vocab(config.data.vocab) if config.data.vocab else conv.tokenizer
+    if tokenizer is None:
+      raise train.TrainingError(f"init_from={config.init_from!r} has no vocabulary; pass "
+                                f"--config.data.vocab=VOCAB.")
+    if tokenizer.vocab_size > conv.config.vocab_size:
+      raise train.TrainingError(f"The vocabulary has {tokenizer.vocab_size} tokens but the "
+                                f"checkpoint's embeddings only {conv.config.vocab_size}.")
+    bert_config = conv.config.replace(**compute)
+    return bert_config, tokenizer, (None if config.from_scratch else conv)
+  if config.from_scratch:
+    raise train.TrainingError("from_scratch=True takes the architecture from init_from; set "
+                              "--config.init_from too, or drop from_scratch.")
+  tokenizer = Tokenizer.from_vocab(config.data.vocab or DEFAULT_VOCAB)
+  return pretraining.bert_config_from(m, tokenizer.vocab_size), tokenizer, None
+
+
+def init_params_from(conv, architecture: str, task_data, new_head: bool) -> dict:
+  """The parameter tree to overlay on a fresh model: the whole checkpoint when it already is
+  this task's model with the same labels, else its encoder only (the head stays fresh)."""
+  from bert_jax import model_io
+  src_arch = conv.info.get("architecture", "BertModel")
+  flat = conv.params
+  if src_arch == architecture and not new_head:
+    src_labels = list(conv.info.get("label_names") or [])
+    src_n = conv.info.get("num_labels")
+    fits = (src_labels == list(task_data.label_names)) if src_labels else (
+        src_n is None or int(src_n) == task_data.num_labels)
+    if not fits:
+      raise train.TrainingError(
+          f"init_from is a {src_arch} for {src_labels or src_n} labels but this data has "
+          f"{task_data.label_names or task_data.num_labels}; set --config.new_head=True to train "
+          f"a new head on its encoder.")
+    return model_io.unflatten(flat)
+  if any(k.startswith("bert.") for k in flat):
+    flat = {k[len("bert."):]: v for k, v in flat.items() if k.startswith("bert.")}
+  return {"bert": model_io.unflatten(flat)}
+
+
+# ----------------------------------------------------------------------------- the Task
+def resolve_schedule(config, num_train: int):
+  """A copy of config with num_steps, warmup_steps and eval_every made concrete."""
+  config = config.copy_and_resolve_references()
+  tc = config.train
+  per_epoch = max(1, num_train // tc.batch_size)
+  with config.unlocked():
+    if tc.num_steps <= 0:
+      tc.num_steps = max(1, int(math.ceil(tc.num_epochs * per_epoch)))
+    if config.optimizer.warmup_steps < 0:
+      config.optimizer.warmup_steps = int(config.optimizer.warmup_fraction * tc.num_steps)
+    if tc.eval_every < 0:
+      tc.eval_every = per_epoch
+  return config
+
+
+def _best_value(path: pathlib.Path):
+  try:
+    info = json.loads((path / "model_info.json").read_text())
+    return float(info["metric_value"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def make_task(config, workdir: str):
+  """(train.Task, resolved config, task data) for `config`."""
+  from bert_jax import model_io
+  from bert_jax import flops as flops_lib
+  from bert_jax.pretraining import _shape_identity
+  from bert_jax.tasks import common
+
+  bert_config, tokenizer, conv = load_source(config)
+  try:
+    data = task_class(config.task)(config, tokenizer)
+  except common.DataError as e:
+    raise train.TrainingError(str(e)) from None
+  arch = data.architecture
+  n_train = len(data.train_arrays["input_ids"])
+  config = resolve_schedule(config, n_train)
+  seq_len = int(data.train_arrays["input_ids"].shape[1])
+  if seq_len > bert_config.max_position_embeddings:
+    raise train.TrainingError(f"data.max_seq_length={seq_len} exceeds the model's "
+                              f"max_position_embeddings={bert_config.max_position_embeddings}.")
+  init = init_params_from(conv, arch, data, config.new_head) if conv is not None else None
+  tc = config.train
+  metric = data.metric
+  best_dir = pathlib.Path(workdir) / "best"
+  best = {"value": _best_value(best_dir)}
+  last = {"records": []}
+
+  def evaluate(model, mesh):
+    results, last["records"] = data.evaluate(model, mesh, tc.eval_batch_size)
+    if metric not in results:
+      raise train.TrainingError(f"train.metric={metric!r} is not among this task's metrics "
+                                f"{sorted(results)}.")
+    return results
+
+  def on_eval(step, results, model):
+    value = results[metric]
+    lower = metric in LOWER_IS_BETTER
+    old = best["value"]
+    if value != value or (old is not None and (value >= old if lower else value <= old)):
+      return  # NaN or no better than the best so far.
+    best["value"] = value
+    if jax.process_index() != 0:
+      return
+    model_io.save_model_dir(best_dir, model, tokenizer, overwrite=True,
+                            extra_info={**data.info(), "metric": metric, "metric_value": value,
+                                        "step": int(step), "eval": results,
+                                        "init_from": config.init_from})
+    common.write_jsonl(pathlib.Path(workdir) / "dev_predictions.jsonl", last["records"])
+
+  def train_iter():
+    return common.EpochIterator(data.train_arrays, tc.batch_size, tc.seed,
+                                jax.process_index(), jax.process_count())
+
+  identity = {"bert_config": _shape_identity(bert_config),
+              "vocab_fingerprint": tokenizer.fingerprint, "architecture": arch,
+              "labels": list(data.label_names), "num_labels": data.num_labels}
+  task = train.Task(
+      name=f"finetune-{config.task}",
+      model_factory=lambda rngs: data.make_model(bert_config, rngs),
+      loss_fn=data.loss_fn,
+      train_iter=train_iter,
+      init_params=(lambda: init) if init is not None else None,
+      identity=identity,
+      tokens_per_example=seq_len,
+      flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, seq_len, 0),
+      evaluate=evaluate,
+      on_eval=on_eval,
+  )
+  return task, config, data
+
+
+def finetune_and_evaluate(config, workdir: str) -> dict:
+  """Fine-tunes per `config` in `workdir` (resuming if it holds a checkpoint).
+
+  Returns train.run's summary plus `best` ({metric, value, path}) and `data_stats`.
+  """
+  task, config, data = make_task(config, workdir)
+  summary = train.run(task, config, workdir)
+  best_dir = pathlib.Path(workdir) / "best"
+  summary["best"] = {"metric": data.metric, "value": _best_value(best_dir),
+                     "path": str(best_dir)}
+  summary["num_train_examples"] = int(len(data.train_arrays["input_ids"]))
+  summary["config"] = config
+  if jax.process_index() == 0:
+    keys = ("status", "step", "train_seconds", "train", "eval", "best", "num_train_examples")
+    tmp = pathlib.Path(workdir) / ".summary.json.tmp"
+    tmp.write_text(json.dumps({k: summary[k] for k in keys}, indent=2, default=float))
+    tmp.replace(pathlib.Path(workdir) / "summary.json")
+  return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  if "workdir" in FLAGS:
+    return
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "configs/finetune.py:task=NAME[,tiny]",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and WORKDIR/best.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  from absl import logging
+  from bert_jax import cli
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO.
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.maybe_initialize_distributed()
+  summary = cli.guarded(finetune_and_evaluate, FLAGS.config, FLAGS.workdir)
+  best = summary["best"]
+  print(f"{summary['status']} at step {summary['step']} ({summary['train_seconds']:.0f} s); "
+        f"best {best['metric']}={best['value']} in {best['path']}; final eval: "
+        f"{ {k: round(v, 4) for k, v in summary['eval'].items()} }")
+
+
+def run():
+  from bert_jax import cli
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,121 @@
+"""Predict with a fine-tuned model: one JSON object per input row.
+
+    python -m bert_jax.predict --checkpoint=WORKDIR/best --input=FILE --output=FILE.jsonl
+
+The checkpoint's model_info.json says which task it was trained for (what `bert_jax.finetune`
+writes; a converted HF head works too). Inputs and outputs per task:
+  classification: CSV / TSV / JSONL with the training columns (or --text_column ...) ->
+                  {"text", "label", "probabilities"} (regression: {"text", "score"})
+  ner:            CoNLL (tags ignored) or plain text, one sentence a line ->
+                  {"tokens", "tags", "entities": [{"type", "start", "end", "text"}]}
+  squad:          SQuAD JSON (nested or flat) -> {"id", "question", "answer", "score",
+                  "null_score_diff", "n_best"}
+Console script: `bert-jax-predict`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+
+from absl import app, flags
+
+ARCHITECTURE_TASKS = {"BertForSequenceClassification": "classification",
+                      "BertForTokenClassification": "ner", "BertForQuestionAnswering": "squad"}
+TASK_MODULES = {"classification": "bert_jax.tasks.classification", "ner": "bert_jax.tasks.ner",
+                "squad": "bert_jax.tasks.squad"}
+SQUAD_DEFAULTS = dict(max_seq_length=384, doc_stride=128, max_query_length=64)
+
+
+class PredictError(ValueError):
+  """A checkpoint or input that cannot be predicted on, with what to do."""
+
+
+def checkpoint_task(info: dict, path) -> tuple[str, dict]:
+  """(task name, info with defaults) of a model directory's model_info; refuses head-less ones."""
+  arch = info.get("architecture", "BertModel")
+  task = info.get("task") or ARCHITECTURE_TASKS.get(arch)
+  if task is None or ARCHITECTURE_TASKS.get(arch) != task:
+    raise PredictError(f"{path} is a {arch} without a task head (classification, NER or QA); "
+                       f"fine-tune it first with `python -m bert_jax.finetune`.")
+  info = dict(info)
+  if task == "classification" and not info.get("label_names") and not info.get("regression"):
+    n = int(info.get("num_labels") or 0)
+    info["regression"] = n == 1
+    info["label_names"] = [str(i) for i in range(n)] if n > 1 else []
+  if task == "ner" and not info.get("label_names"):
+    raise PredictError(f"{path} has no label_names in model_info.json; NER tags cannot be named.")
+  if task == "squad":
+    info = {**SQUAD_DEFAULTS, **info}
+  return task, info
+
+
+def predict_file(checkpoint, input_path, *, batch_size: int = 32, task: str = "",
+                 overrides: dict | None = None) -> list[dict]:
+  """Prediction records for `input_path` with the fine-tuned model in `checkpoint`."""
+  from bert_jax import model_io
+  from bert_jax.tokenization import Tokenizer
+  path = pathlib.Path(checkpoint)
+  if not model_io.is_model_dir(path):
+    raise PredictError(f"--checkpoint={checkpoint} is not a bert_jax model directory; use a "
+                       f"fine-tuning WORKDIR/best.")
+  info = json.loads((path / model_io.INFO_FILE).read_text(encoding="utf-8"))
+  name, info = checkpoint_task(info, path)
+  if task and task != name:
+    raise PredictError(f"{path} holds a {name} model ({info['architecture']}), which does not "
+                       f"fit task {task!r}; use a checkpoint fine-tuned for {task}.")
+  if not pathlib.Path(input_path).is_file():
+    raise PredictError(f"--input={input_path} does not exist.")
+  model = model_io.load_model(path)
+  tokenizer = Tokenizer.from_dir(path)
+  module = importlib.import_module(TASK_MODULES[name])
+  return module.predict(model, tokenizer, info, input_path, batch_size, overrides or {})
+
+
+# ----------------------------------------------------------------------------- CLI
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  if "checkpoint" in FLAGS:
+    return
+  flags.DEFINE_string("checkpoint", None, "A fine-tuned bert_jax model directory (WORKDIR/best).")
+  flags.DEFINE_string("input", None, "Rows to predict (CSV/TSV/JSONL, CoNLL/text, SQuAD JSON).")
+  flags.DEFINE_string("output", None, "Where to write one JSON object per row (.jsonl).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+  flags.DEFINE_integer("batch_size", 32, "Rows per forward pass.")
+  flags.DEFINE_string("task", "", "Optional: refuse a checkpoint not made for this task.")
+  flags.DEFINE_string("text_column", None, "Classification: override the text column.")
+  flags.DEFINE_string("text_pair_column", None, "Classification: override the pair column.")
+  flags.DEFINE_string("header", None, "Classification: auto | yes | no.")
+  flags.DEFINE_string("format", None, "csv | tsv | jsonl (classification), conll | text (NER).")
+  flags.mark_flags_as_required(["checkpoint", "input", "output"])
+
+
+def main(argv):
+  from absl import logging
+
+  from bert_jax import cli
+  from bert_jax.tasks import common
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  out = pathlib.Path(FLAGS.output)
+  if out.exists() and not FLAGS.overwrite:
+    cli.fail(f"--output={out} already exists; choose another path or pass --overwrite.")
+  overrides = {k: getattr(FLAGS, k) for k in ("text_column", "text_pair_column", "header",
+                                               "format")}
+  records = cli.guarded(predict_file, FLAGS.checkpoint, FLAGS.input,
+                        batch_size=FLAGS.batch_size, task=FLAGS.task, overrides=overrides)
+  common.write_jsonl(out, records)
+  print(f"wrote {len(records)} predictions to {out}")
+
+
+def run():
+  from bert_jax import cli
+  _define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

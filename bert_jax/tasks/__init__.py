@@ -1,0 +1,1 @@
+"""Fine-tuning tasks: classification / regression, NER and SQuAD."""

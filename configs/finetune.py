@@ -1,0 +1,115 @@
+"""Fine-tuning configs: `--config=configs/finetune.py:task=NAME[,tiny]`.
+
+NAME: classification (CSV / TSV / JSONL, any columns), ner (CoNLL), squad (SQuAD v1.1 / v2.0),
+or a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli: set data.dir to the GLUE
+folder with train.tsv / dev.tsv). `tiny` shrinks everything to a 1-layer model and 2 steps (tests).
+
+  # Sentiment from a headerless CSV `label,text`, 80/20 seeded split, from a converted checkpoint:
+  python -m bert_jax.finetune --config=configs/finetune.py:task=classification \
+    --workdir=/tmp/sent --config.init_from=MODEL_DIR --config.data.train_file=polarity-en.csv \
+    --config.data.label_column=0 --config.data.text_column=1
+  # NER (WikiGold, IO tags trained as BIO), SQuAD, GLUE MRPC:
+  python -m bert_jax.finetune --config=configs/finetune.py:task=ner --workdir=/tmp/ner \
+    --config.init_from=MODEL_DIR --config.data.train_file=tests/data/wikigold.conll.txt
+  python -m bert_jax.finetune --config=configs/finetune.py:task=squad --workdir=/tmp/qa \
+    --config.init_from=MODEL_DIR --config.data.train_file=train-v2.0.json \
+    --config.data.dev_file=dev-v2.0.json
+  python -m bert_jax.finetune --config=configs/finetune.py:task=mrpc --workdir=/tmp/mrpc \
+    --config.init_from=MODEL_DIR --config.data.dir=glue_data/MRPC
+
+WORKDIR/best is the best model by train.metric (a bert_jax model directory with its tokenizer and
+label names, what `python -m bert_jax.predict --checkpoint=WORKDIR/best` reads);
+WORKDIR/dev_predictions.jsonl holds that model's predictions on the dev set.
+"""
+from ml_collections import ConfigDict
+
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+TASKS = ("classification", "ner", "squad") + GLUE_TASKS
+
+
+def _parse(arg: str) -> tuple[str, bool]:
+  task, tiny = "classification", False
+  for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+    if part == "tiny":
+      tiny = True
+    elif part.startswith("task="):
+      task = part[len("task="):]
+    elif part in TASKS:
+      task = part
+    else:
+      raise ValueError(f"Unknown finetune config argument {part!r}; use task=NAME[,tiny] with "
+                       f"NAME in {', '.join(TASKS)}.")
+  if task not in TASKS:
+    raise ValueError(f"Unknown fine-tuning task {task!r}; choose one of {', '.join(TASKS)}.")
+  return task, tiny
+
+
+def get_config(arg: str = "task=classification") -> ConfigDict:
+  task, tiny = _parse(arg)
+  c = ConfigDict()
+  c.task = "classification" if task in GLUE_TASKS else task  # classification | ner | squad
+  c.init_from = ""  # bert_jax model directory, HF folder or TF1 checkpoint to start from.
+  c.new_head = False  # True: keep only init_from's encoder even if it has this task's head.
+  c.from_scratch = False  # True: init_from's architecture and vocabulary, random weights.
+
+  c.model = ConfigDict(dict(
+      # Without init_from: the architecture (as configs/pretrain.py) and data.vocab.
+      preset="mini", num_hidden_layers=0, hidden_size=0, num_attention_heads=0,
+      intermediate_size=0, max_position_embeddings=512,
+      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,  # also override init_from's
+      dtype="bfloat16",  # matmul inputs; accumulation and master weights stay f32
+      attention_impl="auto", remat=False,
+  ))
+  c.data = ConfigDict(dict(
+      train_file="", dev_file="",  # No dev_file: a seeded dev_fraction split of train_file.
+      dev_fraction=0.2, split_seed=0,
+      vocab="",  # Without init_from: a vocab.txt / .model (default: bert-base-uncased).
+      max_seq_length=128,
+      # classification
+      glue_task=task if task in GLUE_TASKS else "", dir="",
+      format="auto",  # auto (by extension) | csv | tsv | jsonl
+      header="auto",  # auto: a header row exactly when columns are named | yes | no
+      text_column="text", text_pair_column="", label_column="label",
+      label_names="",  # comma-separated; default: GLUE's, else the sorted training labels
+      regression=False,
+      # ner
+      label_scheme="bio",  # bio | io | keep (train on the file's tags as they are)
+      # squad
+      squad_version="auto", doc_stride=128, max_query_length=64, n_best_size=20,
+      max_answer_length=30, null_score_diff_threshold=0.0,
+  ))
+  c.optimizer = ConfigDict(dict(
+      name="adamw", learning_rate=5e-5, end_learning_rate=0.0, schedule="linear", power=1.0,
+      warmup_steps=-1, warmup_fraction=0.1,  # -1: warmup_fraction of the steps
+      weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, grad_accum_steps=1,
+  ))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.checkpoint = ConfigDict(dict(every_steps=1000, max_to_keep=1, async_save=True))
+  c.train = ConfigDict(dict(
+      batch_size=32, num_steps=0, num_epochs=3.0,  # num_steps=0: num_epochs over the train set
+      eval_batch_size=64, max_train_seconds=0.0, seed=0, log_every=50,
+      eval_every=-1,  # -1: once per epoch; 0: only at the end
+      metric="",  # what picks WORKDIR/best; default per task (accuracy, f1, pearson, ...)
+      skip_nonfinite=False, peak_flops_per_device=0.0,
+  ))
+
+  if task == "ner":
+    c.data.update(max_seq_length=128)
+    c.train.update(batch_size=16)
+  elif task == "squad":
+    c.data.update(max_seq_length=384)
+    c.optimizer.update(learning_rate=3e-5)
+    c.train.update(batch_size=16, num_epochs=2.0)
+  elif task == "classification":
+    c.data.update(max_seq_length=128)
+
+  if tiny:
+    c.model.update(preset="tiny", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                   intermediate_size=64, max_position_embeddings=128, dtype="float32",
+                   attention_impl="xla")
+    c.data.update(max_seq_length=64 if task != "squad" else 96, doc_stride=32,
+                  max_query_length=24)
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=1)
+    c.checkpoint.update(every_steps=100, async_save=False)
+    c.train.update(batch_size=4, num_steps=2, eval_batch_size=8, log_every=1, eval_every=0)
+  return c
