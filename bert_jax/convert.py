@@ -117,7 +117,6 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
       for k in f.keys():
         out[k] = np.asarray(f.get_tensor(k))
   except (TypeError, ValueError):  # bf16 tensors have no numpy dtype in safetensors' numpy API.
-    import torch
     with safe_open(str(path), framework="pt") as f:
       for k in f.keys():
         out[k] = f.get_tensor(k).float().numpy()

@@ -36,7 +36,7 @@ def _guess_lower_case(tokens: Sequence[str]) -> bool:
 
 
 def _truncate_pair(n_a: int, n_b: int, budget: int) -> tuple[int, int]:
-  """Lengths kept by the `longest_first` strategy of `tokenizers` (what HF's truncation=True does)."""
+  """Lengths kept by `tokenizers`' `longest_first` strategy (HF's truncation=True)."""
   if n_a + n_b <= budget:
     return n_a, n_b
   n1, n2 = min(n_a, n_b), max(n_a, n_b)
@@ -305,7 +305,7 @@ class Tokenizer:
     input_ids = np.full((len(rows), width), self.pad_id, np.int32)
     token_type_ids = np.zeros((len(rows), width), np.int32)
     attention_mask = np.zeros((len(rows), width), np.int32)
-    for k, (row, tt) in enumerate(zip(rows, types)):
+    for k, (row, tt) in enumerate(zip(rows, types, strict=True)):
       input_ids[k, :len(row)] = row
       token_type_ids[k, :len(row)] = tt
       attention_mask[k, :len(row)] = 1

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import bert_jax
-from bert_jax import convert, heads, model_io, modeling
+from bert_jax import convert, heads, model_io
 from bert_jax.modeling import create_model
 from tests.conftest import REPO, corpus_sentences
 
@@ -313,7 +313,8 @@ def test_refuses_existing_destination_then_overwrites(tmp_path, minilm_dir):
   (dst / "keep.txt").write_text("mine")
   result = _cli(f"--src={minilm_dir}", f"--dst={dst}")
   assert result.returncode != 0 and "--overwrite" in result.stderr.strip().splitlines()[-1]
-  assert [p.name for p in dst.iterdir()] == ["keep.txt"] and (dst / "keep.txt").read_text() == "mine"
+  assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+  assert (dst / "keep.txt").read_text() == "mine"
   result = _cli(f"--src={minilm_dir}", f"--dst={dst}", "--overwrite")
   assert result.returncode == 0, result.stderr
   assert "mapped 103 tensors" in result.stdout and "position_ids" in result.stdout

@@ -20,7 +20,7 @@ BATCH = 16
 def sentences(bible_path, mobydick_path):
   # Interleave the corpora so each padded batch mixes short and long rows.
   a, b = corpus_sentences(bible_path, 32), corpus_sentences(mobydick_path, 32)
-  return [s for pair in zip(a, b) for s in pair]
+  return [s for pair in zip(a, b, strict=True) for s in pair]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,8 @@ def test_matches_transformers_on_real_sentences(ours, reference, sentences):
     worst_pooled = max(worst_pooled, float(np.abs(np.asarray(got.pooler_output)
                                                   - want.pooler_output.numpy()).max()))
   print(f"\nMiniLM vs transformers on {len(sentences)} sentences (lengths {min(lengths)}-"
-        f"{max(lengths)}): max|diff| last_hidden_state {worst_hidden:.3g}, pooler {worst_pooled:.3g}")
+        f"{max(lengths)}): max|diff| last_hidden_state {worst_hidden:.3g}, "
+        f"pooler {worst_pooled:.3g}")
   assert max(lengths) > 3 * min(lengths), "sentences should be of mixed length"
   assert worst_hidden <= TOL and worst_pooled <= TOL
 
@@ -89,9 +90,9 @@ def test_hidden_states_and_attentions(ours, reference, sentences):
   assert all(h.shape == (b, seq, cfg.hidden_size) for h in got.hidden_states)
   assert all(a.shape == (b, cfg.num_attention_heads, seq, seq) for a in got.attentions)
   mask = enc["attention_mask"].astype(bool)
-  for h, w in zip(got.hidden_states, want.hidden_states):
+  for h, w in zip(got.hidden_states, want.hidden_states, strict=True):
     assert np.abs(np.asarray(h) - w.numpy())[mask].max() <= TOL
-  for a, w in zip(got.attentions, want.attentions):
+  for a, w in zip(got.attentions, want.attentions, strict=True):
     diff_BxNxLxM = np.abs(np.asarray(a) - w.numpy())
     assert diff_BxNxLxM.transpose(0, 2, 1, 3)[mask].max() <= TOL  # Real queries, all keys.
   # Padding keys get no attention.

@@ -12,8 +12,9 @@ from tests.conftest import TESTDATA, corpus_sentences
 transformers = pytest.importorskip("transformers")
 
 # Accents, CJK, control characters, a literal special token: what BERT's pipeline must handle.
-EDGE_CASES = ["Héllo wörld, naïve café Zürich", "日本語のテキストと中文 mixed", "tab\there\x00 zero-width\u200b",
-              "soft\u00adhyphen and ﬁ ligature", "a [MASK] in text", "ÀÉÎÕÜ ß Œuvre", "   ", ""]
+EDGE_CASES = ["Héllo wörld, naïve café Zürich", "日本語のテキストと中文 mixed",
+              "tab\there\x00 zero-width\u200b", "soft\u00adhyphen and ﬁ ligature",
+              "a [MASK] in text", "ÀÉÎÕÜ ß Œuvre", "   ", ""]
 
 
 def _hf(vocab, lower):
@@ -32,7 +33,8 @@ def cased_vocab(tmp_path_factory, mobydick_path, bible_path):
   """A real cased WordPiece vocabulary, trained on both corpora with BERT's pipeline."""
   from tokenizers import BertWordPieceTokenizer
   trainer = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
-  trainer.train([str(mobydick_path), str(bible_path)], vocab_size=4000, min_frequency=2, show_progress=False)
+  trainer.train([str(mobydick_path), str(bible_path)], vocab_size=4000, min_frequency=2,
+                show_progress=False)
   out = tmp_path_factory.mktemp("cased")
   trainer.save_model(str(out))
   return out / "vocab.txt"
@@ -140,7 +142,8 @@ def test_save_loads_in_from_dir_and_transformers(tmp_path, cased_vocab, sentence
 def test_from_dir_reads_hf_folder(minilm_dir, vocab_path):
   tok = Tokenizer.from_dir(minilm_dir)
   assert tok.do_lower_case and tok.kind == "wordpiece" and tok.vocab_size == 30522
-  assert tok.encode("Hello, World!") == Tokenizer.from_vocab(vocab_path, True).encode("Hello, World!")
+  text = "Hello, World!"
+  assert tok.encode(text) == Tokenizer.from_vocab(vocab_path, True).encode(text)
 
 
 def test_missing_vocab_is_a_clear_error(tmp_path):
