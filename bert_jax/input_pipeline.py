@@ -259,7 +259,8 @@ def to_global_arrays(batch: dict, mesh, sharding=None) -> dict:
   leading dimension over the mesh's `data` and `fsdp` axes (sharding.DEFAULT_RULES' "batch").
   """
   import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
   if sharding is None:
     axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
     sharding = P(axes or None)

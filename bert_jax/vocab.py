@@ -18,8 +18,7 @@ from collections.abc import Iterator, Sequence
 
 from absl import app, flags
 
-from bert_jax.data import DataError, default_corpus_path
-from bert_jax.data import reading
+from bert_jax.data import DataError, default_corpus_path, reading
 
 KINDS = ("wordpiece", "unigram", "bpe")
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -102,8 +101,8 @@ def main(argv):
   inputs = [default_corpus_path() if i == "bible" else i for i in _INPUT.value]
   try:
     path = train_vocab(inputs, _OUTPUT.value, kind=_KIND.value, vocab_size=_SIZE.value,
-                       lowercase={"auto": None, "true": True, "false": False}[_LOWER.value], max_lines=_MAX_LINES.value,
-                       overwrite=_OVERWRITE.value)
+                       lowercase={"auto": None, "true": True, "false": False}[_LOWER.value],
+                       max_lines=_MAX_LINES.value, overwrite=_OVERWRITE.value)
   except DataError as e:
     print(f"bert-jax-vocab: {e}", file=sys.stderr)
     sys.exit(2)

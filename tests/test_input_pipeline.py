@@ -73,7 +73,7 @@ def test_batch_keys_shapes_and_row_structure(data_dir, tok):
   assert {k: v.shape for k, v in b.items()} == want
   for k, v in b.items():
     assert v.dtype == (np.float32 if k == "masked_lm_weights" else np.int32), k
-  for row, mask, seg in zip(_originals(b), b["input_mask"], b["segment_ids"]):
+  for row, mask, seg in zip(_originals(b), b["input_mask"], b["segment_ids"], strict=True):
     n = int(mask.sum())
     assert mask[:n].all() and not mask[n:].any() and n <= SEQ
     assert row[0] == tok.cls_id and row[n - 1] == tok.sep_id
@@ -98,7 +98,7 @@ def test_masking_and_nsp_statistics(data_dir, tok):
   assert abs(frac_mask - 0.8) < 0.02 and abs(frac_keep - 0.1) < 0.02
   assert abs(1 - frac_mask - frac_keep - 0.1) < 0.02
   # Positions are distinct and sorted inside each row.
-  for pos, wt in zip(b["masked_lm_positions"], w):
+  for pos, wt in zip(b["masked_lm_positions"], w, strict=True):
     p = pos[wt]
     assert (np.diff(p) > 0).all() and (p > 0).all()
   assert abs(b["next_sentence_labels"].mean() - 0.5) < 0.03
@@ -115,7 +115,7 @@ def test_every_segment_decodes_to_corpus_text(data_dir, tok, bible_slice):
   corpus = _normal(bible_slice.read_text(encoding="utf-8"))
   b = _stack(_take(iter(_ds(data_dir, batch_size=32)), 8))
   checked = 0
-  for row, n in zip(_originals(b), b["input_mask"].sum(1)):
+  for row, n in zip(_originals(b), b["input_mask"].sum(1), strict=True):
     row = row[:n]
     assert tok.unk_id not in row
     sep = int(np.flatnonzero(row == tok.sep_id)[0])
@@ -151,7 +151,8 @@ def test_sop_labels_swap_order(data_dir, tok):
 def test_sop_segments_come_from_one_document_in_order_or_swapped(data_dir, tok, bible_slice):
   corpus = _normal(bible_slice.read_text(encoding="utf-8"))
   b = _stack(_take(iter(_ds(data_dir, batch_size=32, nsp_mode="sop")), 4))
-  for row, n, label in zip(_originals(b), b["input_mask"].sum(1), b["next_sentence_labels"]):
+  rows = zip(_originals(b), b["input_mask"].sum(1), b["next_sentence_labels"], strict=True)
+  for row, n, label in rows:
     sep = int(np.flatnonzero(row == tok.sep_id)[0])
     a, bb = row[1:sep], row[sep + 1:n - 1]
     first, second = (a, bb) if label == 0 else (bb, a)
@@ -190,11 +191,11 @@ def test_resume_is_bitwise_exact(data_dir, pack):
   expected = _take(it, 6)
   again = iter(_ds(data_dir, **kw))
   again.set_state(state)
-  for want, got in zip(expected, _take(again, 6)):
+  for want, got in zip(expected, _take(again, 6), strict=True):
     for k in want:
       np.testing.assert_array_equal(want[k], got[k], err_msg=k)
   fresh = _take(iter(_ds(data_dir, **kw)), 11)[5:]
-  for want, got in zip(expected, fresh):
+  for want, got in zip(expected, fresh, strict=True):
     np.testing.assert_array_equal(want["input_ids"], got["input_ids"])
   other = next(iter(_ds(data_dir, seed=4, **kw)))
   assert not np.array_equal(other["input_ids"], fresh[0]["input_ids"])
@@ -245,6 +246,7 @@ def test_bad_arguments(data_dir, tmp_path):
 
 def test_to_global_arrays(data_dir):
   import jax
+
   from bert_jax.sharding import make_mesh
   mesh = make_mesh({"data": -1})
   b = next(iter(_ds(data_dir)))

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from bert_jax.data import DataError, default_corpus_path, prepare, preparation
+from bert_jax.data import DataError, default_corpus_path, preparation, prepare
 from bert_jax.tokenization import Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -43,7 +43,7 @@ def _truncate(a: np.ndarray, b: np.ndarray, max_num_tokens: int, rng) -> tuple:
 
 def document_pairs(sentences: list[np.ndarray], doc_index: int, num_docs: int,
                    get_doc: Callable[[int], list[np.ndarray]], rng, *, max_num_tokens: int,
-                   short_seq_prob: float, nsp_mode: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
+                   short_seq_prob: float, nsp_mode: str) -> list[tuple]:
   """[(tokens_a, tokens_b, label)] for one document; len(a) + len(b) <= max_num_tokens."""
   target = max_num_tokens
   if rng.random() < short_seq_prob:

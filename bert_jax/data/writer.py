@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+
 import numpy as np
 
 DATASET_NAME = "bert_pretraining"
