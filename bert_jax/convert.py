@@ -120,7 +120,10 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     with safe_open(str(path), framework="pt") as f:
       for k in f.keys():
         out[k] = f.get_tensor(k).float().numpy()
-  return {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in out.items()}
+  # bf16 arrives as an ml_dtypes type (kind "V"); every float becomes exact f32.
+  floats = ("bfloat16", "float16", "float64")
+  return {k: v.astype(np.float32) if v.dtype.kind == "f" or v.dtype.name in floats else v
+          for k, v in out.items()}
 
 
 _TF_OPTIMIZER_SUFFIXES = ("adam_m", "adam_v", "Adam", "Adam_1", "Momentum", "LAMB", "LAMB_1")

@@ -114,6 +114,16 @@ def test_encoder_without_pooler_and_with_bert_prefix(tmp_path):
   assert diff[enc["attention_mask"].astype(bool)].max() <= TOL
 
 
+def test_bf16_hf_weights_load_as_exact_f32(tmp_path):
+  torch.manual_seed(3)
+  model = transformers.BertModel(transformers.BertConfig(**TINY)).eval().to(torch.bfloat16)
+  model.save_pretrained(str(tmp_path / "bf16"))
+  conv = convert.load_any(tmp_path / "bf16")
+  word = model.embeddings.word_embeddings.weight.detach().float().numpy()
+  got = conv.params["embeddings.word_embeddings.embedding"]
+  assert got.dtype == np.float32 and np.array_equal(got, word)
+
+
 @pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
 def test_random_bert_jax_pretraining_exported_to_hf(tmp_path, vocab_path, param_dtype):
   config = bert_jax.BertConfig(**TINY, param_dtype=param_dtype)
