@@ -26,13 +26,26 @@ class CheckpointError(RuntimeError):
 
 
 class DataStateHandler(ocp.CheckpointHandler):
-  """Writes each process's iterator state (a JSON-able snapshot) as process_<i>-of-<n>.json."""
+  """Input-iterator positions as JSON files.
+
+  A state `{"shards": {id: state}}` (train.ShardedIterator) is written one file per data shard,
+  so a run can resume on another number of processes; any other state is written per process.
+  """
 
   def save(self, directory: epath.Path, args: "DataStateSave"):
-    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    (directory / name).write_text(json.dumps(args.state))
+    state = args.state
+    if isinstance(state, dict) and "shards" in state:
+      for shard, shard_state in state["shards"].items():
+        (directory / f"shard_{int(shard):05d}.json").write_text(json.dumps(shard_state))
+    else:
+      name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+      (directory / name).write_text(json.dumps(state))
 
   def restore(self, directory: epath.Path, args: "DataStateRestore" = None):
+    shard_files = sorted(directory.glob("shard_*.json"))
+    if shard_files:
+      return {"shards": {str(int(p.name[6:11])): json.loads(p.read_text())
+                         for p in shard_files}}
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     path = directory / name
     if not path.exists():

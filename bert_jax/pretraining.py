@@ -2,6 +2,7 @@
 the library function behind `python -m bert_jax.pretrain`, `make demo` and the notebooks."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -66,9 +67,46 @@ def _summarize(means: dict, sums: dict) -> dict:
 def _resolve_vocab(config) -> str:
   """The vocabulary to train with: the config's, else the one stored with the dataset."""
   if config.data.vocab:
+    if not os.path.isfile(config.data.vocab):
+      raise train.TrainingError(f"data.vocab={config.data.vocab!r} does not exist; pass the "
+                                f"vocabulary file the dataset was prepared with.")
     return config.data.vocab
-  from bert_jax.data import dataset_vocab_path
-  return dataset_vocab_path(config.data.dir)
+  from bert_jax import input_pipeline
+  name = input_pipeline.dataset_info(config.data.dir).get("vocab_file", "")
+  stored = os.path.join(config.data.dir, name)
+  if name and os.path.isfile(stored):
+    return stored
+  raise train.TrainingError(
+      f"Set --config.data.vocab to the vocabulary the dataset {config.data.dir} was prepared "
+      f"with ({name or 'unknown'}).")
+
+
+def model_task(config, vocab_size: int) -> train.Task:
+  """The pretraining Task without data: model, loss, tokens and FLOPs per example.
+
+  `make_task` adds the dataset to it; `bert_jax.aot` compiles its train step for TPU topologies.
+  """
+  bert_config = bert_config_from(config.model, vocab_size)
+  d = config.data
+  if d.seq_len > bert_config.max_position_embeddings:
+    raise train.TrainingError(
+        f"data.seq_len={d.seq_len} exceeds model.max_position_embeddings="
+        f"{bert_config.max_position_embeddings}; shorten the sequences or raise the limit.")
+
+  def no_data():
+    raise train.TrainingError("This pretraining task has no dataset; build it with "
+                              "make_task(config) to train.")
+
+  return train.Task(
+      name="pretraining",
+      model_factory=lambda rngs: BertForPreTraining(bert_config, rngs=rngs),
+      loss_fn=pretraining_loss,
+      train_iter=no_data,
+      identity={"bert_config": _shape_identity(bert_config)},
+      tokens_per_example=d.seq_len,
+      flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, d.seq_len,
+                                                       d.max_predictions),
+  )
 
 
 def make_task(config) -> train.Task:
@@ -84,32 +122,34 @@ def make_task(config) -> train.Task:
         f"--config.data.dir=DIR.")
   tokenizer = Tokenizer.from_vocab(_resolve_vocab(config))
   input_pipeline.check_vocab(data_dir, tokenizer)
+  task = model_task(config, tokenizer.vocab_size)
   bert_config = bert_config_from(config.model, tokenizer.vocab_size)
   d = config.data
-  if d.seq_len > bert_config.max_position_embeddings:
+  shards = train.local_shards(d.num_shards)
+  num_shards = d.num_shards or jax.process_count()
+  if config.train.batch_size % num_shards:
     raise train.TrainingError(
-        f"data.seq_len={d.seq_len} exceeds model.max_position_embeddings="
-        f"{bert_config.max_position_embeddings}; shorten the sequences or raise the limit.")
-  per_process = config.train.batch_size // jax.process_count()
+        f"train.batch_size={config.train.batch_size} is not a multiple of the {num_shards} data "
+        f"shards; change the batch size or data.num_shards.")
+  per_shard = config.train.batch_size // num_shards
   common = dict(seq_len=d.seq_len, max_predictions=d.max_predictions,
                 masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob,
                 whole_word_mask=d.whole_word_mask, nsp_mode=d.nsp_mode, pack=d.pack,
-                tokenizer=tokenizer, process_index=jax.process_index(),
-                process_count=jax.process_count())
+                tokenizer=tokenizer, process_count=num_shards)
 
   def train_iter():
-    ds = input_pipeline.create_pretraining_dataset(
-        data_dir, "train", batch_size=per_process, seed=config.train.seed, **common)
-    return iter(ds)
+    return train.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(
+        data_dir, "train", batch_size=per_shard, seed=config.train.seed, process_index=s,
+        **common)) for s in shards})
 
   def eval_batches():
-    ds = input_pipeline.create_pretraining_dataset(
-        data_dir, "validation", batch_size=per_process, seed=config.train.seed + 1,
-        num_epochs=1, shuffle=False, **common)
-    for i, batch in enumerate(ds):
-      if i >= d.eval_batches:
-        break
-      yield batch
+    its = train.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(
+        data_dir, "validation", batch_size=per_shard, seed=config.train.seed + 1,
+        num_epochs=None, shuffle=False, process_index=s, **common)) for s in shards})
+    # A fixed count on every process (repeating a small split) keeps multi-host evaluation in
+    # lockstep; the batches are the same at every evaluation.
+    for _ in range(d.eval_batches):
+      yield next(its)
 
   def eval_extra(batch):
     w = np.asarray(batch["masked_lm_weights"]) > 0
@@ -119,18 +159,12 @@ def make_task(config) -> train.Task:
   def init_params():
     return load_init_params(config.init_from, bert_config)
 
-  return train.Task(
-      name="pretraining",
-      model_factory=lambda rngs: BertForPreTraining(bert_config, rngs=rngs),
-      loss_fn=pretraining_loss,
+  return dataclasses.replace(
+      task,
       train_iter=train_iter,
       eval_batches=eval_batches,
       init_params=init_params if config.init_from else None,
-      identity={"bert_config": _shape_identity(bert_config),
-                "vocab_fingerprint": tokenizer.fingerprint},
-      tokens_per_example=d.seq_len,
-      flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, d.seq_len,
-                                                       d.max_predictions),
+      identity={**task.identity, "vocab_fingerprint": tokenizer.fingerprint},
       eval_extra=eval_extra,
       summarize=_summarize,
   )

@@ -75,6 +75,52 @@ class Task:
   on_eval: Callable[[int, dict[str, float], nnx.Module], None] | None = None
 
 
+# ----------------------------------------------------------------------------- data shards
+
+
+def local_shards(num_shards: int) -> list[int]:
+  """The data shards this process feeds: a contiguous block of `num_shards` (0 = one per process).
+
+  Fixing the number of data shards independently of the process count keeps the global batch
+  stream identical when a run moves between 1 and N processes (each shard keeps its own
+  iterator and its own saved position).
+  """
+  n, count, index = num_shards or jax.process_count(), jax.process_count(), jax.process_index()
+  if n % count:
+    raise TrainingError(f"data.num_shards={n} is not a multiple of the {count} processes; make "
+                        f"it one (0 means one shard per process).")
+  per = n // count
+  return list(range(index * per, (index + 1) * per))
+
+
+class ShardedIterator:
+  """Concatenates per-shard host batches along the batch axis; state is per shard."""
+
+  def __init__(self, iterators: dict[int, Iterator[dict]]):
+    self.iterators = iterators
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    parts = [next(it) for it in self.iterators.values()]
+    if len(parts) == 1:
+      return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> dict:
+    return {"shards": {str(s): it.get_state() for s, it in self.iterators.items()}}
+
+  def set_state(self, state: dict) -> None:
+    shards = state.get("shards", {})
+    missing = [s for s in self.iterators if str(s) not in shards]
+    if missing:
+      raise TrainingError(f"The checkpoint has no data position for shards {missing}; resume "
+                          f"with the data.num_shards the run started with.")
+    for s, it in self.iterators.items():
+      it.set_state(shards[str(s)])
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -194,6 +240,18 @@ def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
   return train_step
 
 
+def jit_train_step(task: Task, config, graphdef, tx, schedule, shardings):
+  """The jitted train step `run` executes (and `bert_jax.aot` compiles for TPU topologies).
+
+  The state keeps `shardings` and is donated; the batch arrives sharded over the batch axes.
+  """
+  return jax.jit(
+      make_train_step(graphdef, task.loss_fn, tx, schedule,
+                      accum_steps=config.optimizer.grad_accum_steps,
+                      skip_nonfinite=config.train.skip_nonfinite),
+      in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+
+
 def make_eval_step(graphdef, loss_fn):
 
   def eval_step(params, batch):
@@ -309,11 +367,7 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
     with jax.set_mesh(mesh):
       state = init_train_state(task, tx, shardings, tc.seed, loaded)
 
-  train_step = jax.jit(
-      make_train_step(graphdef, task.loss_fn, tx, schedule,
-                      accum_steps=config.optimizer.grad_accum_steps,
-                      skip_nonfinite=tc.skip_nonfinite),
-      in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+  train_step = jit_train_step(task, config, graphdef, tx, schedule, shardings)
   eval_step = jax.jit(make_eval_step(graphdef, task.loss_fn))
   rng = jax.random.key(tc.seed)
 
@@ -347,6 +401,20 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
                       {"identity": identity, "step": at_step, "config": config.to_dict()},
                       force=force)
 
+  def log_window():
+    nonlocal window, t_window, last_train
+    dt = time.time() - t_window
+    n = window["loss"][1]
+    last_train = task_means(task, window)
+    last_train.pop("nonfinite", None)
+    last_train["steps_per_sec"] = n / dt
+    last_train["tokens_per_sec"] = n * step_tokens / dt
+    last_train["mfu"] = n * step_flops / dt / (peak * jax.device_count())
+    writer.write(step, last_train, "train/")
+    writer.progress(step, start_step, last_train, tc.max_train_seconds or None,
+                    time.time() - t_start)
+    window, t_window = None, time.time()
+
   try:
     with jax.set_mesh(mesh):
       while step < tc.num_steps:
@@ -370,22 +438,15 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
         if step % config.checkpoint.every_steps == 0:
           save(step, d_state)
         if step % tc.log_every == 0 or step == tc.num_steps:
-          dt = time.time() - t_window
-          n = window["loss"][1]
-          last_train = task_means(task, window)
-          last_train["steps_per_sec"] = n / dt
-          last_train["tokens_per_sec"] = n * step_tokens / dt / 1.0
-          last_train["mfu"] = n * step_flops / dt / (peak * jax.device_count())
-          writer.write(step, last_train, "train/")
-          writer.progress(step, start_step, last_train, tc.max_train_seconds or None,
-                          time.time() - t_start)
-          window, t_window = None, time.time()
+          log_window()
         if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
           eval_results = evaluate(task, eval_step, state.params, mesh, graphdef, step)
           writer.write(step, eval_results, "eval/")
           t_window = time.time()
       if pending is not None:
         pull(pending, step)
+      if window is not None:  # Steps since the last log line (time budget, preemption).
+        log_window()
       train_seconds = time.time() - t_start
       if step > start_step or latest is None:
         if checkpointer.latest_step() != step:

@@ -44,6 +44,7 @@ def get_config(variant: str = "demo") -> ConfigDict:
       nsp_mode="nsp",  # nsp | sop
       pack=False,
       eval_batches=20,
+      num_shards=0,  # Data shards (0 = one per process); fixed, it lets a run change host count.
   ))
   c.optimizer = ConfigDict(dict(
       name="adamw", learning_rate=1e-4, end_learning_rate=0.0, schedule="linear", power=1.0,
