@@ -6,7 +6,6 @@ import pathlib
 import numpy as np
 from flax import nnx
 
-from bert_jax import convert as convert_lib
 from bert_jax import model_io
 
 
@@ -18,6 +17,7 @@ def from_pretrained(path, *, dtype=None, cls=None, param_dtype=None, **model_kwa
   checkpoint lacks are freshly initialised). `dtype` is the compute dtype (e.g. "bfloat16").
   The tokenizer is None when the source has no vocabulary.
   """
+  from bert_jax import convert as convert_lib  # Lazy: `python -m bert_jax.convert` runs it.
   conv = convert_lib.load_any(path)
   config = conv.config
   changes = {k: (v if isinstance(v, str) else np.dtype(v).name)
@@ -37,6 +37,7 @@ def save_pretrained(model: nnx.Module, tokenizer, path, format: str = "bert_jax"
                                    overwrite=overwrite)
   if format != "hf":
     raise ValueError(f"format={format!r} is not 'bert_jax' or 'hf'.")
+  from bert_jax import convert as convert_lib
   model_io.check_writable(path, overwrite)
   info = {"architecture": type(model).__name__, "num_labels": getattr(model, "num_labels", None),
           **(extra_info or {})}

@@ -145,11 +145,27 @@ def atomic_write_dir(path, write_fn, overwrite: bool = False) -> pathlib.Path:
   return path
 
 
+def _checkpointer():
+  """An orbax checkpointer local to this process.
+
+  The model directory holds host numpy arrays written by one process; with orbax's default
+  options every process of a multi-host job would have to join its barriers, so a call made on
+  process 0 alone (as the trainer does) would hang.
+  """
+  import orbax.checkpoint as ocp
+  me = jax.process_index()
+  mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                          barrier_sync_key_prefix=f"bert_jax_dir_p{me}")
+  if jax.process_count() == 1:
+    mp = ocp.options.MultiprocessingOptions()
+  return ocp.Checkpointer(ocp.StandardCheckpointHandler(multiprocessing_options=mp),
+                          multiprocessing_options=mp)
+
+
 def _save_params(directory: pathlib.Path, flat_params: dict[str, np.ndarray]) -> None:
   import orbax.checkpoint as ocp
   tree = unflatten({k: _to_numpy_f32(v) for k, v in flat_params.items()})
-  ckpt = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-  ckpt.save(directory / PARAMS_DIR, args=ocp.args.StandardSave(tree))
+  _checkpointer().save(directory / PARAMS_DIR, args=ocp.args.StandardSave(tree))
 
 
 def write_model_dir(path, config: BertConfig, info: dict, params: dict[str, np.ndarray],
@@ -187,7 +203,6 @@ def save_model_dir(path, model: nnx.Module, tokenizer=None, *, extra_info: dict 
 # ------------------------------------------------------------------ reading
 def read_model_dir(path) -> tuple[BertConfig, dict, dict]:
   """Returns (config, info, params) with params the nested dict of f32 numpy arrays."""
-  import orbax.checkpoint as ocp
   path = pathlib.Path(path).absolute()
   if not is_model_dir(path):
     raise FileNotFoundError(f"{path} is not a bert_jax model directory (no {INFO_FILE} with "
@@ -198,7 +213,7 @@ def read_model_dir(path) -> tuple[BertConfig, dict, dict]:
     raise ValueError(f"{path} has format_version {info['format_version']}, newer than this "
                      f"bert_jax reads ({FORMAT_VERSION}); upgrade bert_jax.")
   config = BertConfig.from_json(path / CONFIG_FILE)
-  params = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(path / PARAMS_DIR)
+  params = _checkpointer().restore(path / PARAMS_DIR)
   params = jax.tree.map(np.asarray, params)
   return config, info, params
 

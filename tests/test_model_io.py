@@ -120,3 +120,44 @@ def test_read_rejects_other_directories(tmp_path):
     model_io.read_model_dir(tmp_path)
   (tmp_path / "model_info.json").write_text(json.dumps({"format": "other"}))
   assert not model_io.is_model_dir(tmp_path)
+
+
+_TWO_PROCESS_SCRIPT = """
+import sys
+import jax
+pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                           process_id=pid, initialization_timeout=60)
+import numpy as np
+from jax.experimental import multihost_utils
+from bert_jax import model_io, modeling
+from bert_jax.configuration import BertConfig
+cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=32, max_position_embeddings=16)
+model = modeling.BertModel(cfg, rngs=__import__("flax").nnx.Rngs(params=1))
+if pid == 0:
+  model_io.save_model_dir(out, model)  # Process 0 alone, as a trainer does.
+multihost_utils.sync_global_devices("saved")
+again = model_io.load_model(out)
+a, b = model_io.model_params(model), model_io.model_params(again)
+print("OK" if all(np.array_equal(a[k], b[k]) for k in a) else "DIFFERENT")
+"""
+
+
+def test_process_zero_alone_saves_in_a_two_process_job(tmp_path):
+  import os
+  import socket
+  import subprocess
+  import sys
+
+  from tests.conftest import REPO
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(i), str(port),
+                             str(tmp_path / "m")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
+  outs = [p.communicate(timeout=180)[0] for p in procs]
+  for p, out in zip(procs, outs, strict=True):
+    assert p.returncode == 0 and out.strip().endswith("OK"), out[-2000:]
