@@ -1,0 +1,308 @@
+"""Sentence and token embeddings (feature extraction, as google-research/bert extract_features.py).
+
+    import bert_jax
+    model = bert_jax.BertModel.from_pretrained(DIR)
+    tokenizer = bert_jax.BertTokenizer.from_pretrained(DIR)
+    vectors = bert_jax.embed(model, tokenizer, ["A sentence.", "Another one."], normalize=True)
+
+    python -m bert_jax.embed --checkpoint=DIR --input=lines.txt --output=out/emb
+      -> out/emb.npy (float32 [rows, D], or [tokens, D] with --pooling=tokens)
+         out/emb.jsonl (one object per row: its 1-based line number in the input, ...)
+
+Poolings: "mean" (average of the last layer over real tokens, [CLS] and [SEP] included, as
+sentence-transformers does), "cls" (the last layer's [CLS] vector), "pooler" (tanh dense on
+[CLS], the NSP features) and "tokens" (every token's vector). `normalize=True` divides each
+vector by its L2 norm; the CLI does so when the checkpoint's `modules.json` lists a Normalize
+module (sentence-transformers folders such as all-MiniLM-L6-v2) and then also takes pooling and
+`max_seq_length` from `1_Pooling/config.json` and `sentence_bert_config.json`.
+
+Texts longer than `max_length` tokens (default: the tokenizer's / model's limit) are truncated,
+as sentence-transformers does; `embed` warns with the count and the CLI records `truncated` in
+the index. Empty lines are skipped (the index keeps the line numbers).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import types
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from flax import nnx
+
+from bert_jax import inference
+
+POOLINGS = ("mean", "cls", "pooler", "tokens")
+
+
+def sentence_transformers_settings(path) -> dict:
+  """{"pooling", "normalize", "max_length"} from a sentence-transformers folder ({} if none)."""
+  path = pathlib.Path(path)
+  modules_file = path / "modules.json"
+  if not modules_file.is_file():
+    return {}
+  modules = json.loads(modules_file.read_text(encoding="utf-8"))
+  out = {"normalize": any(m.get("type", "").endswith(".Normalize") for m in modules)}
+  for m in modules:
+    cfg_file = path / m.get("path", "") / "config.json"
+    if m.get("type", "").endswith(".Pooling") and cfg_file.is_file():
+      cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+      modes = [name for key, name in (("pooling_mode_mean_tokens", "mean"),
+                                      ("pooling_mode_cls_token", "cls")) if cfg.get(key)]
+      other = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and
+               k not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token")]
+      if len(modes) != 1 or other:
+        raise ValueError(f"{cfg_file} asks for pooling {modes + other}; bert_jax reproduces "
+                         "only a single mean or cls pooling, pass --pooling explicitly.")
+      out["pooling"] = modes[0]
+  st_cfg = path / "sentence_bert_config.json"
+  if st_cfg.is_file():
+    max_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length")
+    if isinstance(max_len, int) and max_len > 0:
+      out["max_length"] = max_len
+  return out
+
+
+def _tokenize(tokenizer, texts: Sequence[str], max_length: int):
+  """([CLS] ids [SEP] rows cut to max_length, per-row truncated flags)."""
+  rows, cut = [], []
+  for ids in tokenizer.encode_batch(texts):
+    cut.append(len(ids) + 2 > max_length)
+    rows.append([tokenizer.cls_id, *ids[:max_length - 2], tokenizer.sep_id])
+  return rows, cut
+
+
+def _batches(model, rows: list[list[int]], pooling: str, batch_size: int, pad_id: int
+             ) -> Iterator[tuple[list[int], np.ndarray]]:
+  """Yields (row indices, float32 outputs) batch by batch, rows grouped by length bucket."""
+  encoder = inference.encoder_of(model)
+  graphdef, state = nnx.split(encoder)
+  cap = encoder.config.max_position_embeddings
+  lengths = {i: inference.bucket(len(r), cap, inference.MIN_BUCKET) for i, r in enumerate(rows)}
+  order = sorted(range(len(rows)), key=lambda i: (lengths[i], i))
+  start = 0
+  while start < len(order):
+    end = start
+    while (end < len(order) and end - start < batch_size
+           and lengths[order[end]] == lengths[order[start]]):
+      end += 1
+    idx = order[start:end]
+    batch = inference.bucket(len(idx), batch_size)
+    inputs = inference.pad_rows([rows[i] for i in idx], None, lengths[idx[0]], batch, pad_id)
+    out = inference.encode(graphdef, state, inputs["input_ids"], inputs["attention_mask"],
+                           inputs["token_type_ids"], pooling=pooling)
+    yield idx, np.asarray(out)[:len(idx)]
+    start = end
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+  # torch.nn.functional.normalize: x / max(||x||, 1e-12).
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _resolve(model, tokenizer, pooling: str, max_length: int | None, batch_size: int) -> int:
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+  encoder = inference.encoder_of(model)
+  if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+    raise ValueError(f"pooling='pooler' needs a model with a pooler; {type(model).__name__} "
+                     "has none, use pooling='cls' or 'mean'.")
+  cap = encoder.config.max_position_embeddings
+  limit = min(cap, getattr(tokenizer, "model_max_length", cap))
+  max_length = limit if max_length is None else int(max_length)
+  if not 2 < max_length <= cap:
+    raise ValueError(f"max_length={max_length} must be in [3, {cap}] "
+                     "(max_position_embeddings).")
+  return max_length
+
+
+def embed(model, tokenizer, texts, *, pooling: str = "mean", normalize: bool = False,
+          batch_size: int = 32, max_length: int | None = None):
+  """Embeddings of `texts` (a string or a list of strings).
+
+  Args:
+    model: BertModel or any head model (its encoder is used).
+    tokenizer: the model's tokenizer.
+    pooling: "mean", "cls", "pooler" or "tokens" (see the module docstring).
+    normalize: L2-normalise each vector (sentence-transformers' Normalize module).
+    batch_size: texts per forward pass (texts of similar length are batched together).
+    max_length: truncation length in tokens with [CLS]/[SEP]; default the model's limit.
+  Returns:
+    float32 [N, D] (or [D] for one string); for "tokens", a list of [n_i, D] arrays, one per
+    text, covering [CLS] ... [SEP].
+  """
+  single = isinstance(texts, str)
+  texts = [texts] if single else list(texts)
+  max_length = _resolve(model, tokenizer, pooling, max_length, batch_size)
+  rows, cut = _tokenize(tokenizer, texts, max_length)
+  if any(cut):
+    warnings.warn(f"{sum(cut)} of {len(texts)} texts were longer than {max_length} tokens and "
+                  "were truncated (max_length).", stacklevel=2)
+  if pooling == "tokens":
+    out = [None] * len(texts)
+    for idx, x in _batches(model, rows, pooling, batch_size, tokenizer.pad_id):
+      for k, i in enumerate(idx):
+        out[i] = _l2_normalize(x[k, :len(rows[i])]) if normalize else x[k, :len(rows[i])]
+    return out[0] if single else out
+  dim = inference.encoder_of(model).config.hidden_size
+  out = np.zeros((len(texts), dim), np.float32)
+  for idx, x in _batches(model, rows, pooling, batch_size, tokenizer.pad_id):
+    out[idx] = x
+  if normalize:
+    out = _l2_normalize(out)
+  return out[0] if single else out
+
+
+# ------------------------------------------------------------------------------ files
+def read_lines(path) -> tuple[list[str], list[int]]:
+  """Non-empty stripped lines of a UTF-8 file and their 1-based line numbers."""
+  texts, numbers = [], []
+  with open(path, encoding="utf-8-sig") as f:
+    for n, line in enumerate(f, start=1):
+      line = line.strip()
+      if line:
+        texts.append(line)
+        numbers.append(n)
+  return texts, numbers
+
+
+def embed_file(model, tokenizer, input_path, output_prefix, *, pooling: str = "mean",
+               normalize: bool = False, batch_size: int = 32, max_length: int | None = None,
+               overwrite: bool = False) -> dict:
+  """Writes PREFIX.npy and PREFIX.jsonl for the lines of `input_path`; returns a summary.
+
+  The .npy is written row by row through a memory map (the file can be larger than RAM), to
+  temporary names renamed into place at the end.
+  """
+  npy, index = pathlib.Path(f"{output_prefix}.npy"), pathlib.Path(f"{output_prefix}.jsonl")
+  for p in (npy, index):
+    if p.exists() and not overwrite:
+      raise FileExistsError(f"{p} already exists; choose another --output or pass --overwrite.")
+  max_length = _resolve(model, tokenizer, pooling, max_length, batch_size)
+  texts, numbers = read_lines(input_path)
+  if not texts:
+    raise ValueError(f"{input_path} has no non-empty lines; pass a file with one text per line.")
+  rows, cut = _tokenize(tokenizer, texts, max_length)
+  dim = inference.encoder_of(model).config.hidden_size
+  starts = np.cumsum([0] + [len(r) for r in rows]) if pooling == "tokens" else None
+  n_out = int(starts[-1]) if pooling == "tokens" else len(rows)
+  npy.parent.mkdir(parents=True, exist_ok=True)
+  tmp_npy = npy.with_name(f".{npy.name}.tmp-{os.getpid()}.npy")
+  tmp_index = index.with_name(f".{index.name}.tmp-{os.getpid()}")
+  try:
+    arr = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.float32, shape=(n_out, dim))
+    for idx, x in _batches(model, rows, pooling, batch_size, tokenizer.pad_id):
+      if normalize:
+        x = _l2_normalize(x)
+      if pooling == "tokens":
+        for k, i in enumerate(idx):
+          arr[starts[i]:starts[i + 1]] = x[k, :len(rows[i])]
+      else:
+        arr[idx] = x
+    arr.flush()
+    del arr
+    with open(tmp_index, "w", encoding="utf-8") as f:
+      for i, (line_no, row) in enumerate(zip(numbers, rows, strict=True)):
+        rec = {"row": i, "line": line_no, "n_tokens": len(row), "truncated": cut[i]}
+        if pooling == "tokens":
+          rec.update(start=int(starts[i]), end=int(starts[i + 1]),
+                     tokens=tokenizer.convert_ids_to_tokens(row))
+        f.write(json.dumps(rec) + "\n")
+    os.replace(tmp_npy, npy)
+    os.replace(tmp_index, index)
+  finally:
+    for p in (tmp_npy, tmp_index):
+      if p.exists():
+        p.unlink()
+  return {"rows": len(rows), "vectors": n_out, "dim": dim, "truncated": int(sum(cut)),
+          "max_length": max_length, "npy": str(npy), "index": str(index)}
+
+
+# ------------------------------------------------------------------------------ CLI
+def _define_flags():
+  from absl import flags
+  if "pooling" in flags.FLAGS:
+    return flags.FLAGS
+  flags.DEFINE_string("checkpoint", None, "bert_jax directory, HF folder or TF1 checkpoint.")
+  flags.DEFINE_string("input", None, "UTF-8 text file, one text per line.")
+  flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.npy and PREFIX.jsonl.")
+  flags.DEFINE_enum("pooling", None, list(POOLINGS), "Default: the checkpoint's "
+                    "sentence-transformers pooling, else mean.")
+  flags.DEFINE_enum("normalize", "auto", ["auto", "true", "false"],
+                    "L2-normalise; auto: as the checkpoint's modules.json says.")
+  flags.DEFINE_integer("max_length", None, "Truncation length in tokens (default: the "
+                       "checkpoint's max_seq_length, else the model's limit).")
+  flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
+  flags.DEFINE_string("dtype", None, "Compute dtype, e.g. bfloat16 (default: the checkpoint's).")
+  flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+  return flags.FLAGS
+
+
+def main(argv):
+  from absl import app, logging
+
+  from bert_jax import convert as convert_lib
+  from bert_jax.pretrained import BertModel, BertTokenizer
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --input=FILE --output=PREFIX.")
+  flags = _define_flags()
+  for name in ("checkpoint", "input", "output"):
+    if not getattr(flags, name):
+      raise app.UsageError(f"--{name} is required.")
+  try:
+    # Refuse bad input and existing outputs before the expensive model load.
+    if not pathlib.Path(flags.input).is_file():
+      raise FileNotFoundError(f"--input {flags.input} is not a file; pass a text file with one "
+                              "text per line.")
+    if not read_lines(flags.input)[0]:
+      raise ValueError(f"{flags.input} has no non-empty lines; pass a file with one text per "
+                       "line.")
+    for suffix in (".npy", ".jsonl"):
+      if pathlib.Path(flags.output + suffix).exists() and not flags.overwrite:
+        raise FileExistsError(f"{flags.output}{suffix} already exists; choose another --output "
+                              "or pass --overwrite.")
+    st = sentence_transformers_settings(flags.checkpoint)
+    normalize = st.get("normalize", False) if flags.normalize == "auto" else (
+        flags.normalize == "true")
+    model = BertModel.from_pretrained(flags.checkpoint, dtype=flags.dtype)
+    tokenizer = BertTokenizer.from_pretrained(flags.checkpoint)
+    summary = embed_file(model, tokenizer, flags.input, flags.output,
+                         pooling=flags.pooling or st.get("pooling", "mean"), normalize=normalize,
+                         batch_size=flags.batch_size,
+                         max_length=flags.max_length or st.get("max_length"),
+                         overwrite=flags.overwrite)
+  except (ValueError, FileNotFoundError, FileExistsError, convert_lib.ConversionError) as e:
+    print(f"bert-jax-embed: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"wrote {summary['vectors']} x {summary['dim']} float32 to {summary['npy']} and the index "
+        f"of {summary['rows']} lines to {summary['index']}")
+  if summary["truncated"]:
+    print(f"{summary['truncated']} lines were longer than {summary['max_length']} tokens and were "
+          "truncated (marked in the index).")
+
+
+def run():
+  """Console entry point `bert-jax-embed`."""
+  from absl import app
+  _define_flags()
+  app.run(main)
+
+
+class _CallableModule(types.ModuleType):
+  """Lets `bert_jax.embed(...)` call the function while `bert_jax.embed` stays this module
+  (needed for `python -m bert_jax.embed`; a package attribute cannot be both)."""
+
+  def __call__(self, *args, **kwargs):
+    return embed(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+  run()
