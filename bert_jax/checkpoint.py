@@ -81,7 +81,9 @@ class Checkpointer:
   """orbax CheckpointManager for train state + data position + metadata."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = epath.Path(workdir) / "checkpoints"
+    # orbax refuses relative paths ("Checkpoint path should be absolute"); URLs stay as they are.
+    absolute = workdir if "://" in str(workdir) else os.path.abspath(workdir)
+    self.directory = epath.Path(absolute) / "checkpoints"
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
