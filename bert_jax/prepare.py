@@ -6,6 +6,12 @@
   python -m bert_jax.prepare --input=bible --layout=lines --doc_lines=32 \
       --output_dir=/tmp/bible --vocab=bert_jax/resources/bert-base-uncased-vocab.txt
 
+  # The same dataset through Apache Beam (pip install 'bert_jax[beam]'); Dataflow, Flink, Spark:
+  # see docs/data.md.
+  python -m bert_jax.prepare --input='corpus/*.txt' --output_dir=/data/wiki --vocab=vocab.txt \
+      --engine=beam --beam_options="--runner=DirectRunner --direct_num_workers=2 \
+      --direct_running_mode=multi_processing"
+
 Rerun the same command to finish an interrupted preparation. On several hosts, run it on each
 with --host_index/--host_count and a shared --output_dir; host 0 writes the dataset at the end.
 """
@@ -17,6 +23,7 @@ import sys
 from absl import app, flags
 
 from bert_jax.data import DataError, default_corpus_path, prepare
+from bert_jax.data.preparation import ENGINES
 from bert_jax.data.reading import LAYOUTS
 
 _INPUT = flags.DEFINE_list("input", None, "Text files, folders or globs (.txt, .gz); 'bible' is "
@@ -36,6 +43,12 @@ _HOST_COUNT = flags.DEFINE_integer("host_count", 1, "Number of hosts sharing the
 _LOWER = flags.DEFINE_enum("do_lower_case", "auto", ["auto", "true", "false"],
                            "Lower-case text (auto: guessed from the vocabulary).")
 _CHUNK = flags.DEFINE_float("chunk_mb", 32, "Split plain-text files into ranges of this size.")
+_ENGINE = flags.DEFINE_enum("engine", "local", ENGINES, "local: --num_workers processes on this "
+                            "host; beam: an Apache Beam pipeline (same dataset).")
+_BEAM_OPTIONS = flags.DEFINE_string("beam_options", "", "Beam pipeline flags for --engine=beam, "
+                                    "e.g. '--runner=DirectRunner --direct_num_workers=2'.")
+_ON_BAD_FILE = flags.DEFINE_enum("on_bad_file", "skip", ["skip", "fail"], "A file that breaks "
+                                 "while being read: skip it (listed in the statistics) or stop.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing dataset.")
 
 
@@ -52,7 +65,8 @@ def main(argv):
                     doc_lines=_DOC_LINES.value, validation_fraction=_VAL.value,
                     num_workers=_WORKERS.value, host_index=_HOST_INDEX.value,
                     host_count=_HOST_COUNT.value, overwrite=_OVERWRITE.value,
-                    do_lower_case=lower, chunk_mb=_CHUNK.value)
+                    do_lower_case=lower, chunk_mb=_CHUNK.value, engine=_ENGINE.value,
+                    beam_options=_BEAM_OPTIONS.value, on_bad_file=_ON_BAD_FILE.value)
   except DataError as e:
     print(f"bert-jax-prepare: {e}", file=sys.stderr)
     sys.exit(2)

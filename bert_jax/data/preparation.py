@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from bert_jax.data import reading, writer
 from bert_jax.data.reading import DataError
 
 FORMAT_VERSION = 1
+ENGINES = ("local", "beam")
 WORK_DIR = ".incomplete"
 _BATCH_SENTENCES = 2048
 _STAT_KEYS = ("bytes",  # uncompressed text bytes read
@@ -66,6 +68,11 @@ def _is_validation(sentences: Sequence[str], fraction: float) -> bool:
   return int.from_bytes(digest, "little") / 2.0**64 < fraction
 
 
+def marker_name(unit: reading.Unit) -> str:
+  """The file that marks `unit` as finished inside the work folder."""
+  return f"unit-{unit.index:05d}.json"
+
+
 def _process_unit(unit: reading.Unit, work: str, layout: str, doc_lines: int,
                   validation_fraction: float) -> dict:
   """Tokenizes and writes one unit's documents; returns its marker (stats and parts)."""
@@ -99,21 +106,33 @@ def _process_unit(unit: reading.Unit, work: str, layout: str, doc_lines: int,
       split_tokens[split] += len(ids)
 
   batch, n = [], 0
-  for doc in reading.iter_documents(unit, layout, doc_lines, counts):
-    batch.append(doc)
-    n += len(doc)
-    if n >= _BATCH_SENTENCES:
+  try:
+    for doc in reading.iter_documents(unit, layout, doc_lines, counts):
+      batch.append(doc)
+      n += len(doc)
+      if n >= _BATCH_SENTENCES:
+        flush(batch)
+        batch, n = [], 0
+    if batch:
       flush(batch)
-      batch, n = [], 0
-  if batch:
-    flush(batch)
+  except (OSError, EOFError, zlib.error) as e:  # e.g. a gzip file broken in the middle
+    # The whole unit is left out (its parts deleted) so that every engine gives the same dataset;
+    # prepare() then skips and lists it, or stops (on_bad_file="fail").
+    out.abort()
+    marker = {"unit": unit.index, "stats": {k: 0 for k in _STAT_KEYS},
+              "splits": {s: {"documents": 0, "tokens": 0} for s in writer.SPLITS}, "parts": {},
+              "error": {"path": unit.path,
+                        "reason": f"unreadable after byte {unit.start} ({e.__class__.__name__}: "
+                                  f"{e})"}}
+    _write_json(os.path.join(work, marker_name(unit)), marker)
+    return marker
   parts = out.close()
   counts["cpu_seconds"] = time.process_time() - cpu0
   marker = {"unit": unit.index, "stats": counts,
             "splits": {s: {"documents": split_docs[s], "tokens": split_tokens[s]}
                        for s in writer.SPLITS},
             "parts": {s: [os.path.basename(p), split_docs[s]] for s, p in parts.items()}}
-  _write_json(prefix + ".json", marker)
+  _write_json(os.path.join(work, marker_name(unit)), marker)
   return marker
 
 
@@ -151,7 +170,8 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
             doc_lines: int | None = None, validation_fraction: float = 0.01,
             num_workers: int = 1, host_index: int = 0, host_count: int = 1,
             overwrite: bool = False, do_lower_case: bool | None = None, chunk_mb: float = 32,
-            progress: bool = True, host_wait_s: float = 86400.0) -> dict:
+            progress: bool = True, host_wait_s: float = 86400.0, engine: str = "local",
+            beam_options: str | Sequence[str] | None = None, on_bad_file: str = "skip") -> dict:
   """Tokenizes text files into a TFDS dataset of documents; returns the statistics.
 
   Args:
@@ -166,6 +186,12 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
       waits for the others and writes the dataset.
     overwrite: replace an existing dataset (only once the new one is complete).
     chunk_mb: plain-text files above this size are split into ranges processed in parallel.
+    engine: "local" (`num_workers` processes on this host) or "beam" (an Apache Beam pipeline on
+      the runner `beam_options` names; same units, same dataset; see `beam_engine`).
+    beam_options: Beam pipeline flags, e.g. "--runner=DirectRunner --direct_num_workers=2".
+    on_bad_file: a file that breaks while being read (a gzip file cut short): "skip" leaves its
+      unit out and lists it in the statistics; "fail" stops before writing the dataset (finished
+      units are kept for a rerun).
   Returns:
     dict of statistics (documents, sentences, tokens, unk_rate, skipped lines and files, per-split
     documents / tokens, seconds); on hosts other than 0 the statistics of the units done so far.
@@ -184,6 +210,9 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
   if num_workers < 1 or host_count < 1 or not 0 <= host_index < host_count:
     raise DataError(f"Need num_workers >= 1 and 0 <= host_index < host_count; got {num_workers}, "
                     f"{host_index}, {host_count}.")
+  if on_bad_file not in ("skip", "fail"):
+    raise DataError(f"on_bad_file={on_bad_file!r} is invalid; use 'skip' or 'fail'.")
+  beam_opts = _beam_options(engine, beam_options, host_count)
   output_dir = os.path.abspath(os.fspath(output_dir))
   files = reading.expand_inputs(inputs)
   _check_output(output_dir, overwrite)
@@ -214,10 +243,15 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
     _write_json(plan_path, plan)
 
   def marker_path(u):
-    return os.path.join(work, f"unit-{u.index:05d}.json")
+    return os.path.join(work, marker_name(u))
 
   todo = [u for u in units[host_index::host_count] if not os.path.exists(marker_path(u))]
-  _run_units(todo, work, tok, layout, doc_lines, validation_fraction, num_workers, progress)
+  if beam_opts is not None:
+    if todo:
+      from bert_jax.data import beam_engine
+      beam_engine.run_units(todo, work, tok, layout, doc_lines, validation_fraction, beam_opts)
+  else:
+    _run_units(todo, work, tok, layout, doc_lines, validation_fraction, num_workers, progress)
   if host_index != 0:
     return _aggregate([_read_json(marker_path(u)) for u in units[host_index::host_count]],
                       skipped, t0)
@@ -228,6 +262,14 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
                       "rerun host 0 once the other hosts have finished.")
     time.sleep(2.0)
   markers = [_read_json(marker_path(u)) for u in units]
+  broken = [m for m in markers if "error" in m]
+  if broken and on_bad_file == "fail":
+    for m in broken:  # so that a rerun tries these units again
+      os.remove(marker_path(units[m["unit"]]))
+    raise DataError("Input broke while being read: " + "; ".join(
+        f"{m['error']['path']} is {m['error']['reason']}" for m in broken[:5]) +
+        ". Fix or remove it and rerun (with --overwrite if the inputs changed), or pass "
+        "--on_bad_file=skip to leave it out.")
   stats = _aggregate(markers, skipped, t0)
   if stats["splits"]["train"]["documents"] == 0:
     shutil.rmtree(work)
@@ -237,6 +279,25 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
                     "--layout and the files.")
   _finish(output_dir, work, markers, stats, tok, options, files)
   return stats
+
+
+def _beam_options(engine, beam_options, host_count):
+  """None for the local engine; parsed PipelineOptions for Beam (refused early when unusable)."""
+  if engine not in ENGINES:
+    raise DataError(f"Unknown engine {engine!r}; use one of {', '.join(ENGINES)}.")
+  if engine == "local":
+    if beam_options:
+      raise DataError("beam_options are only for engine='beam'; pass --engine=beam or drop them.")
+    return None
+  if host_count != 1:
+    raise DataError("The Beam runner spreads the work itself; drop --host_index/--host_count "
+                    "with --engine=beam.")
+  try:
+    from bert_jax.data import beam_engine
+  except ImportError as e:
+    raise DataError(f"--engine=beam needs Apache Beam ({e}); install it with "
+                    "pip install 'bert_jax[beam]' (apache-beam>=2.77).") from None
+  return beam_engine.pipeline_options(beam_options)
 
 
 def _run_units(todo, work, tok, layout, doc_lines, fraction, num_workers, progress):
@@ -269,6 +330,7 @@ def _run_units(todo, work, tok, layout, doc_lines, fraction, num_workers, progre
 def _aggregate(markers: list[dict], skipped: list[dict], t0: float) -> dict:
   stats = {k: sum(m["stats"][k] for m in markers) for k in _STAT_KEYS}
   stats["unk_rate"] = stats["unk_tokens"] / max(1, stats["tokens"])
+  skipped = skipped + [m["error"] for m in markers if "error" in m]
   stats["skipped_files"] = len(skipped)
   stats["skipped_file_list"] = skipped
   stats["splits"] = {s: {k: sum(m["splits"][s][k] for m in markers)

@@ -40,8 +40,11 @@ class PartWriter:
   """Streams one unit's documents into `<prefix>.<split>.array_record.tmp` files."""
 
   def __init__(self, prefix: str):
+    import tensorflow_datasets as tfds
     from array_record.python.array_record_module import ArrayRecordWriter
     self._feats = features()
+    self._serializer = tfds.core.example_serializer.ExampleSerializer(
+        self._feats.get_serialized_info())
     self._paths = {s: f"{prefix}.{s}.array_record" for s in SPLITS}
     # group_size:1 is what TFDS uses: every record is randomly accessible on its own.
     self._writers = {s: ArrayRecordWriter(p + ".tmp", "group_size:1")
@@ -50,9 +53,18 @@ class PartWriter:
 
   def write(self, split: str, ids: np.ndarray, lengths: np.ndarray):
     """One document: flat int32 `ids` and int32 `lengths` of its sentences (summing to len(ids))."""
+    # Deterministic: protobuf's upb orders map entries (the features) differently in different
+    # processes; sorted keys make a unit's bytes the same whichever worker or engine wrote it.
+    example = self._feats.encode_example({"ids": ids, "sentence_lengths": lengths})
     self._writers[split].write(
-        self._feats.serialize_example({"ids": ids, "sentence_lengths": lengths}))
+        self._serializer.get_tf_example(example).SerializeToString(deterministic=True))
     self.counts[split] += 1
+
+  def abort(self) -> None:
+    """Closes and deletes the parts: the unit could not be read to its end."""
+    for split, w in self._writers.items():
+      w.close()
+      os.remove(self._paths[split] + ".tmp")
 
   def close(self) -> dict[str, str]:
     """Closes and renames the parts into place; returns split -> path of non-empty parts."""
