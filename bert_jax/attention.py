@@ -44,9 +44,9 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
     return ctx.astype(jnp.float32), None
 
   q_BxNxLxH = jnp.swapaxes(q_BxLxNxH * scale, 1, 2)
-  kt_BxNxHxM = jnp.transpose(k_BxMxNxH, (0, 2, 3, 1))
+  k_BxNxMxH = jnp.swapaxes(k_BxMxNxH, 1, 2)
   v_BxNxMxH = jnp.swapaxes(v_BxMxNxH, 1, 2)
-  scores_BxNxLxM = matmul(q_BxNxLxH, kt_BxNxHxM, dtype)
+  scores_BxNxLxM = matmul(q_BxNxLxH, k_BxNxMxH, dtype, transpose_b=True)
   scores_BxNxLxM = jnp.where(mask_Bx1xLxM, scores_BxNxLxM, _NEG_INF)
   probs_BxNxLxM = jax.nn.softmax(scores_BxNxLxM, axis=-1)
   dropped = dropout(probs_BxNxLxM, dropout_rate, dropout_rng)

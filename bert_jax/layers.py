@@ -33,30 +33,71 @@ def _mm(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
   return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def matmul(a_xMxK: jax.Array, b_xKxN: jax.Array, dtype) -> jax.Array:
-  """(Batched) matmul with `dtype` inputs and f32 accumulation, forward AND backward.
+def _dims(nb: int, lhs_contract, rhs_contract):
+  batch = tuple(range(nb))
+  return ((tuple(lhs_contract), tuple(rhs_contract)), (batch, batch))
+
+
+# XLA:CPU runs a bf16 dot on its fast bf16-input/f32-accumulate kernels (YNNPACK) only when the
+# lhs contracts its last dim and the rhs its first (row-major). It folds a plain transpose of an
+# operand into the dot's dimension numbers and then upcasts that "transposed" dot to f32 (about
+# 2x slower, plus a convert of both operands); an optimization barrier does not stop it (XLA:CPU
+# drops barriers early). Splitting the transposed axis in two (a reshape the folding does not see
+# through) makes XLA materialise the transpose as a bf16 copy and keeps the dot on the fast path.
+# The products and their f32 sums are the same.
+
+
+def _mm_nt(a_xMxK: jax.Array, b_xNxK: jax.Array, dtype) -> jax.Array:
+  """a @ b^T -> [..., M, N], f32 accumulation."""
+  nb, n, k = a_xMxK.ndim - 2, b_xNxK.shape[-2], b_xNxK.shape[-1]
+  a, b = a_xMxK.astype(dtype), b_xNxK.astype(dtype)
+  if n % 2 or b.ndim != a.ndim:
+    return _mm(a, jnp.swapaxes(b, -1, -2), dtype)
+  b_xKxN2x2 = jnp.moveaxis(b.reshape(*b.shape[:-2], n // 2, 2, k), -1, -3)
+  y = jax.lax.dot_general(a, b_xKxN2x2, _dims(nb, (nb + 1,), (nb,)),
+                          preferred_element_type=jnp.float32)
+  return y.reshape(*y.shape[:-2], n)
+
+
+def _mm_tn(a_xMxK: jax.Array, b_xMxN: jax.Array, dtype) -> jax.Array:
+  """a^T @ b -> [..., K, N], f32 accumulation."""
+  nb, m, k = a_xMxK.ndim - 2, a_xMxK.shape[-2], a_xMxK.shape[-1]
+  a, b = a_xMxK.astype(dtype), b_xMxN.astype(dtype)
+  if m % 2 or b.ndim != a.ndim:
+    return _mm(jnp.swapaxes(a, -1, -2), b, dtype)
+  a_xKxM2x2 = jnp.moveaxis(a.reshape(*a.shape[:-2], m // 2, 2, k), -1, -3)
+  b_xM2x2xN = b.reshape(*b.shape[:-2], m // 2, 2, b.shape[-1])
+  return jax.lax.dot_general(a_xKxM2x2, b_xM2x2xN, _dims(nb, (nb + 1, nb + 2), (nb, nb + 1)),
+                             preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def matmul(a_xMxK: jax.Array, b: jax.Array, dtype, transpose_b: bool = False) -> jax.Array:
+  """(Batched) a @ b, or a @ b^T with `transpose_b` (b [..., N, K]): `dtype` inputs and f32
+  accumulation, forward AND backward.
 
   JAX's own transpose of a mixed-precision dot feeds the f32 cotangent against the bf16 operand,
   which falls off the fast bf16-input/f32-accumulate path (4x slower backward on avx512_bf16
-  CPUs); here both backward matmuls take `dtype` inputs and accumulate in f32 too.
+  CPUs); here both backward matmuls take `dtype` inputs and accumulate in f32 too, and every
+  transposed operand is materialised so that XLA:CPU keeps the dot in bf16 (see _mm_nt).
   """
-  return _mm(a_xMxK, b_xKxN, dtype)
+  return _mm_nt(a_xMxK, b, dtype) if transpose_b else _mm(a_xMxK, b, dtype)
 
 
-def _matmul_fwd(a, b, dtype):
+def _matmul_fwd(a, b, dtype, transpose_b):
   a_c, b_c = a.astype(dtype), b.astype(dtype)
+  y = _mm_nt(a_c, b_c, dtype) if transpose_b else _mm(a_c, b_c, dtype)
   # Zero-size markers carry the primal dtypes so cotangents come back in them.
-  return _mm(a_c, b_c, dtype), (a_c, b_c, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+  return y, (a_c, b_c, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
 
 
-def _matmul_bwd(dtype, res, g):
+def _matmul_bwd(dtype, transpose_b, res, g):
   a_c, b_c, a_marker, b_marker = res
-  # Materialised transposes: XLA:CPU otherwise folds them into the dot's contracting dims and
-  # upcasts such "transposed" bf16 dots to f32 (2x slower, measured on 4096x1024x256).
-  t = lambda x: jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
-  da = _mm(g, t(b_c), dtype)
-  db = _mm(t(a_c), g, dtype)
+  g = g.astype(dtype)
+  if transpose_b:  # y = a b^T: da = g b, db = g^T a.
+    da, db = _mm(g, b_c, dtype), _mm_tn(g, a_c, dtype)
+  else:  # y = a b: da = g b^T, db = a^T g.
+    da, db = _mm_nt(g, b_c, dtype), _mm_tn(a_c, g, dtype)
   if db.ndim > b_c.ndim:  # `b` was broadcast over leading batch dims of `a`.
     db = db.reshape(-1, *b_c.shape).sum(0)
   return da.astype(a_marker.dtype), db.astype(b_marker.dtype)
@@ -150,5 +191,5 @@ class Embed(nnx.Module):
   def attend(self, x: jax.Array) -> jax.Array:
     """x[..., D] -> logits[..., num] against the table, f32 accumulation."""
     table_VxD = self.embedding[...]
-    logits_MxV = matmul(x.reshape(-1, x.shape[-1]), table_VxD.T, self.dtype)
+    logits_MxV = matmul(x.reshape(-1, x.shape[-1]), table_VxD, self.dtype, transpose_b=True)
     return logits_MxV.reshape(*x.shape[:-1], table_VxD.shape[0])
