@@ -1,0 +1,1 @@
+"""Performance benchmarks of bert_jax against PyTorch and Hugging Face Flax (see RESULTS.md)."""
