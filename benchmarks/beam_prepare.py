@@ -77,7 +77,8 @@ def _sample_rss(proc, peaks, stop):
     for p in tree:
       try:
         rss = p.memory_info().rss / 2**20
-        worker = "sdk_worker_main" in " ".join(p.cmdline())
+        # The DirectRunner starts each worker through `sh -c`: count the Python process only.
+        worker = "sdk_worker_main" in " ".join(p.cmdline()) and p.name().startswith("python")
       except (psutil.NoSuchProcess, psutil.AccessDenied):
         continue
       if p.pid == root.pid or worker:

@@ -31,7 +31,10 @@ def pipeline_options(beam_options: str | Sequence[str] | None) -> PipelineOption
   """`--runner=... --flag=...` (one string, shell-quoted, or a list) -> PipelineOptions."""
   if isinstance(beam_options, str):
     beam_options = shlex.split(beam_options)
-  return PipelineOptions(list(beam_options or []))
+  args = list(beam_options or [])
+  if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+    args.append("--default_sdk_harness_log_level=WARNING")  # workers log every bundle at INFO
+  return PipelineOptions(args)
 
 
 class _PrepareUnit(beam.DoFn):
@@ -79,8 +82,15 @@ def run_units(todo: Sequence[reading.Unit], work: str, tok, layout: str, doc_lin
        | "Units" >> beam.Create(units, reshuffle=False)
        | "Spread" >> beam.Reshuffle()
        | "Tokenize" >> beam.ParDo(fn))
-  result = pipeline.run()
-  state = result.wait_until_finish()
+  beam_logger = logging.getLogger("apache_beam")
+  level = beam_logger.level
+  if level < logging.WARNING:  # the local job service relays each worker's INFO lines
+    beam_logger.setLevel(logging.WARNING)
+  try:
+    result = pipeline.run()
+    state = result.wait_until_finish()
+  finally:
+    beam_logger.setLevel(level)
   if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
     raise reading.DataError(f"The Beam pipeline ended in state {state}; check the runner's logs, "
                             "then rerun the same command to finish the remaining units.")
