@@ -131,6 +131,13 @@ def make_task(config, workdir: str):
   except common.DataError as e:
     raise train.TrainingError(str(e)) from None
   arch = data.architecture
+  known = {"classification": ("accuracy", "f1", "matthews", "pearson", "spearman", "mse"),
+           "ner": ("f1", "precision", "recall"),
+           "squad": ("exact_match", "f1", "HasAns_exact", "HasAns_f1")}[config.task]
+  if data.metric.split("_", 1)[-1] not in known and data.metric not in known \
+      and not data.metric.startswith("f1_"):
+    raise train.TrainingError(f"train.metric={data.metric!r} is not a {config.task} metric; "
+                              f"use one of {', '.join(known)}.")
   n_train = len(data.train_arrays["input_ids"])
   config = resolve_schedule(config, n_train)
   seq_len = int(data.train_arrays["input_ids"].shape[1])

@@ -195,3 +195,11 @@ def test_polarity_csv_reads(tmp_path, vocab_path):
   assert len(task.dev_sets[""]["examples"]["text"]) == 800
   with open(path, encoding="utf-8-sig", newline="") as f:
     assert sum(1 for _ in csv.reader(f)) == 4000
+
+
+def test_unknown_metric_is_refused_before_training(tmp_path):
+  c = finetune_config("task=squad,tiny")
+  c.data.train_file = str(TESTDATA / "squad_sample.json")
+  c.train.metric = "accuracy"
+  with pytest.raises(train.TrainingError, match="not a squad metric"):
+    finetune.make_task(c, str(tmp_path))
