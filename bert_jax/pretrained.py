@@ -21,7 +21,6 @@ import numpy as np
 from flax import nnx
 
 from bert_jax import api, heads, model_io, modeling, tokenization
-from bert_jax import convert as convert_lib
 
 _SPECIAL_NAMES = ("unk", "sep", "pad", "cls", "mask")
 
@@ -137,6 +136,7 @@ class PretrainedMixin:
     `param_dtype` says otherwise). With `output_loading_info=True` returns
     (model, {"missing_keys": [...], "unexpected_keys": [...]}).
     """
+    from bert_jax import convert as convert_lib  # Lazy: `python -m bert_jax.convert` imports it.
     conv = convert_lib.load_any(path)
     config = conv.config
     changes = {k: (v if isinstance(v, str) else np.dtype(v).name)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from conftest import REPO, corpus_sentences
 import bert_jax
 from bert_jax import BertModel, BertTokenizer, inference
 
+QUICKSTART = REPO / "docs" / "quickstart.md"
 embed_lib = importlib.import_module("bert_jax.embed")
 
 
@@ -58,6 +60,18 @@ def test_mean_pooling_cosines_match_sentence_transformers(minilm, reference, bib
   np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
   assert np.abs(got - want).max() <= 1e-5
   assert cos_want[np.triu_indices(len(texts), 1)].std() > 0.05  # Not all alike: a real check.
+
+
+def test_quickstart_similarity_example(reference, capsys):
+  blocks = re.findall(r"```python\n(.*?)```", QUICKSTART.read_text(encoding="utf-8"), re.S)
+  code = next(b for b in blocks if "similarity = emb @ emb.T" in b)
+  scope: dict = {}
+  exec(code, scope)  # noqa: S102 (the documented example, verbatim)
+  want, _ = _sentence_transformers(reference, scope["sentences"])
+  assert np.abs(scope["similarity"] - want @ want.T).max() <= 1e-5
+  printed = capsys.readouterr().out
+  documented = re.findall(r"-?\d\.\d+", code.split("print(similarity.round(3))")[1])
+  assert [float(x) for x in documented] == [float(x) for x in re.findall(r"-?\d\.\d+", printed)]
 
 
 def test_other_poolings(minilm, reference, bible_path):
