@@ -41,7 +41,8 @@ def maybe_initialize_distributed() -> None:
   """jax.distributed.initialize when flags or the environment ask for a multi-process run.
 
   TPU pods, SLURM and GKE JobSets are auto-detected by JAX; plain multi-process runs pass
-  --coordinator_address/--num_processes/--process_id (or BERT_JAX_* environment variables).
+  --coordinator_address/--num_processes/--process_id (or BERT_JAX_* environment variables);
+  BERT_JAX_DISTRIBUTED=auto asks JAX to detect the cluster itself (Cloud TPU VM slices).
   """
   import jax
   address = FLAGS.coordinator_address or os.environ.get("BERT_JAX_COORDINATOR", "")
@@ -51,6 +52,10 @@ def maybe_initialize_distributed() -> None:
   if address:
     jax.distributed.initialize(coordinator_address=address, num_processes=nproc or None,
                                process_id=pid if pid >= 0 else None)
+  elif os.environ.get("BERT_JAX_DISTRIBUTED") == "auto":
+    # Cloud TPU VM slices set no environment variable: JAX finds the workers through the
+    # metadata server. launch/tpu_vm_pod.sh sets this (it also enables orbax's preemption sync).
+    jax.distributed.initialize()
   elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")) \
       and int(os.environ.get("SLURM_NTASKS", os.environ.get("BERT_JAX_NUM_PROCESSES", "2"))) > 1:
     jax.distributed.initialize()
