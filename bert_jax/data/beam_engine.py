@@ -52,15 +52,15 @@ class _PrepareUnit(beam.DoFn):
     # Beam workers are the parallelism: one tokenizer thread each, as for local workers.
     preparation._init_worker(*self._tokenizer_args, single_thread=True)
 
-  def process(self, unit_json: dict):
+  def process(self, unit_json):  # no annotation: Beam would log it as a string type hint
     unit = reading.Unit(**unit_json)
-    if os.path.exists(os.path.join(self._work, preparation.marker_name(unit))):
-      return  # a retried bundle whose unit already finished
-    layout, doc_lines, fraction = self._unit_args
-    marker = preparation._process_unit(unit, self._work, layout, doc_lines, fraction)
-    for k, c in self._counters.items():
-      c.inc(marker["stats"][k])
-    self._units.inc()
+    # A retried bundle whose unit already finished has nothing left to do.
+    if not os.path.exists(os.path.join(self._work, preparation.marker_name(unit))):
+      layout, doc_lines, fraction = self._unit_args
+      marker = preparation._process_unit(unit, self._work, layout, doc_lines, fraction)
+      for k, c in self._counters.items():
+        c.inc(marker["stats"][k])
+      self._units.inc()
     yield unit.index
 
 
