@@ -38,7 +38,7 @@ def libtpu_env():
   if importlib.util.find_spec("libtpu") is not None:
     return env
   req = _libtpu_requirement()
-  slug = re.sub(r"[^A-Za-z0-9.]+", "-", req).strip("-")
+  slug = re.sub(r"[^A-Za-z0-9.]+", "-", req).strip("-.")
   target = os.environ.get("BERT_JAX_LIBTPU_DIR",
                           os.path.join(os.path.expanduser("~"), ".cache", "bert_jax", slug))
   if not os.path.isdir(os.path.join(target, "libtpu")):
