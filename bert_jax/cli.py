@@ -56,7 +56,8 @@ def maybe_initialize_distributed() -> None:
     # Cloud TPU VM slices set no environment variable: JAX finds the workers through the
     # metadata server. launch/tpu_vm_pod.sh sets this (it also enables orbax's preemption sync).
     jax.distributed.initialize()
-  elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")) \
+  elif any(k in os.environ
+           for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")) \
       and int(os.environ.get("SLURM_NTASKS", os.environ.get("BERT_JAX_NUM_PROCESSES", "2"))) > 1:
     jax.distributed.initialize()
 

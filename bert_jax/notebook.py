@@ -119,6 +119,7 @@ def transformers_max_diff(hf_dir, model, tokenizer, texts: list[str]) -> float:
   import numpy as np
   import torch
   import transformers
+
   from bert_jax import inference
   reference = transformers.AutoModel.from_pretrained(str(hf_dir)).eval()
   encoder = inference.encoder_of(model)
