@@ -19,6 +19,9 @@ Override anything: --config.optimizer.learning_rate=1e-4 --config.mesh.fsdp=8 ..
 from ml_collections import ConfigDict
 
 
+VARIANTS = ("tiny", "demo", "base", "base_phase2", "large", "large_phase2")
+
+
 def get_config(variant: str = "demo") -> ConfigDict:
   c = ConfigDict()
   c.variant = variant

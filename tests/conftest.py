@@ -70,3 +70,16 @@ def corpus_sentences(path: pathlib.Path, n: int, min_words: int = 3) -> list[str
   lines = [l for l in lines if len(l.split()) >= min_words]
   step = max(1, len(lines) // n)
   return lines[::step][:n]
+
+
+@pytest.fixture(scope="session")
+def pretrain_dataset(bible_path, vocab_path, tmp_path_factory) -> pathlib.Path:
+  """A small real pretraining dataset: 3,000 Bible verses as 16-verse documents."""
+  from bert_jax.data import prepare
+  lines = bible_path.read_text(encoding="utf-8").splitlines()[1000:4000]
+  src = tmp_path_factory.mktemp("corpus") / "bible-3000.txt"
+  src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  out = tmp_path_factory.mktemp("ds") / "bible"
+  prepare(str(src), out, vocab_path, layout="lines", doc_lines=16, validation_fraction=0.1,
+          progress=False)
+  return out
