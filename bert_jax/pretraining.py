@@ -71,14 +71,17 @@ def _resolve_vocab(config) -> str:
       raise train.TrainingError(f"data.vocab={config.data.vocab!r} does not exist; pass the "
                                 f"vocabulary file the dataset was prepared with.")
     return config.data.vocab
-  from bert_jax import input_pipeline
-  name = input_pipeline.dataset_info(config.data.dir).get("vocab_file", "")
-  stored = os.path.join(config.data.dir, name)
-  if name and os.path.isfile(stored):
+  stored = os.path.join(config.data.dir, "tokenizer")
+  if os.path.isdir(stored):
     return stored
   raise train.TrainingError(
-      f"Set --config.data.vocab to the vocabulary the dataset {config.data.dir} was prepared "
-      f"with ({name or 'unknown'}).")
+      f"The dataset {config.data.dir} does not carry its vocabulary (prepared by an older "
+      f"version); set --config.data.vocab to the vocabulary it was prepared with.")
+
+
+def _load_tokenizer(path: str):
+  from bert_jax.tokenization import Tokenizer
+  return Tokenizer.from_dir(path) if os.path.isdir(path) else Tokenizer.from_vocab(path)
 
 
 def model_task(config, vocab_size: int) -> train.Task:
@@ -112,7 +115,6 @@ def model_task(config, vocab_size: int) -> train.Task:
 def make_task(config) -> train.Task:
   """The pretraining Task for `config` (reads the dataset's metadata, checks the vocabulary)."""
   from bert_jax import input_pipeline
-  from bert_jax.tokenization import Tokenizer
 
   data_dir = config.data.dir
   if not data_dir or not os.path.isdir(data_dir):
@@ -120,7 +122,7 @@ def make_task(config) -> train.Task:
         f"config.data.dir={data_dir!r} is not a prepared dataset directory; create one with "
         f"`bert-jax-prepare --input=... --output_dir=DIR --vocab=VOCAB` and pass "
         f"--config.data.dir=DIR.")
-  tokenizer = Tokenizer.from_vocab(_resolve_vocab(config))
+  tokenizer = _load_tokenizer(_resolve_vocab(config))
   input_pipeline.check_vocab(data_dir, tokenizer)
   task = model_task(config, tokenizer.vocab_size)
   bert_config = bert_config_from(config.model, tokenizer.vocab_size)
@@ -208,9 +210,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def export_model(summary: dict, config, workdir: str) -> str:
   """Writes the trained parameters as a bert_jax model directory WORKDIR/model."""
   from bert_jax import model_io
-  from bert_jax.tokenization import Tokenizer
   model = nnx.merge(summary["graphdef"], jax.device_get(summary["state"].params))
   path = os.path.join(workdir, "model")
-  model_io.save_model_dir(path, model, Tokenizer.from_vocab(_resolve_vocab(config)),
+  model_io.save_model_dir(path, model, _load_tokenizer(_resolve_vocab(config)),
                           overwrite=True)
   return path

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import flops as flops_lib
@@ -432,10 +433,11 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
           pull(pending, step)
         pending = metrics
         step += 1
-        if step % config.checkpoint.every_steps == 0 or step % tc.log_every == 0 or step == tc.num_steps:
+        save_now = step % config.checkpoint.every_steps == 0
+        if save_now or step % tc.log_every == 0 or step == tc.num_steps:
           pull(pending, step)
           pending = None
-        if step % config.checkpoint.every_steps == 0:
+        if save_now:
           save(step, d_state)
         if step % tc.log_every == 0 or step == tc.num_steps:
           log_window()

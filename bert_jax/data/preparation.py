@@ -358,9 +358,11 @@ def _finish(output_dir, work, markers, stats, tok, options, files):
   }
   writer.write_dataset(staging, parts, metadata, tok.word_start_mask(),
                        description="Tokenized documents for BERT pretraining (bert_jax.prepare).")
+  tok.save(os.path.join(staging, writer.TOKENIZER_DIR))  # Training finds the vocabulary here.
   for name in os.listdir(output_dir):  # only with overwrite=True can a dataset be here
     if writer.is_dataset_file(name):
-      os.remove(os.path.join(output_dir, name))
+      path = os.path.join(output_dir, name)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
   for name in os.listdir(staging):
     os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
   shutil.rmtree(work)

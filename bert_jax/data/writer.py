@@ -16,7 +16,9 @@ DATASET_NAME = "bert_pretraining"
 SPLITS = ("train", "validation")
 TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 WORD_START_FILE = "word_start_mask.npy"
-DATASET_FILES = ("dataset_info.json", "features.json", "metadata.json", WORD_START_FILE)
+TOKENIZER_DIR = "tokenizer"  # The vocabulary the dataset was prepared with (Tokenizer.save).
+DATASET_FILES = ("dataset_info.json", "features.json", "metadata.json", WORD_START_FILE,
+                 TOKENIZER_DIR)
 
 
 def features():
