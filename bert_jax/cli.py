@@ -21,6 +21,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, F
                                                  PermissionError, KeyError, RuntimeError)
 
 
+def quiet_logs() -> None:
+  """Keeps the console to our progress lines: TFDS/orbax INFO chatter only with --verbose."""
+  if not FLAGS.verbose:
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+
+
 def fail(message: str, code: int = 2) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(code)

@@ -103,6 +103,7 @@ def run_demo(config, workdir: str, doc_lines: int = 32) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.quiet_logs()
   r = cli.guarded(run_demo, FLAGS.config, FLAGS.workdir, FLAGS.doc_lines)
   wd = os.path.abspath(FLAGS.workdir)
   print(f"\nTrained {r['train_steps']} steps in {r['train_seconds']} s.")

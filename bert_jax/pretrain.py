@@ -19,6 +19,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.quiet_logs()
   cli.maybe_initialize_distributed()
   from bert_jax import pretraining
   summary = cli.guarded(pretraining.train_and_evaluate, FLAGS.config, FLAGS.workdir)

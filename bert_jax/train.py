@@ -283,6 +283,11 @@ def _accumulate(total: dict | None, metrics: dict) -> dict:
 
 
 def check_workdir(workdir: str) -> None:
+  if "://" in str(workdir):
+    raise TrainingError(
+        f"Workdir {workdir} is a URL; metrics, locks and exports need a file system path, so "
+        f"mount the bucket (gcsfuse, or the GKE GCS FUSE driver; see docs/scaling.md) and pass "
+        f"the mounted path, e.g. /gcs/BUCKET/run.")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write-test-{os.getpid()}")

@@ -9,11 +9,12 @@ tiny | demo | base | base_phase2 | large | large_phase2.
   base  phase 1 (seq 128, 90% of steps) then phase 2 (seq 512, init from phase 1), as in the
         BERT paper (Devlin et al. 2019, appendix A.2; batch 256, 1M steps total):
                             python -m bert_jax.pretrain --config=configs/pretrain.py:base \
-                              --workdir=gs://BUCKET/base128 --config.data.dir=gs://BUCKET/data
+                              --workdir=/gcs/BUCKET/base128 --config.data.dir=/gcs/BUCKET/data
                             python -m bert_jax.pretrain --config=configs/pretrain.py:base_phase2 \
-                              --workdir=gs://BUCKET/base512 --config.data.dir=gs://BUCKET/data \
-                              --config.init_from=gs://BUCKET/base128/model
+                              --workdir=/gcs/BUCKET/base512 --config.data.dir=/gcs/BUCKET/data \
+                              --config.init_from=/gcs/BUCKET/base128/model
   large, large_phase2: the same for BERT-large.
+/gcs/BUCKET is the bucket mounted with gcsfuse (launch/ does this); gs:// URLs are refused.
 Override anything: --config.optimizer.learning_rate=1e-4 --config.mesh.fsdp=8 ...
 """
 from ml_collections import ConfigDict

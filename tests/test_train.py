@@ -221,3 +221,9 @@ def test_every_config_file_loads():
     for variant in variants:
       config = module.get_config(variant) if variant else module.get_config()
       assert config.train.batch_size > 0, (path.name, variant)
+
+
+def test_url_workdir_is_refused(tmp_path, pretrain_dataset, vocab_path):
+  proc = run_pretrain("gs://bucket/run", pretrain_dataset, vocab_path, check=False)
+  _refused(proc, "gs://bucket/run", "mount the bucket")
+  assert not (REPO / "gs:").exists()
