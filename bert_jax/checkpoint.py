@@ -2,8 +2,10 @@
 
 Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. `state` is the sharded train state
 (orbax StandardSave), `data` holds one JSON file per process with that process's input-iterator
-state, `meta` the config and model shape. Saves are asynchronous; a killed save leaves only a
-`*.orbax-checkpoint-tmp` directory, which orbax never restores.
+state, `meta` the config, model shape and a checksum of every array of the state. Saves are
+asynchronous; a killed save leaves only a `*.orbax-checkpoint-tmp` directory, which orbax never
+restores. orbax does not checksum array data (a flipped byte restores silently), so `restore`
+recomputes the checksums saved in `meta` and refuses a state that does not match them.
 
 Resume order (see `train.py`): this workdir's latest checkpoint, else `init_from` (a model
 directory), else fresh initialisation.
@@ -14,9 +16,11 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -77,6 +81,46 @@ class DataStateRestore(ocp.args.CheckpointArgs):
   pass
 
 
+def _array_checksum(x: jax.Array) -> jax.Array:
+  """sum(bits_i * (2i + 1)) mod 2**32 over the raw bits: any changed element changes it."""
+  if x.dtype == jnp.bool_:
+    bits = x.astype(jnp.uint32)
+  else:
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+  bits = bits.reshape(-1)
+  weights = jax.lax.iota(jnp.uint32, bits.size) * jnp.uint32(2) + jnp.uint32(1)
+  return jnp.sum(bits * weights, dtype=jnp.uint32)  # uint32 wraps: exact on any sharding.
+
+
+@jax.jit
+def _checksums(tree):
+  return jax.tree.map(_array_checksum, tree)
+
+
+def state_checksums(state) -> dict[str, int]:
+  """{array path: uint32 checksum} of a (possibly sharded) pytree, computed on device."""
+  sums = jax.device_get(_checksums(state))
+  return {jax.tree_util.keystr(path): int(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def _write_error(step: int, e: Exception) -> str:
+  """The cause of a failed write in a few words (tensorstore puts an errno in its message)."""
+  text = str(e)
+  m = re.search(r"os_error_code='?(\d+)", text)
+  if m:
+    return f"{os.strerror(int(m.group(1)))}, errno {m.group(1)}"
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  return f"{type(e).__name__}: {_first_line(e)}"
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).split(" See full TensorStore details")[0].strip()
+  return text.splitlines()[0][:300] if text else ""
+
+
 class Checkpointer:
   """orbax CheckpointManager for train state + data position + metadata."""
 
@@ -90,6 +134,8 @@ class Checkpointer:
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
             cleanup_tmp_directories=True),
         item_names=("state", "data", "meta"))
+    self._pending: int | None = None  # The step of the save in flight.
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -98,11 +144,31 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_state, meta: dict, *, force: bool = False) -> bool:
-    return self.manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=DataStateSave(data_state), meta=ocp.args.JsonSave(meta)),
-        force=force)
+    """Starts saving `step` (asynchronously); a failed write raises CheckpointError."""
+    if not force and not self.manager.should_save(step):
+      return False
+    meta = {**meta, "state_checksums": state_checksums(state)}
+    self._pending = step
+    try:
+      return self.manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=DataStateSave(data_state), meta=ocp.args.JsonSave(meta)),
+          force=force)
+    except Exception as e:  # noqa: BLE001 - the previous async save or this one failed.
+      raise self._save_failed(step, e) from e
+
+  def _save_failed(self, step: int, e: Exception) -> CheckpointError:
+    self._failed = True
+    m = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))
+    failed = int(m.group(1)) if m else (self._pending if self._pending is not None else step)
+    kept = [s for s in self.manager.all_steps(read=True) if s < failed]
+    previous = (f"checkpoint step {max(kept)} is intact" if kept
+                else "no earlier checkpoint exists")
+    return CheckpointError(
+        f"Saving checkpoint step {failed} to {self.directory} failed ({_write_error(failed, e)}); "
+        f"{previous} and the partial step is never restored: free disk space (or fix the "
+        f"storage) and rerun the same command to resume.")
 
   def read_meta(self, step: int) -> dict:
     try:
@@ -110,8 +176,8 @@ class Checkpointer:
           "meta"]
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable checkpoint.
       raise CheckpointError(
-          f"Checkpoint step {step} in {self.directory} has unreadable metadata ({e}); delete "
-          f"that step's directory to fall back to the previous checkpoint.") from e
+          f"Checkpoint step {step} in {self.directory} has unreadable metadata "
+          f"({type(e).__name__}: {_first_line(e)}); {self._fallback(step)}") from e
 
   def restore(self, step: int, abstract_state):
     """Restores (state, data_state, meta) of `step` onto the shardings of `abstract_state`."""
@@ -124,15 +190,35 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(
           f"Checkpoint step {step} in {self.directory} cannot be restored ({type(e).__name__}: "
-          f"{str(e)[:300]}); delete that step's directory to fall back to the previous "
-          f"checkpoint.") from e
+          f"{_first_line(e)}); {self._fallback(step)}") from e
+    saved = out["meta"].get("state_checksums") if isinstance(out["meta"], dict) else None
+    if saved:  # Checkpoints written before checksums existed are restored unchecked.
+      got = state_checksums(out["state"])
+      bad = sorted(k for k in saved if got.get(k) != saved[k]) + sorted(set(got) - set(saved))
+      if bad:
+        raise CheckpointError(
+            f"Checkpoint step {step} in {self.directory} is corrupt: {len(bad)} arrays (first: "
+            f"{bad[0]}) do not match the checksums saved with them; {self._fallback(step)}")
     return out["state"], out["data"], out["meta"]
 
+  def _fallback(self, step: int) -> str:
+    older = [s for s in self.all_steps() if s < step]
+    target = f"step {max(older)}" if older else "a fresh start (no earlier checkpoint)"
+    return (f"move {self.directory / str(step)} out of the way (or delete it) and rerun to fall "
+            f"back to {target}.")
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_failed(self._pending or 0, e) from e
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      if not self._failed:  # Already reported by save()/wait().
+        raise self._save_failed(self._pending or 0, e) from e
     self.manager.close()
 
 

@@ -1,0 +1,81 @@
+"""Shared by the fault-injection tests: the run every fault is compared with, restoring a
+checkpoint in this process, and file snapshots (a fault must never change or lose a file)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+from train_helpers import REPO
+
+# 40 steps, an async checkpoint every 5 steps (all kept), an evaluation every 10.
+FAULT_RUN = ("--config.train.num_steps=40", "--config.checkpoint.every_steps=5",
+             "--config.checkpoint.async_save=True", "--config.checkpoint.max_to_keep=100",
+             "--config.train.eval_every=10", "--config.data.eval_batches=8",
+             "--config.train.log_every=1")
+NUM_STEPS = 40
+
+
+def tiny_config(data_dir, vocab, num_steps=NUM_STEPS):
+  sys.path.insert(0, str(REPO / "configs"))
+  import pretrain as pretrain_configs
+  c = pretrain_configs.get_config("tiny")
+  c.data.update(dir=str(data_dir), vocab=str(vocab), eval_batches=8)
+  c.train.update(num_steps=num_steps, eval_every=10, log_every=1)
+  c.checkpoint.update(every_steps=5, async_save=True, max_to_keep=100)
+  return c
+
+
+def restore(workdir, step, data_dir, vocab):
+  """(state, data_state, meta) of checkpoint `step`, through the trainer's own Checkpointer."""
+  from bert_jax import checkpoint as ckpt_lib
+  from bert_jax import optim, pretraining, sharding, train
+  from bert_jax.tokenization import Tokenizer
+  c = tiny_config(data_dir, vocab)
+  task = pretraining.model_task(c, Tokenizer.from_vocab(str(vocab)).vocab_size)
+  tx, _ = optim.create_optimizer(c.optimizer, c.train.num_steps)
+  _, abstract, _ = train.abstract_train_state(task, tx, sharding.make_mesh(dict(c.mesh)))
+  cp = ckpt_lib.Checkpointer(str(workdir), max_to_keep=100)
+  try:
+    return cp.restore(step, abstract)
+  finally:
+    cp.close()
+
+
+def committed_steps(workdir) -> list[int]:
+  d = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def equal_trees(a, b) -> bool:
+  import jax
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return (jax.tree.structure(a) == jax.tree.structure(b) and
+          all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)))
+
+
+def snapshot(*roots) -> dict[str, tuple[int, int, str]]:
+  """{path: (size, mtime_ns, sha256)} of every file under roots (files or folders)."""
+  out = {}
+  for root in roots:
+    root = pathlib.Path(root)
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for p in paths:
+      st = p.stat()
+      out[str(p)] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+  return out
+
+
+def unchanged(before: dict, after: dict) -> list[str]:
+  """Files of `before` that are gone or differ in `after` (new files are allowed)."""
+  return [p for p, v in before.items() if after.get(p) != v]
+
+
+def stderr_tail(proc) -> str:
+  return proc.stderr[-3000:] if isinstance(proc.stderr, str) else ""
+
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
