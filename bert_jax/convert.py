@@ -103,7 +103,15 @@ def read_hf_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
     except ImportError as e:
       raise ConversionError(f"{binary} needs PyTorch to read; pip install torch (or convert it "
                             "to model.safetensors).") from e
-    state = torch.load(binary, map_location="cpu", weights_only=True)
+    try:  # weights_only=True: tensors only, never arbitrary objects or code from the pickle.
+      state = torch.load(binary, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
+      raise ConversionError(f"{binary} is not a plain PyTorch state dict that can be read "
+                            f"safely ({type(e).__name__}; it may hold code or be damaged); use "
+                            "its model.safetensors instead.") from None
+    if not isinstance(state, dict):
+      raise ConversionError(f"{binary} holds a {type(state).__name__}, not a state dict of "
+                            "tensors; use its model.safetensors instead.")
     return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}
   raise ConversionError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin; "
                         "copy the weights file there.")

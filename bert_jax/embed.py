@@ -162,12 +162,17 @@ def embed(model, tokenizer, texts, *, pooling: str = "mean", normalize: bool = F
 def read_lines(path) -> tuple[list[str], list[int]]:
   """Non-empty stripped lines of a UTF-8 file and their 1-based line numbers."""
   texts, numbers = [], []
-  with open(path, encoding="utf-8-sig") as f:
-    for n, line in enumerate(f, start=1):
-      line = line.strip()
-      if line:
-        texts.append(line)
-        numbers.append(n)
+  n = 0
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      for n, line in enumerate(f, start=1):
+        line = line.strip()
+        if line:
+          texts.append(line)
+          numbers.append(n)
+  except UnicodeDecodeError:
+    raise ValueError(f"{path} is not UTF-8 text (line {n + 1}); pass a UTF-8 text file with one "
+                     "text per line.") from None
   return texts, numbers
 
 

@@ -238,7 +238,11 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
       raise DataError(f"{output_dir} holds an interrupted preparation with other inputs or "
                       "options; rerun with the same arguments to finish it, or pass --overwrite.")
     shutil.rmtree(work)
-  os.makedirs(work, exist_ok=True)
+  try:
+    os.makedirs(work, exist_ok=True)
+  except OSError as e:
+    raise DataError(f"--output_dir {output_dir} cannot be created ({e.strerror}); choose a folder "
+                    "you can write to.") from None
   if not os.path.exists(plan_path):
     _write_json(plan_path, plan)
 
