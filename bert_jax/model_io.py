@@ -122,6 +122,10 @@ def check_writable(path, overwrite: bool) -> pathlib.Path:
                           "or pass overwrite=True (--overwrite).")
   if path.exists() and not path.is_dir():
     raise FileExistsError(f"{path} is a file, not a directory; choose another destination.")
+  blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+  if blocker is not None:
+    raise FileExistsError(f"{path} cannot be created because {blocker} is a file; choose another "
+                          "destination.")
   return path
 
 

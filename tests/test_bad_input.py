@@ -32,6 +32,10 @@ def refused(proc, *needles, verbose=False):
   assert ("Traceback" in proc.stderr) == verbose, proc.stderr[-3000:]
   for n in needles:
     assert n in last, (n, last)
+  if os.environ.get("BAD_INPUT_LOG"):  # Regenerates the message column of docs/reliability.md.
+    with open(os.environ["BAD_INPUT_LOG"], "a") as f:
+      f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                          "message": last}) + "\n")
   return last
 
 
@@ -208,7 +212,7 @@ def test_convert_unwritable_destination(tmp_path, guard, hf_tiny):
   blocker = _text(tmp_path, "file", b"a regular file")
   guard(hf_tiny)
   proc = cli("convert", f"--src={hf_tiny}", f"--dst={blocker / 'out'}")
-  refused(proc, str(blocker))
+  refused(proc, f"{blocker} is a file; choose another destination")
 
 
 # ----------------------------------------------------------------------------- predict, embed
