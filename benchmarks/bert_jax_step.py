@@ -14,12 +14,11 @@ import time
 import jax
 import numpy as np
 
+from benchmarks import synthetic
 from bert_jax import flops as flops_lib
 from bert_jax import optim, sharding, train
 from bert_jax.heads import BertForPreTraining
 from bert_jax.pretraining import bert_config_from, pretraining_loss
-
-from benchmarks import synthetic
 
 _CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "configs", "pretrain.py")

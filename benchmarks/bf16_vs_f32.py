@@ -53,7 +53,7 @@ def main(argv):
   del argv
   from bert_jax import demo, pretraining
   runs = {d: os.path.join(_WORKDIR.value, d) for d in DTYPES}
-  for d, path in runs.items():
+  for path in runs.values():
     if os.path.exists(path):
       raise app.UsageError(f"{path} already exists (a run would resume, not retrain); choose a new "
                            f"--output_dir or remove it.")
@@ -69,7 +69,7 @@ def main(argv):
           f"{_STEPS.value} steps ({time.time() - t0:.0f} s)", flush=True)
   bf, f32 = results["bfloat16"], results["float32"]
   print(f"\n{'step':>5s} {'bf16 MLM':>9s} {'f32 MLM':>9s}")
-  for (s, a), (_, b) in zip(bf["train_mlm_loss"], f32["train_mlm_loss"]):
+  for (s, a), (_, b) in zip(bf["train_mlm_loss"], f32["train_mlm_loss"], strict=False):
     print(f"{s:5d} {a:9.4f} {b:9.4f}")
   eb, ef = bf["eval"]["mlm_loss"], f32["eval"]["mlm_loss"]
   ok = eb <= ef * (1 + _TOLERANCE.value)

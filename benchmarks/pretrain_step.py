@@ -200,12 +200,13 @@ def gpu_mode() -> dict:
              "machine": machine(), "jax": jax.__version__, "device": dev.device_kind,
              "command": " ".join(sys.argv), "rows": []}
   measured = matmul_peak.matmul_flops_per_s(8192, jax.numpy.bfloat16, reps=10, chain=8)
-  vendor = flops_lib.CHIPS.get(chip, {}).get("peak_flops")
+  vendor = None if chip == "cpu" else flops_lib.CHIPS[chip]["peak_flops"]  # None: unknown GPU.
+  n_dev = jax.device_count()
   results["peak_flops_per_s"] = {"bf16_in_f32_acc_measured": measured, "vendor": vendor}
   print(f"{dev.device_kind}: measured bf16 matmul {measured / 1e12:.0f} TFLOP/s; vendor "
         f"{(vendor or 0) / 1e12:.0f} TFLOP/s", flush=True)
   for preset, seq, pred in GPU_CASES:
-    b = gpu_batch(preset, seq, dev)
+    b = gpu_batch(preset, seq, dev) * n_dev  # Global batch: the per-chip batch on every chip.
     # cuDNN's fused attention has no attention-probability dropout (attention.resolve_impl falls
     # back to XLA when it is on), so the GPU rows train with hidden dropout 0.1 only.
     config = bert_jax_step.bench_config(preset, b, seq, pred, "bfloat16", "cudnn", dropout=0.1)
@@ -218,10 +219,13 @@ def gpu_mode() -> dict:
                               "error": str(e).splitlines()[0][:300]})
       print(f"  failed: {str(e).splitlines()[0][:300]}", flush=True)
       continue
-    r.update(mfu_vs_measured=r["model_flops"] / r["median_s"] / measured,
-             mfu_vs_vendor=(r["model_flops"] / r["median_s"] / vendor) if vendor else None)
+    per_chip = r["model_flops"] / r["median_s"] / n_dev
+    r.update(devices=n_dev, tokens_per_s_per_chip=r["tokens_per_s"] / n_dev,
+             mfu_vs_measured=per_chip / measured,
+             mfu_vs_vendor=per_chip / vendor if vendor else None)
     results["rows"].append(r)
-    print(f"  {1e3 * r['median_s']:.1f} ms/step, {r['tokens_per_s']:,.0f} tokens/s, MFU "
+    print(f"  {1e3 * r['median_s']:.1f} ms/step, {r['tokens_per_s_per_chip']:,.0f} tokens/s/chip, "
+          f"MFU "
           f"{r['mfu_vs_measured']:.1%} of measured, "
           f"{(r['mfu_vs_vendor'] or 0):.1%} of vendor peak", flush=True)
   return results

@@ -17,8 +17,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from benchmarks import bert_jax_step  # noqa: E402
 
@@ -107,7 +107,8 @@ def main(argv):
   jax.profiler.start_trace(trace_dir, profiler_options=options)
   times, _ = bert_jax_step.run_steps(built, _STEPS.value)
   jax.profiler.stop_trace()
-  print(f"{_PRESET.value} {_DTYPE.value}: wall ms per step {1e3 * sorted(times)[len(times) // 2]:.0f}"
+  wall_ms = 1e3 * sorted(times)[len(times) // 2]
+  print(f"{_PRESET.value} {_DTYPE.value}: wall ms per step {wall_ms:.0f}"
         f" (trace in {trace_dir})")
   summarize(trace_dir, built["compiled"].as_text(), _STEPS.value, _TOP.value)
 
