@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from faults.fault_helpers import snapshot, unchanged
 from train_helpers import REPO, env_for
 
@@ -92,8 +91,8 @@ def torch_bin_with_code(tmp_path, hf_tiny):
   folder = tmp_path / "hf_bin"
   folder.mkdir()
   (folder / "config.json").write_text((hf_tiny / "config.json").read_text())
-  torch.save({"embeddings.word_embeddings.weight": torch.zeros(3), "x": _Payload(tmp_path / "PWNED")},
-             folder / "pytorch_model.bin")
+  torch.save({"embeddings.word_embeddings.weight": torch.zeros(3),
+              "x": _Payload(tmp_path / "PWNED")}, folder / "pytorch_model.bin")
   return folder, tmp_path / "PWNED"
 
 

@@ -68,6 +68,7 @@ def test_convert_and_load_use_no_pickle_and_no_network(tmp_path, watched):
 def test_pytorch_bin_is_read_with_weights_only(tmp_path, watched):
   torch = pytest.importorskip("torch")
   from safetensors.numpy import load_file
+
   from bert_jax import convert
   hf, _ = _hf_folder(tmp_path)
   state = {k: torch.from_numpy(v) for k, v in load_file(str(hf / "model.safetensors")).items()}
@@ -79,6 +80,7 @@ def test_pytorch_bin_is_read_with_weights_only(tmp_path, watched):
 
 def test_training_checkpoints_are_json_and_arrays_only(tmp_path, watched):
   import jax
+
   from bert_jax import checkpoint
   state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.int32(3)}
   cp = checkpoint.Checkpointer(str(tmp_path), async_save=False)

@@ -8,7 +8,6 @@ import pathlib
 import sys
 
 import numpy as np
-
 from train_helpers import REPO
 
 # 40 steps, an async checkpoint every 5 steps (all kept), an evaluation every 10.
@@ -54,7 +53,7 @@ def equal_trees(a, b) -> bool:
   import jax
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   return (jax.tree.structure(a) == jax.tree.structure(b) and
-          all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)))
+          all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=True)))
 
 
 def snapshot(*roots) -> dict[str, tuple[int, int, str]]:

@@ -8,7 +8,6 @@ import os
 import shutil
 
 import pytest
-
 from fault_helpers import FAULT_RUN, committed_steps, equal_trees, restore, snapshot, unchanged
 from train_helpers import final_params, losses, run_pretrain
 
@@ -40,7 +39,8 @@ def _no_meta(step_dir):
   shutil.rmtree(step_dir / "meta")
 
 
-CORRUPTIONS = {"flipped_byte": (_flip, "is corrupt"), "truncated": (_truncate, "cannot be restored"),
+CORRUPTIONS = {"flipped_byte": (_flip, "is corrupt"),
+               "truncated": (_truncate, "cannot be restored"),
                "no_array_metadata": (_no_array_metadata, "cannot be restored"),
                "no_meta": (_no_meta, "cannot be restored")}
 

@@ -13,9 +13,15 @@ import time
 
 import numpy as np
 import pytest
-
-from fault_helpers import (FAULT_RUN, NUM_STEPS, committed_steps, equal_trees, restore,
-                           snapshot, unchanged)
+from fault_helpers import (
+  FAULT_RUN,
+  NUM_STEPS,
+  committed_steps,
+  equal_trees,
+  restore,
+  snapshot,
+  unchanged,
+)
 from train_helpers import REPO, env_for, final_params, losses, pretrain_cmd, run_pretrain
 
 KINDS = ("step", "async_write", "before_commit", "eval")
