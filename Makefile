@@ -36,7 +36,7 @@ demo: $(VENV)/.installed
 # Peers (PyTorch 2.13, transformers 4.57.6 Flax) live in their own venv: .venv-bench.
 bench: $(STAMP)
 	bash benchmarks/setup_bench_venv.sh
-	$(PY) benchmarks/pretrain_step.py
+	$(PY) -m benchmarks.pretrain_step --json=bench-$$(date +%Y%m%d-%H%M%S).json
 
 bench-data: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py

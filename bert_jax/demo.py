@@ -106,6 +106,10 @@ def main(argv):
   cli.quiet_logs()
   r = cli.guarded(run_demo, FLAGS.config, FLAGS.workdir, FLAGS.doc_lines)
   wd = os.path.abspath(FLAGS.workdir)
+  if r["status"] == "preempted":
+    print(f"\nStopped by a signal at step {r['train_steps']}; the checkpoint is saved. Run the same "
+          f"command again to resume.")
+    return
   print(f"\nTrained {r['train_steps']} steps in {r['train_seconds']} s.")
   print(f"Held-out MLM accuracy {r['mlm_accuracy']:.4f} vs unigram baseline "
         f"{r['unigram_baseline_mlm_accuracy']:.4f} (always the most frequent masked token); "
