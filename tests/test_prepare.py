@@ -17,6 +17,12 @@ from bert_jax.tokenization import Tokenizer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _snapshot(folder) -> dict:
+  """Every file below `folder` (the dataset holds a tokenizer/ folder) with its bytes."""
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+          if p.is_file()}
+
+
 def _docs(data_dir, split="train"):
   """The split's documents as a sorted list of tuples of sentence-id tuples."""
   import tensorflow_datasets as tfds
@@ -134,15 +140,15 @@ def test_refusals_change_nothing(tmp_path, tok, bible_path):
   small.write_text("\n".join(bible_path.read_text(encoding="utf-8").splitlines()[:300]))
   out = tmp_path / "ds"
   prepare(str(small), out, tok, layout="lines", progress=False)
-  before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+  before = _snapshot(out)
   with pytest.raises(DataError, match="already holds a prepared dataset"):
     prepare(str(small), out, tok, layout="lines", doc_lines=8, progress=False)
   with pytest.raises(DataError, match="layout"):
     prepare(str(small), tmp_path / "x", tok, layout="paragraphs")
-  assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+  assert _snapshot(out) == before
   stats = prepare(str(small), out, tok, layout="lines", doc_lines=8, overwrite=True,
                   progress=False)
-  assert stats["documents"] == -(-300 // 8) and sorted(os.listdir(out)) == sorted(before)
+  assert stats["documents"] == -(-300 // 8) and set(_snapshot(out)) == set(before)
   # The CLI: one sentence on stderr, exit status 2, no traceback.
   proc = subprocess.run([sys.executable, "-m", "bert_jax.prepare", f"--input={small}",
                          f"--output_dir={out}", f"--vocab={tok.vocab_path}"],
