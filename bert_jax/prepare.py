@@ -11,6 +11,10 @@
   python -m bert_jax.prepare --input='corpus/*.txt' --output_dir=/data/wiki --vocab=vocab.txt \
       --engine=beam --beam_options="--runner=DirectRunner --direct_num_workers=2 \
       --direct_running_mode=multi_processing"
+  # On Dataflow, with input and output on GCS (pip install 'apache-beam[gcp]'):
+  python -m bert_jax.prepare --input='gs://B/corpus/*.txt.gz' --output_dir=gs://B/data/wiki \
+      --vocab=vocab.txt --engine=beam --beam_options="--runner=DataflowRunner --project=P \
+      --region=R --temp_location=gs://B/tmp --setup_file=./setup.py"
 
 Rerun the same command to finish an interrupted preparation. On several hosts, run it on each
 with --host_index/--host_count and a shared --output_dir; host 0 writes the dataset at the end.
@@ -28,7 +32,8 @@ from bert_jax.data.reading import LAYOUTS
 
 _INPUT = flags.DEFINE_list("input", None, "Text files, folders or globs (.txt, .gz); 'bible' is "
                            "the embedded World English Bible.")
-_OUTPUT = flags.DEFINE_string("output_dir", None, "Dataset folder to create.")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Dataset folder to create (a gs:// URL with "
+                              "--engine=beam).")
 _VOCAB = flags.DEFINE_string("vocab", None, "WordPiece vocab.txt or SentencePiece .model.")
 _LAYOUT = flags.DEFINE_enum("layout", "sentences", LAYOUTS,
                             "sentences: a sentence a line, blank line between documents; lines: a "

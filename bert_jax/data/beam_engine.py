@@ -7,8 +7,9 @@ its own ArrayRecord parts and leaves a marker, exactly as a local worker does, s
 byte-identical datasets, memory per worker stays bounded (no shuffle of examples through the
 runner), a retried bundle just rewrites its unit, and a rerun does only the units without a marker.
 
-Workers must see the inputs, the vocabulary and `output_dir` under the same paths: local disks for
-the DirectRunner, a shared file system (NFS, Filestore, GCS FUSE) on Dataflow, Flink or Spark.
+Inputs and `output_dir` are local paths every worker sees (local disks for the DirectRunner, a
+shared mount on a cluster) or URLs (gs://... on Dataflow) read and written through Beam's
+`FileSystems` (see `storage`). The vocabulary travels inside the DoFn, so workers need no copy.
 This module imports apache_beam; `preparation` imports it only for `engine="beam"`.
 """
 from __future__ import annotations
@@ -16,12 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
+import tempfile
 from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bert_jax.data import preparation, reading
+from bert_jax.data import preparation, reading, storage
 
 _NAMESPACE = "bert_jax.prepare"
 _COUNTERS = ("documents", "sentences", "tokens", "bytes", "skipped_lines")
@@ -34,7 +38,11 @@ def pipeline_options(beam_options: str | Sequence[str] | None) -> PipelineOption
   args = list(beam_options or [])
   if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
     args.append("--default_sdk_harness_log_level=WARNING")  # workers log every bundle at INFO
-  return PipelineOptions(args)
+  options = PipelineOptions(args)
+  # The launcher's own URL reads and writes (planning, finishing) use the workers' file-system
+  # options (S3 endpoint and keys, GCS project).
+  FileSystems.set_options(options)
+  return options
 
 
 class _PrepareUnit(beam.DoFn):
@@ -43,19 +51,30 @@ class _PrepareUnit(beam.DoFn):
   def __init__(self, work: str, vocab_path: str, do_lower_case: bool, strip_accents,
                layout: str, doc_lines: int, validation_fraction: float):
     self._work = work
-    self._tokenizer_args = (vocab_path, do_lower_case, strip_accents)
+    # The vocabulary's bytes, not its path: remote workers do not see the launcher's disk.
+    with open(vocab_path, "rb") as f:
+      self._vocab = (os.path.basename(vocab_path), f.read())
+    self._tokenizer_args = (do_lower_case, strip_accents)
     self._unit_args = (layout, doc_lines, validation_fraction)
     self._counters = {k: beam.metrics.Metrics.counter(_NAMESPACE, k) for k in _COUNTERS}
     self._units = beam.metrics.Metrics.counter(_NAMESPACE, "units")
 
   def setup(self):
+    self._vocab_dir = tempfile.mkdtemp(prefix="bert_jax_vocab")
+    name, data = self._vocab
+    with open(os.path.join(self._vocab_dir, name), "wb") as f:  # the name tells the kind (.model)
+      f.write(data)
     # Beam workers are the parallelism: one tokenizer thread each, as for local workers.
-    preparation._init_worker(*self._tokenizer_args, single_thread=True)
+    preparation._init_worker(os.path.join(self._vocab_dir, name), *self._tokenizer_args,
+                             single_thread=True)
+
+  def teardown(self):
+    shutil.rmtree(getattr(self, "_vocab_dir", ""), ignore_errors=True)
 
   def process(self, unit_json):  # no annotation: Beam would log it as a string type hint
     unit = reading.Unit(**unit_json)
     # A retried bundle whose unit already finished has nothing left to do.
-    if not os.path.exists(os.path.join(self._work, preparation.marker_name(unit))):
+    if not storage.exists(storage.join(self._work, preparation.marker_name(unit))):
       layout, doc_lines, fraction = self._unit_args
       marker = preparation._process_unit(unit, self._work, layout, doc_lines, fraction)
       for k, c in self._counters.items():

@@ -5,23 +5,28 @@ each finished unit leaves ArrayRecord parts and a `unit-NNNNN.json` marker, so a
 same arguments does only the units without a marker. When every unit is done, host 0 renames the
 parts into TFDS shards, writes the metadata and moves them into `output_dir` (an existing dataset
 is replaced only then, and only with `overwrite=True`).
+
+With `engine="beam"`, inputs, `output_dir` and the vocabulary may be URLs (gs://...; see `storage`):
+workers then write each unit's parts to local temp files and upload them.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
-import json
 import os
 import shutil
+import tempfile
 import time
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from bert_jax.data import reading, writer
+from bert_jax.data import reading, storage, writer
 from bert_jax.data.reading import DataError
 
 FORMAT_VERSION = 1
+_DESCRIPTION = "Tokenized documents for BERT pretraining (bert_jax.prepare)."
 ENGINES = ("local", "beam")
 WORK_DIR = ".incomplete"
 _BATCH_SENTENCES = 2048
@@ -41,14 +46,31 @@ def default_corpus_path() -> str:
                       "web-bible.en.txt.gz")
 
 
-def _load_tokenizer(vocab, do_lower_case):
+def _load_tokenizer(vocab, do_lower_case, urls: bool = False):
   from bert_jax.tokenization import Tokenizer
   if isinstance(vocab, Tokenizer):
     return vocab
+  if storage.is_url(vocab):
+    vocab = _download_vocab(str(vocab), urls)
   try:
     return Tokenizer.from_vocab(vocab, do_lower_case)
   except (OSError, ValueError) as e:
     raise DataError(f"Cannot load the vocabulary {vocab}: {e}") from None
+
+
+def _download_vocab(url: str, urls: bool) -> str:
+  """A local copy of a vocabulary URL, kept until this process exits (the dataset copies it)."""
+  if not urls:
+    raise DataError(f"--vocab {url} is a URL; only --engine=beam reads URLs, or pass a local file.")
+  if problem := storage.url_problem(url):
+    raise DataError(f"Cannot load the vocabulary: {problem}.")
+  local = os.path.join(tempfile.mkdtemp(prefix="bert_jax_vocab"), url.rsplit("/", 1)[-1])
+  atexit.register(shutil.rmtree, os.path.dirname(local), True)
+  try:
+    storage.download(url, local)
+  except OSError as e:
+    raise DataError(f"Cannot load the vocabulary {url}: {e}") from None
+  return local
 
 
 def _init_worker(vocab_path, do_lower_case, strip_accents, single_thread):
@@ -76,12 +98,21 @@ def marker_name(unit: reading.Unit) -> str:
 def _process_unit(unit: reading.Unit, work: str, layout: str, doc_lines: int,
                   validation_fraction: float) -> dict:
   """Tokenizes and writes one unit's documents; returns its marker (stats and parts)."""
+  if not storage.is_url(work):
+    return _write_unit(unit, work, work, layout, doc_lines, validation_fraction)
+  # ArrayRecord writes local files: the parts are made in a temp folder and uploaded whole; the
+  # marker, written last, says they are all there.
+  with tempfile.TemporaryDirectory(prefix="bert_jax_unit") as local:
+    return _write_unit(unit, local, work, layout, doc_lines, validation_fraction)
+
+
+def _write_unit(unit, parts_dir, work, layout, doc_lines, validation_fraction) -> dict:
   cpu0 = time.process_time()
   tok = _TOKENIZER
   counts = {k: 0 for k in _STAT_KEYS}
   split_docs = {s: 0 for s in writer.SPLITS}
   split_tokens = {s: 0 for s in writer.SPLITS}
-  prefix = os.path.join(work, f"unit-{unit.index:05d}")
+  prefix = os.path.join(parts_dir, f"unit-{unit.index:05d}")
   out = writer.PartWriter(prefix)
 
   def flush(docs):
@@ -124,35 +155,32 @@ def _process_unit(unit: reading.Unit, work: str, layout: str, doc_lines: int,
               "error": {"path": unit.path,
                         "reason": f"unreadable after byte {unit.start} ({e.__class__.__name__}: "
                                   f"{e})"}}
-    _write_json(os.path.join(work, marker_name(unit)), marker)
+    storage.write_json(storage.join(work, marker_name(unit)), marker)
     return marker
   parts = out.close()
+  if parts_dir != work:
+    for path in parts.values():
+      storage.upload(path, storage.join(work, os.path.basename(path)))
   counts["cpu_seconds"] = time.process_time() - cpu0
   marker = {"unit": unit.index, "stats": counts,
             "splits": {s: {"documents": split_docs[s], "tokens": split_tokens[s]}
                        for s in writer.SPLITS},
             "parts": {s: [os.path.basename(p), split_docs[s]] for s, p in parts.items()}}
-  _write_json(os.path.join(work, marker_name(unit)), marker)
+  storage.write_json(storage.join(work, marker_name(unit)), marker)
   return marker
 
 
-def _write_json(path: str, obj) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(path + ".tmp", path)
-
-
-def _read_json(path: str):
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def _check_output(output_dir: str, overwrite: bool) -> None:
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+  if storage.is_url(output_dir):
+    if problem := storage.url_problem(output_dir):
+      raise DataError(f"--output_dir cannot be written: {problem}.")
+    if storage.exists(output_dir):
+      raise DataError(f"--output_dir {output_dir} is a file; pass a folder.")
+  elif os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise DataError(f"--output_dir {output_dir} is a file; pass a folder.")
-  if not os.path.isdir(output_dir):
+  names = set(storage.listdir(output_dir)) - {WORK_DIR}
+  if not names:
     return
-  names = set(os.listdir(output_dir)) - {WORK_DIR}
   if overwrite:
     foreign = sorted(n for n in names if not writer.is_dataset_file(n))
     if foreign:
@@ -213,10 +241,18 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
   if on_bad_file not in ("skip", "fail"):
     raise DataError(f"on_bad_file={on_bad_file!r} is invalid; use 'skip' or 'fail'.")
   beam_opts = _beam_options(engine, beam_options, host_count)
-  output_dir = os.path.abspath(os.fspath(output_dir))
-  files = reading.expand_inputs(inputs)
+  urls = beam_opts is not None  # only Beam workers can reach URLs (gs://...)
+  output_dir = os.fspath(output_dir)
+  if not storage.is_url(output_dir):
+    output_dir = os.path.abspath(output_dir)
+  elif not urls:
+    raise DataError(f"--output_dir {output_dir} is a URL; only --engine=beam writes URLs, or pass "
+                    "a local folder.")
+  else:
+    output_dir = output_dir.rstrip("/")
+  files = reading.expand_inputs(inputs, urls)
   _check_output(output_dir, overwrite)
-  tok = _load_tokenizer(vocab, do_lower_case)
+  tok = _load_tokenizer(vocab, do_lower_case, urls)
   skipped = [{"path": f, "reason": r} for f in files if (r := reading.check_file(f))]
   bad = {s["path"] for s in skipped}
   good = [f for f in files if f not in bad]
@@ -229,27 +265,31 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
              "do_lower_case": tok.do_lower_case}
   plan = {"format_version": FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
           "options": options, "skipped_files": skipped,
-          "inputs": [[f, os.path.getsize(f), int(os.path.getmtime(f))] for f in good],
+          "inputs": [[f, storage.size(f), int(storage.mtime(f))] for f in good],
           "units": [u.to_json() for u in units]}
-  work = os.path.join(output_dir, WORK_DIR)
-  plan_path = os.path.join(work, "plan.json")
-  if os.path.exists(plan_path) and _read_json(plan_path) != plan:
+  work = storage.join(output_dir, WORK_DIR)
+  plan_path = storage.join(work, "plan.json")
+  if storage.exists(plan_path) and storage.read_json(plan_path) != plan:
     if not overwrite:
       raise DataError(f"{output_dir} holds an interrupted preparation with other inputs or "
                       "options; rerun with the same arguments to finish it, or pass --overwrite.")
-    shutil.rmtree(work)
+    storage.rmtree(work)
   try:
-    os.makedirs(work, exist_ok=True)
+    storage.makedirs(work)
   except OSError as e:
     raise DataError(f"--output_dir {output_dir} cannot be created ({e.strerror}); choose a folder "
                     "you can write to.") from None
-  if not os.path.exists(plan_path):
-    _write_json(plan_path, plan)
+  if not storage.exists(plan_path):
+    storage.write_json(plan_path, plan)
 
   def marker_path(u):
-    return os.path.join(work, marker_name(u))
+    return storage.join(work, marker_name(u))
 
-  todo = [u for u in units[host_index::host_count] if not os.path.exists(marker_path(u))]
+  def unfinished(us):  # one listing rather than a request per unit on object stores
+    done = set(storage.listdir(work))
+    return [u for u in us if marker_name(u) not in done]
+
+  todo = unfinished(units[host_index::host_count])
   if beam_opts is not None:
     if todo:
       from bert_jax.data import beam_engine
@@ -257,27 +297,27 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
   else:
     _run_units(todo, work, tok, layout, doc_lines, validation_fraction, num_workers, progress)
   if host_index != 0:
-    return _aggregate([_read_json(marker_path(u)) for u in units[host_index::host_count]],
+    return _aggregate([storage.read_json(marker_path(u)) for u in units[host_index::host_count]],
                       skipped, t0)
   deadline = time.time() + host_wait_s
-  while missing := [u for u in units if not os.path.exists(marker_path(u))]:
+  while missing := unfinished(units):
     if time.time() > deadline:
       raise DataError(f"{len(missing)} work units from other hosts are still missing in {work}; "
                       "rerun host 0 once the other hosts have finished.")
     time.sleep(2.0)
-  markers = [_read_json(marker_path(u)) for u in units]
+  markers = [storage.read_json(marker_path(u)) for u in units]
   broken = [m for m in markers if "error" in m]
   if broken and on_bad_file == "fail":
     for m in broken:  # so that a rerun tries these units again
-      os.remove(marker_path(units[m["unit"]]))
+      storage.remove(marker_path(units[m["unit"]]))
     raise DataError("Input broke while being read: " + "; ".join(
         f"{m['error']['path']} is {m['error']['reason']}" for m in broken[:5]) +
         ". Fix or remove it and rerun (with --overwrite if the inputs changed), or pass "
         "--on_bad_file=skip to leave it out.")
   stats = _aggregate(markers, skipped, t0)
   if stats["splits"]["train"]["documents"] == 0:
-    shutil.rmtree(work)
-    if not os.listdir(output_dir):
+    storage.rmtree(work)
+    if not storage.is_url(output_dir) and not os.listdir(output_dir):
       os.rmdir(output_dir)
     raise DataError(f"The inputs hold no text for training ({stats['lines']} lines read); check "
                     "--layout and the files.")
@@ -344,11 +384,7 @@ def _aggregate(markers: list[dict], skipped: list[dict], t0: float) -> dict:
 
 
 def _finish(output_dir, work, markers, stats, tok, options, files):
-  staging = os.path.join(work, "final")
-  if os.path.isdir(staging):
-    shutil.rmtree(staging)
-  os.makedirs(staging)
-  parts = {s: [(os.path.join(work, m["parts"][s][0]), m["parts"][s][1])
+  parts = {s: [(storage.join(work, m["parts"][s][0]), m["parts"][s][1])
                for m in markers if s in m["parts"]] for s in writer.SPLITS}
   metadata = {
       "format_version": FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
@@ -360,13 +396,43 @@ def _finish(output_dir, work, markers, stats, tok, options, files):
       "options": options, "inputs": files,
       "stats": {k: v for k, v in stats.items() if k != "seconds"},
   }
-  writer.write_dataset(staging, parts, metadata, tok.word_start_mask(),
-                       description="Tokenized documents for BERT pretraining (bert_jax.prepare).")
+  if storage.is_url(output_dir):
+    with tempfile.TemporaryDirectory(prefix="bert_jax_dataset") as staging:
+      _finish_url(output_dir, staging, parts, metadata, tok)
+    storage.rmtree(work)
+    return
+  staging = os.path.join(work, "final")
+  if os.path.isdir(staging):
+    shutil.rmtree(staging)
+  os.makedirs(staging)
+  writer.write_dataset(staging, parts, metadata, tok.word_start_mask(), description=_DESCRIPTION)
   tok.save(os.path.join(staging, writer.TOKENIZER_DIR))  # Training finds the vocabulary here.
-  for name in os.listdir(output_dir):  # only with overwrite=True can a dataset be here
-    if writer.is_dataset_file(name):
-      path = os.path.join(output_dir, name)
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  _remove_dataset(output_dir)
   for name in os.listdir(staging):
     os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
   shutil.rmtree(work)
+
+
+def _remove_dataset(output_dir):
+  for name in storage.listdir(output_dir):  # only with overwrite=True can a dataset be here
+    if writer.is_dataset_file(name):
+      storage.rmtree(storage.join(output_dir, name))
+
+
+def _finish_url(output_dir, staging, parts, metadata, tok):
+  """Copies the parts to their shard names next to the work folder (on the object store, so a
+  rerun after an interruption still finds them), then uploads the metadata made in `staging`."""
+  _remove_dataset(output_dir)  # first: the copies take the same names
+
+  def place(path, name):
+    storage.copy(path, storage.join(output_dir, name))
+    return storage.size(storage.join(output_dir, name))
+
+  writer.write_dataset(staging, parts, metadata, tok.word_start_mask(), description=_DESCRIPTION,
+                       place=place)
+  tok.save(os.path.join(staging, writer.TOKENIZER_DIR))
+  files = [os.path.relpath(os.path.join(d, f), staging) for d, _, names in os.walk(staging)
+           for f in names]
+  # dataset_info.json last: only then is the folder a dataset (for readers and for a rerun).
+  for rel in sorted(files, key=lambda f: (f == "dataset_info.json", f)):
+    storage.upload(os.path.join(staging, rel), storage.join(output_dir, *rel.split(os.sep)))

@@ -12,12 +12,15 @@ a blank line inside it (or at the file start), reading past its end to finish th
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import gzip
 import os
 import re
 from collections.abc import Iterator, Sequence
+
+from bert_jax.data import storage
 
 LAYOUTS = ("sentences", "lines", "documents")
 DEFAULT_DOC_LINES = 32
@@ -43,8 +46,11 @@ class Unit:
     return dataclasses.asdict(self)
 
 
-def expand_inputs(inputs: str | Sequence[str]) -> list[str]:
-  """Comma-separated globs, files or folders -> sorted unique files; refuses a pattern with none."""
+def expand_inputs(inputs: str | Sequence[str], urls: bool = False) -> list[str]:
+  """Comma-separated globs, files or folders -> sorted unique files; refuses a pattern with none.
+
+  URLs (gs://...) are listed through Apache Beam's file systems, and only when `urls` is true.
+  """
   if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
   patterns = [p.strip() for item in inputs for p in str(item).split(",") if p.strip()]
@@ -52,6 +58,17 @@ def expand_inputs(inputs: str | Sequence[str]) -> list[str]:
     raise DataError("No input given; pass --input=FILE_OR_GLOB[,FILE_OR_GLOB...].")
   files: list[str] = []
   for pattern in patterns:
+    if storage.is_url(pattern):
+      if not urls:
+        raise DataError(f"Input {pattern} is a URL; only `bert_jax.prepare --engine=beam` reads "
+                        "URLs (through Apache Beam's file systems): copy the files to a local "
+                        "folder otherwise.")
+      if problem := storage.url_problem(pattern):
+        raise DataError(f"Input {pattern} cannot be read: {problem}.")
+      if not (matches := storage.glob(pattern)):
+        raise DataError(f"Input {pattern!r} matches no file; check the URL.")
+      files.extend(matches)
+      continue
     matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
     if not matches:
       raise DataError(f"Input {pattern!r} matches no file; check the path (quote globs so the "
@@ -62,17 +79,29 @@ def expand_inputs(inputs: str | Sequence[str]) -> list[str]:
                             for f in names if not f.startswith(".")))
       else:
         files.append(m)
-  return sorted(dict.fromkeys(os.path.abspath(f) for f in files))
+  return sorted(dict.fromkeys(f if storage.is_url(f) else os.path.abspath(f) for f in files))
 
 
 def _open(path: str):
+  if storage.is_url(path):
+    return _open_url(path)
   return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+@contextlib.contextmanager
+def _open_url(path: str):
+  with storage.open_read(path) as raw:
+    if path.endswith(".gz"):
+      with gzip.GzipFile(fileobj=raw, mode="rb") as f:  # closes f, not raw: both are closed here
+        yield f
+    else:
+      yield raw
 
 
 def check_file(path: str) -> str | None:
   """Why a file cannot be used ('empty', 'binary', 'not UTF-8', ...), or None when it is text."""
   try:
-    if os.path.getsize(path) == 0:
+    if storage.size(path) == 0:
       return "empty"
     with _open(path) as f:
       head = f.read(_HEAD_BYTES)
@@ -100,7 +129,7 @@ def plan_units(files: Sequence[str], chunk_bytes: int) -> list[Unit]:
   """Work units: one per gzip file, byte ranges of `chunk_bytes` for plain files."""
   units: list[Unit] = []
   for path in files:
-    size = os.path.getsize(path)
+    size = storage.size(path)
     if path.endswith(".gz") or chunk_bytes <= 0 or size <= chunk_bytes:
       units.append(Unit(len(units), path, 0, -1, size))
       continue

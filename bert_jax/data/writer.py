@@ -83,26 +83,38 @@ class PartWriter:
 
 
 def write_dataset(staging: str, parts: dict[str, list[tuple[str, int]]], metadata: dict,
-                  word_start: np.ndarray, description: str):
-  """Moves `parts` (split -> [(path, num_examples)]) into `staging` and writes the metadata."""
+                  word_start: np.ndarray, description: str, place=None):
+  """Moves `parts` (split -> [(path, num_examples)]) into `staging` and writes the metadata.
+
+  `place(path, shard_name) -> num_bytes`, when given, puts each part in the dataset folder itself
+  (another file system: gs://...) instead; `staging` then gets only the metadata.
+  """
   import tensorflow_datasets as tfds
-  split_infos = []
+  split_infos, stand_ins = [], []
   for split in SPLITS:
     files = parts.get(split, [])
     if not files:  # TFDS metadata cannot describe a split without shards; it is left out
       continue
+    num_bytes = 0
     for shard, (path, _) in enumerate(files):
-      os.replace(path, os.path.join(staging, shard_name(split, shard, len(files))))
+      staged = os.path.join(staging, shard_name(split, shard, len(files)))
+      if place is None:
+        os.replace(path, staged)
+        num_bytes += os.path.getsize(staged)
+      else:
+        num_bytes += place(path, os.path.basename(staged))
+        open(staged, "wb").close()  # TFDS reads the shard names from the folder
+        stand_ins.append(staged)
     split_infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=[n for _, n in files],
-        num_bytes=sum(os.path.getsize(os.path.join(staging, shard_name(split, i, len(files))))
-                      for i in range(len(files))),
+        name=split, shard_lengths=[n for _, n in files], num_bytes=num_bytes,
         filename_template=tfds.core.ShardedFileTemplate(
             data_dir=staging, template=TEMPLATE, dataset_name=DATASET_NAME, split=split,
             filetype_suffix="array_record")))
   tfds.folder_dataset.write_metadata(
       data_dir=staging, features=features(), split_infos=split_infos, filename_template=TEMPLATE,
       check_data=False, description=description, metadata=tfds.core.MetadataDict(metadata))
+  for path in stand_ins:
+    os.remove(path)
   np.save(os.path.join(staging, WORD_START_FILE), np.asarray(word_start, bool))
 
 
