@@ -35,14 +35,22 @@ from bert_jax import cli, optim, sharding, train
 from bert_jax import flops as flops_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "configs/pretrain.py:VARIANT", lock_config=True)
-flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x2, v4:2x2x4, v5p:4x4x4, v6e:8x8.")
-flags.DEFINE_integer("vocab_size", 30522, "Vocabulary size (bert-base-uncased: 30522).")
-flags.DEFINE_integer("batch_per_chip", 0, "If set, train.batch_size = this x (mesh data x fsdp).")
-flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation for the projected tokens/s.")
-flags.DEFINE_bool("json", False, "Print the report as one JSON object.")
-flags.DEFINE_bool("force", False, "Compile even when the analytical estimate says it won't fit.")
-flags.mark_flags_as_required(["config", "topology"])
+
+
+def _define_flags():
+  """Flags are defined when the CLI runs, so importing this module (tests, notebooks) beside
+  other entry points that define --config / --vocab_size does not clash."""
+  if "topology" in FLAGS:
+    return
+  config_flags.DEFINE_config_file("config", None, "configs/pretrain.py:VARIANT", lock_config=True)
+  flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x2, v4:2x2x4, v5p:4x4x4, v6e:8x8.")
+  flags.DEFINE_integer("vocab_size", 30522, "Vocabulary size (bert-base-uncased: 30522).")
+  flags.DEFINE_integer("batch_per_chip", 0, "If set, train.batch_size = this x (mesh data x fsdp).")
+  flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation for the projected tokens/s.")
+  flags.DEFINE_bool("json", False, "Print the report as one JSON object.")
+  flags.DEFINE_bool("force", False, "Compile even when the analytical estimate says it won't fit.")
+  flags.mark_flags_as_required(["config", "topology"])
+
 
 TPU_CHIPS = ("v4", "v5e", "v5p", "v6e")  # Keys of flops.CHIPS that topology names start with.
 # v4 and v5p run as megacore (one JAX device per chip, both TensorCores); v5e/v6e have one core.
@@ -369,6 +377,7 @@ def main(argv):
 
 
 def run():
+  _define_flags()
   app.run(main, flags_parser=cli.parse_flags)
 
 

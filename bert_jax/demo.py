@@ -21,10 +21,17 @@ from bert_jax import cli
 FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "pretrain.py")
-config_flags.DEFINE_config_file("config", f"{_DEFAULT_CONFIG}:demo", "Pretraining config.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", "demo_workdir", "Where data, checkpoints and results go.")
-flags.DEFINE_integer("doc_lines", 32, "Bible verses per document.")
+
+
+def _define_flags():
+  """Defined when the CLI runs, so modules importing several entry points do not clash."""
+  if "doc_lines" in FLAGS:
+    return
+  config_flags.DEFINE_config_file("config", f"{_DEFAULT_CONFIG}:demo", "Pretraining config.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", "demo_workdir", "Where data, checkpoints and results go.")
+  flags.DEFINE_integer("doc_lines", 32, "Bible verses per document.")
+
 
 RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
 VOCAB = os.path.join(RESOURCES, "bert-base-uncased-vocab.txt")
@@ -107,8 +114,8 @@ def main(argv):
   r = cli.guarded(run_demo, FLAGS.config, FLAGS.workdir, FLAGS.doc_lines)
   wd = os.path.abspath(FLAGS.workdir)
   if r["status"] == "preempted":
-    print(f"\nStopped by a signal at step {r['train_steps']}; the checkpoint is saved. Run the same "
-          f"command again to resume.")
+    print(f"\nStopped by a signal at step {r['train_steps']}; the checkpoint is saved. Run the "
+          f"same command again to resume.")
     return
   print(f"\nTrained {r['train_steps']} steps in {r['train_seconds']} s.")
   print(f"Held-out MLM accuracy {r['mlm_accuracy']:.4f} vs unigram baseline "
@@ -119,6 +126,7 @@ def main(argv):
 
 
 def run():
+  _define_flags()
   app.run(main, flags_parser=cli.parse_flags)
 
 

@@ -11,9 +11,17 @@ from ml_collections import config_flags
 from bert_jax import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "configs/pretrain.py:VARIANT", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the exported model.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _define_flags():
+  """Defined when the CLI runs, so modules importing several entry points do not clash."""
+  if "workdir" in FLAGS:
+    return
+  config_flags.DEFINE_config_file("config", None, "configs/pretrain.py:VARIANT",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None,
+                      "Directory for checkpoints, metrics and the exported model.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -27,6 +35,7 @@ def main(argv):
 
 
 def run():
+  _define_flags()
   app.run(main, flags_parser=cli.parse_flags)
 
 

@@ -100,8 +100,12 @@ def test_tiny_train_step_compiles_for_tpu(libtpu_env, topology, mesh):
   r, m = out["report"], out["report"]["memory"]
   assert r["chips"] == 4 and r["device_kind"].startswith("TPU")
   assert r["mesh"] == dict(zip(("data", "fsdp", "tensor"), mesh))
-  for k in ("argument_bytes", "output_bytes", "temp_bytes", "total_bytes", "params_bytes"):
+  for k in ("argument_bytes", "output_bytes", "total_bytes", "params_bytes"):
     assert 0 < m[k] < m["hbm_bytes"], k
+  # XLA:TPU may place every temporary of this tiny step in aliased/output buffers (0 bytes on
+  # v5e (1,2,2) once the D x D kernels were replicated); it is never negative or above HBM.
+  assert 0 <= m["temp_bytes"] < m["hbm_bytes"]
+  assert m["total_bytes"] >= m["params_bytes"] + m["optimizer_bytes"]
   assert m["hbm_bytes"] == {"v5e": 16, "v4": 32}[r["chip"]] * 2**30
   assert m["alias_bytes"] > 0  # The donated state is updated in place.
   # Parameter shardings in the compiled program are exactly what sharding.py asked for ...

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from fault_helpers import FAULT_RUN
+from faults.fault_helpers import FAULT_RUN
 from train_helpers import run_pretrain
 
 

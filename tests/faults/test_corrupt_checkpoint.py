@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pytest
-from fault_helpers import FAULT_RUN, committed_steps, equal_trees, restore, snapshot, unchanged
+from faults.fault_helpers import FAULT_RUN, committed_steps, equal_trees, restore, snapshot, unchanged
 from train_helpers import final_params, losses, run_pretrain
 
 from bert_jax.checkpoint import CheckpointError

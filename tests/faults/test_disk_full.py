@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from fault_helpers import FAULT_RUN, committed_steps, equal_trees, snapshot, unchanged
+from faults.fault_helpers import FAULT_RUN, committed_steps, equal_trees, snapshot, unchanged
 from train_helpers import REPO, env_for, final_params, losses, pretrain_cmd, run_pretrain
 
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from fault_helpers import (
+from faults.fault_helpers import (
   FAULT_RUN,
   NUM_STEPS,
   committed_steps,

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from fault_helpers import committed_steps, restore, tiny_config
+from faults.fault_helpers import committed_steps, restore, tiny_config
 
 from bert_jax import pretraining, train
 

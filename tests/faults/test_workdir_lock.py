@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from fault_helpers import committed_steps, snapshot, unchanged
+from faults.fault_helpers import committed_steps, snapshot, unchanged
 from train_helpers import REPO, env_for, losses, pretrain_cmd, run_pretrain
 
 from bert_jax.checkpoint import CheckpointError, WorkdirLock
