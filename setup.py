@@ -39,6 +39,7 @@ EXTRAS = {
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],
     "beam": ["apache-beam>=2.77.0"],
+    "gcp": ["apache-beam[gcp]>=2.77.0"],  # gs:// input/output for --engine=beam (Dataflow).
 }
 
 setup(
