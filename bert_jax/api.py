@@ -9,6 +9,15 @@ from flax import nnx
 from bert_jax import model_io
 
 
+def load_checkpoint(path, *, dtype=None, param_dtype=None):
+  """(converted checkpoint, its BertConfig with the requested compute / parameter dtypes)."""
+  from bert_jax import convert as convert_lib  # Lazy: `python -m bert_jax.convert` runs it.
+  conv = convert_lib.load_any(path)
+  changes = {k: (v if isinstance(v, str) else np.dtype(v).name)
+             for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
+  return conv, (conv.config.replace(**changes) if changes else conv.config)
+
+
 def from_pretrained(path, *, dtype=None, cls=None, param_dtype=None, **model_kwargs):
   """Loads (model, tokenizer) from a bert_jax directory, a HF folder or a Google TF1 checkpoint.
 
@@ -17,13 +26,7 @@ def from_pretrained(path, *, dtype=None, cls=None, param_dtype=None, **model_kwa
   checkpoint lacks are freshly initialised). `dtype` is the compute dtype (e.g. "bfloat16").
   The tokenizer is None when the source has no vocabulary.
   """
-  from bert_jax import convert as convert_lib  # Lazy: `python -m bert_jax.convert` runs it.
-  conv = convert_lib.load_any(path)
-  config = conv.config
-  changes = {k: (v if isinstance(v, str) else np.dtype(v).name)
-             for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
-  if changes:
-    config = config.replace(**changes)
+  conv, config = load_checkpoint(path, dtype=dtype, param_dtype=param_dtype)
   model = model_io.build_model(config, conv.info, model_io.unflatten(conv.params), cls,
                                **model_kwargs)
   return model, conv.tokenizer

@@ -17,7 +17,6 @@ from __future__ import annotations
 import pathlib
 import sys
 
-import numpy as np
 from flax import nnx
 
 from bert_jax import api, heads, model_io, modeling, tokenization
@@ -136,13 +135,7 @@ class PretrainedMixin:
     `param_dtype` says otherwise). With `output_loading_info=True` returns
     (model, {"missing_keys": [...], "unexpected_keys": [...]}).
     """
-    from bert_jax import convert as convert_lib  # Lazy: `python -m bert_jax.convert` imports it.
-    conv = convert_lib.load_any(path)
-    config = conv.config
-    changes = {k: (v if isinstance(v, str) else np.dtype(v).name)
-               for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
-    if changes:
-      config = config.replace(**changes)
+    conv, config = api.load_checkpoint(path, dtype=dtype, param_dtype=param_dtype)
     kwargs = {**model_io._architecture_kwargs_safe(cls, conv.info, model_kwargs), **model_kwargs}
     wanted = _param_names(cls, config, kwargs)
     have = {_strip_bert(k) for k in conv.params}
