@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import flops as flops_lib
-from bert_jax import optim, sharding
+from bert_jax import model_io, optim, sharding
 from bert_jax.metric_writers import MetricWriter
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
@@ -62,7 +62,7 @@ class Task:
   loss_fn: Callable[[nnx.Module, dict, jax.Array | None], tuple[jax.Array, Metrics]]
   train_iter: Callable[[], Iterator[dict]]
   eval_batches: Callable[[], Iterable[dict]] | None = None
-  init_params: Callable[[], dict] | None = None  # Pure-dict params overlaid on a fresh init.
+  init_params: Callable[[], dict] | None = None  # Params merged into a fresh init by name.
   identity: dict = dataclasses.field(default_factory=dict)
   tokens_per_example: int = 0
   flops_per_example: float = 0.0
@@ -125,28 +125,6 @@ class ShardedIterator:
 # ----------------------------------------------------------------------------- state
 
 
-def overlay_params(fresh: dict, loaded: dict, prefix: str = "") -> tuple[dict, list[str]]:
-  """Copies `loaded` leaves into `fresh` where names match; refuses shape mismatches."""
-  out, used = {}, []
-  for k, v in fresh.items():
-    name = f"{prefix}{k}"
-    lk = k if k in loaded else str(k) if str(k) in loaded else None
-    if lk is None:
-      out[k] = v
-    elif isinstance(v, dict):
-      if not isinstance(loaded[lk], dict):
-        raise ValueError(f"init_from has a tensor at {name} where the model has a module.")
-      out[k], sub = overlay_params(v, loaded[lk], name + ".")
-      used += sub
-    else:
-      if tuple(np.shape(loaded[lk])) != tuple(v.shape):
-        raise ValueError(f"init_from has {name} of shape {tuple(np.shape(loaded[lk]))} but the "
-                         f"model needs {tuple(v.shape)}; check the model config matches.")
-      out[k] = jnp.asarray(loaded[lk], v.dtype)
-      used.append(name)
-  return out, used
-
-
 def _opt_state_shardings(abstract_opt_state, params_treedef, param_shardings, mesh):
   replicated = NamedSharding(mesh, P())
   return jax.tree.map(
@@ -176,9 +154,9 @@ def init_train_state(task: Task, tx, shardings, seed: int, loaded: dict | None =
 
   def init(loaded_params):
     model = task.model_factory(nnx.Rngs(params=seed))
+    if loaded_params is not None:  # Matching names overwrite the fresh init; shapes are checked.
+      model_io.merge_params(model, loaded_params)
     params = nnx.split(model)[1].to_pure_dict()
-    if loaded_params is not None:
-      params, _ = overlay_params(params, loaded_params)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
   return jax.jit(init, out_shardings=shardings)(loaded)
