@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bert_jax import multihost
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used, with what to do about it."""
@@ -93,9 +95,8 @@ def _array_checksum(x: jax.Array) -> jax.Array:
   return jnp.sum(bits * weights, dtype=jnp.uint32)  # uint32 wraps: exact on any sharding.
 
 
-@jax.jit
-def _checksums(tree):
-  return jax.tree.map(_array_checksum, tree)
+_checksums = multihost.SyncedCompile(
+    jax.jit(lambda tree: jax.tree.map(_array_checksum, tree)), "checksums")
 
 
 def state_checksums(state) -> dict[str, int]:

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import flops as flops_lib
-from bert_jax import model_io, optim, sharding
+from bert_jax import model_io, multihost, optim, sharding
 from bert_jax.metric_writers import MetricWriter
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
@@ -243,6 +243,7 @@ def make_eval_step(graphdef, loss_fn):
 # ----------------------------------------------------------------------------- host side
 
 
+
 def to_global(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
   """Process-local numpy batch -> global jax arrays sharded along the mesh's batch axes."""
   return {k: jax.make_array_from_process_local_data(
@@ -351,8 +352,9 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
     with jax.set_mesh(mesh):
       state = init_train_state(task, tx, shardings, tc.seed, loaded)
 
-  train_step = jit_train_step(task, config, graphdef, tx, schedule, shardings)
-  eval_step = jax.jit(make_eval_step(graphdef, task.loss_fn))
+  train_step = multihost.SyncedCompile(jit_train_step(task, config, graphdef, tx, schedule, shardings),
+                             "train_step")
+  eval_step = multihost.SyncedCompile(jax.jit(make_eval_step(graphdef, task.loss_fn)), "eval_step")
   rng = jax.random.key(tc.seed)
 
   it = task.train_iter()
