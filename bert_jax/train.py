@@ -479,6 +479,7 @@ def _evaluate_sums(task: Task, eval_step, params, mesh) -> dict[str, float]:
   if total is None:
     return {}
   means = host_means(total)
+  extra = multihost.host_sum(extra)  # Host-side sums cover only this process's batches.
   return task.summarize(means, {**total, **extra}) if task.summarize else means
 
 

@@ -1,7 +1,7 @@
 """One host of a two-process run reaches its first step 45 s after the other (a slow disk, a
 loaded machine, a longer compile); each process has two devices, as in the launcher's test. XLA:CPU's gloo collectives give a peer 30 s to join, which
 once aborted both processes in CI; the trainer waits for every process at a coordination-service
-barrier after compiling each program, so the run completes and equals the punctual run."""
+barrier after compiling each program, so the run completes."""
 from __future__ import annotations
 
 import subprocess
@@ -43,5 +43,9 @@ def test_a_host_late_by_more_than_gloos_timeout_does_not_abort_the_run(
   outs = [p.communicate(timeout=400) for p in procs]
   for p, (_, err) in zip(procs, outs, strict=True):
     assert p.returncode == 0, err[-3000:]
-  assert "completed at step 3" in outs[0][0]
+  done = [[line for line in out.splitlines() if line.startswith("completed at step 3")]
+          for out, _ in outs]
+  # Every process reports the same global evaluation (the unigram baseline's histogram is
+  # summed over the processes, not taken from the batches of one).
+  assert done[0] and done[0] == done[1], done
   assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
