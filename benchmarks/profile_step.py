@@ -88,6 +88,15 @@ def summarize(trace_dir: str, hlo_text: str, steps: int, top: int) -> dict:
   print(f"{'category':28s} {'ms/step':>9s} {'share':>6s}")
   for cat, ms in cats.most_common():
     print(f"{cat:28s} {ms:9.1f} {ms / total:6.1%}")
+  by_source: collections.Counter = collections.Counter()  # Non-matmul time by JAX source op.
+  for op, ms in per_op.items():
+    cat = category(op, meta.get(op, ""))
+    if cat != "matmul":
+      source = re.sub(r"layers?[_.]?\d+", "layer_N", meta.get(op, "?"))
+      by_source[(cat, "/".join(source.split("/")[-3:]))] += ms
+  print(f"\n{'not matmul: category':28s} {'ms/step':>9s} {'share':>6s}  jax op (any layer)")
+  for (cat, source), ms in by_source.most_common(top):
+    print(f"{cat[:28]:28s} {ms:9.1f} {ms / total:6.1%}  {source[-90:]}")
   print(f"\n{'op':28s} {'ms/step':>9s} {'share':>6s}  jax op")
   for op, ms in per_op.most_common(top):
     print(f"{op[:28]:28s} {ms:9.1f} {ms / total:6.1%}  {meta.get(op, '')[15:][-80:]}")

@@ -1,10 +1,10 @@
-"""layers.matmul: the mixed-precision matmul with its own VJP equals a plain matmul."""
+"""layers: the mixed-precision matmul with its own VJP equals a plain matmul; dropout masks."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.layers import matmul
+from bert_jax.layers import counter_bits, dropout, matmul
 
 CASES = [((6, 8), (8, 10), False), ((7, 8), (8, 9), False),  # even and odd split axes
          ((6, 8), (10, 8), True), ((5, 9), (7, 9), True),
@@ -36,3 +36,61 @@ def test_matmul_value_and_grads_match_plain_matmul(shape_a, shape_b, transpose_b
   for g, w in zip(low, ref, strict=True):
     assert g.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w))) < 2e-2
+
+
+# ----------------------------------------------------------------------------- dropout
+
+def test_dropout_drops_at_the_rate_and_keeps_the_mean():
+  x = jnp.ones((16, 128, 768))
+  for rate in (0.1, 0.5):
+    y = np.asarray(jax.jit(lambda x, k, r=rate: dropout(x, r, k))(x, jax.random.key(3)))
+    dropped, n = float(np.mean(y == 0)), y.size
+    assert abs(dropped - rate) < 4 * np.sqrt(rate * (1 - rate) / n), (rate, dropped)
+    np.testing.assert_allclose(y[y != 0], 1.0 / (1.0 - rate), rtol=1e-6)
+    assert abs(float(y.mean()) - 1.0) < 0.01
+  assert dropout(x, 0.1, None) is x and dropout(x, 0.0, jax.random.key(0)) is x
+
+
+def test_counter_bits_look_independent_across_elements_axes_and_keys():
+  key = jax.random.key(7)
+  shape = (8, 12, 64, 64)
+  bits = np.asarray(counter_bits(key, shape))
+  assert bits.dtype == np.uint32 and bits.shape == shape
+  assert abs(np.unpackbits(bits.view(np.uint8)).mean() - 0.5) < 1e-3  # every bit balanced
+  drop = (bits < np.uint32(0.1 * 2**32)).astype(np.float64)
+  for axis in range(4):  # neighbours along every axis are uncorrelated
+    a, b = np.moveaxis(drop, axis, 0)[1:].ravel(), np.moveaxis(drop, axis, 0)[:-1].ravel()
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01, axis
+  other = np.asarray(counter_bits(jax.random.fold_in(key, 1), shape))
+  both = np.mean((bits < np.uint32(0.1 * 2**32)) & (other < np.uint32(0.1 * 2**32)))
+  assert abs(both - 0.01) < 0.001  # independent keys: P(both dropped) = 0.1 * 0.1
+  assert not np.array_equal(bits, np.asarray(counter_bits(jax.random.key(8), shape)))
+  np.testing.assert_array_equal(bits, np.asarray(jax.jit(counter_bits, static_argnums=1)(
+      key, shape)))
+
+
+_SHARDED_BITS = """
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from bert_jax.layers import counter_bits
+mesh = jax.make_mesh((2, 4), ("a", "b"), axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+out = NamedSharding(mesh, P("a", None, "b"))
+f = jax.jit(lambda k: counter_bits(k, (4, 6, 8)), out_shardings=out)
+sharded = f(jax.random.key(5))
+assert len(sharded.addressable_shards) == 8
+one = jax.jit(lambda k: counter_bits(k, (4, 6, 8)),
+              out_shardings=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+np.testing.assert_array_equal(np.asarray(sharded), np.asarray(one(jax.random.key(5))))
+print("same bits")
+"""
+
+
+def test_counter_bits_are_the_same_on_any_sharding():
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  r = subprocess.run([sys.executable, "-c", _SHARDED_BITS], env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0 and "same bits" in r.stdout, r.stderr[-2000:]
