@@ -94,15 +94,23 @@ def reference_run(tmp_path_factory, pretrain_dataset, vocab_path):
   return wd
 
 
-def _wait_for(predicate, proc, timeout=600):
+def _wait_for(predicate, proc, err_path, timeout=600):
   t0 = time.time()
   while not predicate():
     if proc.poll() is not None:
-      raise AssertionError("run ended before the interruption")
+      raise AssertionError(f"run ended ({proc.returncode}) before the interruption:\n"
+                           f"{err_path.read_text()[-3000:]}")
     if time.time() - t0 > timeout:
       proc.kill()
-      raise AssertionError("timed out waiting for the run to progress")
+      raise AssertionError(f"timed out waiting for the run to progress:\n"
+                           f"{err_path.read_text()[-3000:]}")
     time.sleep(0.02)
+
+
+def _committed_at_least(wd, step: int) -> bool:
+  d = wd / "checkpoints"
+  return d.is_dir() and any(p.name.isdigit() and int(p.name) >= step and
+                            (p / "commit_success.txt").exists() for p in d.iterdir())
 
 
 def _logged_steps(wd) -> int:
@@ -122,7 +130,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, how, reference_run, pretrain_
                             env=env_for(1), cwd=REPO, stdout=out_f, stderr=err_f, text=True)
     if how == "sigterm":
       stop_after = int(np.random.default_rng(0).integers(3, 40))
-      _wait_for(lambda: _logged_steps(wd) >= stop_after, proc)
+      _wait_for(lambda: _logged_steps(wd) >= stop_after, proc, err_path)
       t0 = time.time()
       proc.send_signal(signal.SIGTERM)
       proc.wait(timeout=120)
@@ -130,7 +138,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, how, reference_run, pretrain_
       assert "preempted" in out_path.read_text()
       assert time.time() - t0 < 60
     else:
-      _wait_for(lambda: (wd / "checkpoints" / "20" / "commit_success.txt").exists(), proc)
+      _wait_for(lambda: _committed_at_least(wd, 20), proc, err_path)
       proc.kill()
       proc.wait()
   interrupted_at = max(losses(wd))
