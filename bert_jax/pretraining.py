@@ -39,7 +39,11 @@ def pretraining_loss(model: BertForPreTraining, batch: dict, dropout_rng):
   logp_BxPxV = jax.nn.log_softmax(out.mlm_logits, axis=-1)
   nll_BxP = -jnp.take_along_axis(logp_BxPxV, ids_BxP[..., None], axis=-1)[..., 0]
   mlm_sum, mlm_w = jnp.sum(nll_BxP * w_BxP), jnp.sum(w_BxP)
-  mlm_correct = jnp.sum((jnp.argmax(out.mlm_logits, -1) == ids_BxP) * w_BxP)
+  # Correct when the label's logit is the maximum (the max is log_softmax's own, so free; an
+  # argmax over the 30,522-way vocabulary costs a variadic reduce). Exact ties count as correct.
+  label_logit_BxP = jnp.take_along_axis(out.mlm_logits, ids_BxP[..., None], axis=-1)[..., 0]
+  hit_BxP = label_logit_BxP >= jnp.max(out.mlm_logits, axis=-1)
+  mlm_correct = jnp.sum(hit_BxP * w_BxP)
 
   labels = batch["next_sentence_labels"]
   nsp_w = batch.get("next_sentence_weights", jnp.ones(labels.shape, jnp.float32))

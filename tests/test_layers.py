@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.layers import counter_bits, dropout, matmul
+from bert_jax.layers import activation, counter_bits, dropout, matmul
 
 CASES = [((6, 8), (8, 10), False), ((7, 8), (8, 9), False),  # even and odd split axes
          ((6, 8), (10, 8), True), ((5, 9), (7, 9), True),
@@ -94,3 +94,15 @@ def test_counter_bits_are_the_same_on_any_sharding():
   r = subprocess.run([sys.executable, "-c", _SHARDED_BITS], env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0 and "same bits" in r.stdout, r.stderr[-2000:]
+
+
+def test_exact_gelu_matches_torch_and_its_gradient():
+  import torch
+  x = np.linspace(-10, 10, 20001, dtype=np.float32)
+  gelu = activation("gelu")
+  want = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(x))), want, atol=3e-6)
+  t = torch.from_numpy(x).requires_grad_()
+  torch.nn.functional.gelu(t).sum().backward()
+  np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(gelu))(jnp.asarray(x))), t.grad.numpy(),
+                             atol=3e-6)
