@@ -90,8 +90,10 @@ def main():
     with open(args.out) as f:
       done = [json.loads(l) for l in f if l.strip()]
   if args.render:
-    order = {key(r): i for i, r in enumerate(ROWS)}
-    print(render(sorted(done, key=lambda r: order.get(r["key"], 99))))
+    # Table order: model, sequence, chip generation, then fsdp (the run order is by information).
+    chips = ["v4", "v5e", "v5p", "v6e"]
+    order = {key(r): (r[0] != "base", r[1], chips.index(r[2].split(":")[0]), r[3]) for r in ROWS}
+    print(render(sorted(done, key=lambda r: order.get(r["key"], (True, 10**6, 9, 0)))))
     return
   have = {r["key"] for r in done}
   new = 0
