@@ -57,7 +57,8 @@ def category(op: str, jax_op: str) -> str:
     return "convert f32<->bf16"
   if "copy" in op or "transpose" in op:
     return "copy/transpose"
-  if any(n in jax_op for n in ("bernoulli", "threefry", "random_bits", "_uniform")):
+  if any(n in jax_op for n in ("bernoulli", "threefry", "random_bits", "_uniform",
+                               "shift_right_logical", "xor")):
     return "rng (dropout)"
   if last == "dot_general" or op.startswith("dot"):
     return "matmul"

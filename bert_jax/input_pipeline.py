@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 
 import grain
 import numpy as np
@@ -62,6 +63,9 @@ def check_vocab(data_dir, tokenizer) -> None:
         "the one the data was prepared with.")
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 class _Documents:
   """Random access to a split's documents as lists of sentence id arrays."""
 
@@ -72,8 +76,13 @@ class _Documents:
   @property
   def source(self):
     if self._source is None:  # opened lazily: picklable for worker processes
-      import tensorflow_datasets as tfds
-      self._source = tfds.builder_from_directory(self._data_dir).as_data_source(self._split)
+      # One thread at a time: grain's prefetch threads open their copies at once, and
+      # concurrent first imports of tensorflow_datasets' lazy modules deadlocked on Python 3.11
+      # (an import lock against functools.cached_property's class-wide lock).
+      with _OPEN_LOCK:
+        if self._source is None:
+          import tensorflow_datasets as tfds
+          self._source = tfds.builder_from_directory(self._data_dir).as_data_source(self._split)
     return self._source
 
   def __getstate__(self):

@@ -253,3 +253,30 @@ def test_to_global_arrays(data_dir):
   g = ip.to_global_arrays(b, mesh)
   assert g["input_ids"].shape == (8, SEQ) and isinstance(g["input_ids"], jax.Array)
   np.testing.assert_array_equal(np.asarray(g["masked_lm_weights"]), b["masked_lm_weights"])
+
+
+_OPEN_FROM_THREADS = """
+import pickle, sys, threading
+from bert_jax import input_pipeline
+docs = input_pipeline._Documents(sys.argv[1], "train")
+out = {}
+def work(i):
+  out[i] = pickle.loads(pickle.dumps(docs))[3]  # a pickled copy, as grain's workers hold
+threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(16)]
+for t in threads: t.start()
+for t in threads: t.join(120)
+assert len(out) == 16, f"{16 - len(out)} threads never opened the dataset"
+assert all(len(d) == len(out[0]) and all((a == b).all() for a, b in zip(d, out[0]))
+           for d in out.values())
+print("ok")
+"""
+
+
+def test_sixteen_threads_open_the_dataset_at_once(data_dir):
+  # In a fresh interpreter, so the first import of tensorflow_datasets happens in the threads
+  # (that import deadlocked grain's prefetch threads once on Python 3.11).
+  import subprocess
+  import sys
+  r = subprocess.run([sys.executable, "-c", _OPEN_FROM_THREADS, str(data_dir)],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
