@@ -106,3 +106,12 @@ def test_exact_gelu_matches_torch_and_its_gradient():
   torch.nn.functional.gelu(t).sum().backward()
   np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(gelu))(jnp.asarray(x))), t.grad.numpy(),
                              atol=3e-6)
+
+
+def test_dropout_gradient_is_the_same_mask_scaled():
+  key, rate = jax.random.key(4), 0.25
+  x = jax.random.normal(jax.random.key(5), (6, 32, 48))
+  r = jax.random.normal(jax.random.key(6), x.shape)
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(dropout(x, rate, key) * r)))(x)
+  kept = dropout(jnp.ones_like(x), rate, key) != 0
+  np.testing.assert_allclose(grad, np.where(kept, r / (1 - rate), 0.0), rtol=1e-6)
