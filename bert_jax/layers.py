@@ -132,7 +132,7 @@ def counter_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   h = _mix32(words[0] ^ jnp.uint32(0x9E3779B9))
   for w in words[1:]:
     h = _mix32(h ^ w)
-  for d, n in enumerate(shape):
+  for d in range(len(shape)):
     index = jax.lax.broadcasted_iota(jnp.uint32, tuple(shape[:d + 1]), d)
     h = _mix32(h[..., None] ^ (index * jnp.uint32(0x9E3779B9) + jnp.uint32(d + 1)))
   return h

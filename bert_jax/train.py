@@ -352,8 +352,8 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
     with jax.set_mesh(mesh):
       state = init_train_state(task, tx, shardings, tc.seed, loaded)
 
-  train_step = multihost.SyncedCompile(jit_train_step(task, config, graphdef, tx, schedule, shardings),
-                             "train_step")
+  train_step = multihost.SyncedCompile(
+      jit_train_step(task, config, graphdef, tx, schedule, shardings), "train_step")
   eval_step = multihost.SyncedCompile(jax.jit(make_eval_step(graphdef, task.loss_fn)), "eval_step")
   rng = jax.random.key(tc.seed)
 

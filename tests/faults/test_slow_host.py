@@ -1,7 +1,8 @@
 """One host of a two-process run reaches its first step 45 s after the other (a slow disk, a
-loaded machine, a longer compile); each process has two devices, as in the launcher's test. XLA:CPU's gloo collectives give a peer 30 s to join, which
-once aborted both processes in CI; the trainer waits for every process at a coordination-service
-barrier after compiling each program, so the run completes."""
+loaded machine, a longer compile); each process has two devices, as in the launcher's test.
+XLA:CPU's gloo collectives give a peer 30 s to join, which once aborted both processes in CI; the
+trainer waits for every process at a coordination-service barrier after compiling each program,
+so the run completes."""
 from __future__ import annotations
 
 import subprocess
