@@ -243,7 +243,6 @@ def make_eval_step(graphdef, loss_fn):
 # ----------------------------------------------------------------------------- host side
 
 
-
 def to_global(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
   """Process-local numpy batch -> global jax arrays sharded along the mesh's batch axes."""
   return {k: jax.make_array_from_process_local_data(

@@ -10,7 +10,16 @@ import time
 
 import numpy as np
 import pytest
-from train_helpers import REPO, env_for, final_params, free_port, losses, pretrain_cmd, run_pretrain
+from train_helpers import (
+  REPO,
+  committed_steps,
+  env_for,
+  final_params,
+  free_port,
+  losses,
+  pretrain_cmd,
+  run_pretrain,
+)
 
 MESH_222 = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
 FIVE_STEPS = ("--config.train.num_steps=5", "--config.data.num_shards=2")
@@ -107,12 +116,6 @@ def _wait_for(predicate, proc, err_path, timeout=600):
     time.sleep(0.02)
 
 
-def _committed_at_least(wd, step: int) -> bool:
-  d = wd / "checkpoints"
-  return d.is_dir() and any(p.name.isdigit() and int(p.name) >= step and
-                            (p / "commit_success.txt").exists() for p in d.iterdir())
-
-
 def _logged_steps(wd) -> int:
   path = wd / "metrics.jsonl"
   return sum(1 for _ in open(path)) if path.exists() else 0
@@ -138,7 +141,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, how, reference_run, pretrain_
       assert "preempted" in out_path.read_text()
       assert time.time() - t0 < 60
     else:
-      _wait_for(lambda: _committed_at_least(wd, 20), proc, err_path)
+      _wait_for(lambda: max(committed_steps(wd), default=0) >= 20, proc, err_path)
       proc.kill()
       proc.wait()
   interrupted_at = max(losses(wd))

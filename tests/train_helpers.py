@@ -46,6 +46,12 @@ def losses(workdir) -> dict[int, float]:
   return out
 
 
+def committed_steps(workdir) -> list[int]:
+  """Steps with a committed checkpoint (orbax renames a finished step to its bare number)."""
+  d = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
 def final_params(workdir):
   from bert_jax import model_io
   _, _, params = model_io.read_model_dir(os.path.join(workdir, "model"))

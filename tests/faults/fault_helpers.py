@@ -8,7 +8,7 @@ import pathlib
 import sys
 
 import numpy as np
-from train_helpers import REPO
+from train_helpers import REPO, committed_steps  # noqa: F401 (the fault tests import it here)
 
 # 40 steps, an async checkpoint every 5 steps (all kept), an evaluation every 10.
 FAULT_RUN = ("--config.train.num_steps=40", "--config.checkpoint.every_steps=5",
@@ -42,11 +42,6 @@ def restore(workdir, step, data_dir, vocab):
     return cp.restore(step, abstract)
   finally:
     cp.close()
-
-
-def committed_steps(workdir) -> list[int]:
-  d = pathlib.Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
 def equal_trees(a, b) -> bool:
