@@ -23,6 +23,8 @@ WORKDIR/dev_predictions.jsonl holds that model's predictions on the dev set.
 """
 from ml_collections import ConfigDict
 
+from bert_jax.configs import common
+
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 TASKS = ("classification", "ner", "squad") + GLUE_TASKS
 
@@ -104,9 +106,7 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
     c.data.update(max_seq_length=128)
 
   if tiny:
-    c.model.update(preset="tiny", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=128, dtype="float32",
-                   attention_impl="xla")
+    c.model.update(common.tiny_model(max_position_embeddings=128))
     c.data.update(max_seq_length=64 if task != "squad" else 96, doc_stride=32,
                   max_query_length=24)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=1)

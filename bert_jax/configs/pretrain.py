@@ -19,6 +19,7 @@ Override anything: --config.optimizer.learning_rate=1e-4 --config.mesh.fsdp=8 ..
 """
 from ml_collections import ConfigDict
 
+from bert_jax.configs import common
 
 VARIANTS = ("tiny", "demo", "base", "base_phase2", "large", "large_phase2")
 
@@ -63,9 +64,7 @@ def get_config(variant: str = "demo") -> ConfigDict:
   ))
 
   if variant == "tiny":
-    c.model.update(preset="tiny", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=64, dtype="float32",
-                   attention_impl="xla")
+    c.model.update(common.tiny_model(max_position_embeddings=64))
     c.data.update(seq_len=32, max_predictions=5, eval_batches=2)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
     c.checkpoint.update(every_steps=5, async_save=False)
