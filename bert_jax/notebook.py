@@ -1,6 +1,6 @@
 """What the Colab notebooks (colab/*.ipynb) call besides the library's own entry points.
 
-Locating configs/ beside the package, fetching a Hugging Face model folder and a GLUE task, and
+The configs of the installed package, fetching a Hugging Face model folder and a GLUE task, and
 the tiny stand-ins that let every notebook run top to bottom on CPU in seconds (`SMOKE = True`,
 what tests/test_notebooks.py executes): a 1-layer random BERT saved in Hugging Face format and a
 small real-text classification set (World English Bible verses: Old vs New Testament).
@@ -8,38 +8,34 @@ small real-text classification set (World English Bible verses: Old vs New Testa
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import importlib
 import os
 import pathlib
 import random
 import urllib.request
 import zipfile
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from bert_jax import errors
+
 VOCAB = pathlib.Path(__file__).resolve().parent / "resources" / "bert-base-uncased-vocab.txt"
 # The original GLUE archives (the URLs of the GLUE download script); MRPC has no such archive.
 GLUE_ZIPS = {"cola": "CoLA", "sst2": "SST-2", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
              "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
 GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data/{}.zip"
 NEW_TESTAMENT_TITLE = "The Good News According to Matthew"
+CONFIGS = ("pretrain", "finetune")  # bert_jax/configs/NAME.py
 
 
 def load_config(name: str, arg: str = ""):
-  """`configs/NAME.py`'s get_config(arg), from the checkout bert_jax was imported from.
+  """`bert_jax/configs/NAME.py`'s get_config(arg): what `--config=configs/NAME.py:ARG` loads.
 
   Args:
     name: "pretrain" or "finetune".
     arg: what follows the colon on the command line, e.g. "tiny" or "task=sst2,tiny".
   """
-  candidates = [REPO / "configs" / f"{name}.py", pathlib.Path.cwd() / "configs" / f"{name}.py"]
-  path = next((p for p in candidates if p.is_file()), None)
-  if path is None:
-    raise FileNotFoundError(
-        f"configs/{name}.py is not beside the bert_jax package nor in the current directory; "
-        f"install bert_jax from a clone of its repository (the notebooks' install cell does).")
-  spec = importlib.util.spec_from_file_location(f"bert_jax_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  if name not in CONFIGS:
+    raise errors.ConfigError(f"Unknown config {name!r}; choose one of {', '.join(CONFIGS)}.")
+  module = importlib.import_module(f"bert_jax.configs.{name}")
   return module.get_config(arg) if arg else module.get_config()
 
 
@@ -47,13 +43,14 @@ def tiny_hf_model(dst, seed: int = 0) -> str:
   """A 1-layer, 32-wide random BertModel with the bert-base-uncased vocabulary, saved in Hugging
   Face format at `dst` (kept when already there): the smoke stand-in for a downloaded model."""
   from bert_jax import api, configuration, modeling
+  from bert_jax.configs import common
   from bert_jax.tokenization import Tokenizer
   dst = pathlib.Path(dst)
   if (dst / "config.json").is_file():
     return str(dst)
   tokenizer = Tokenizer.from_vocab(VOCAB)
-  config = configuration.preset("tiny", num_hidden_layers=1, hidden_size=32,
-                                num_attention_heads=2, intermediate_size=64,
+  # The architecture of configs/finetune.py's tiny runs, which fine-tune from this model.
+  config = configuration.preset(common.TINY_PRESET, **common.TINY_ARCHITECTURE,
                                 max_position_embeddings=128, vocab_size=tokenizer.vocab_size)
   model = modeling.create_model(modeling.BertModel, config, seed=seed)
   api.save_pretrained(model, tokenizer, dst, format="hf")
