@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from bert_jax.data import DataError, preparation, prepare, writer
+from bert_jax.data import DataError, prepare, worker, writer
 from bert_jax.tokenization import Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +116,7 @@ def test_bad_file_stops_the_job_and_a_rerun_finishes_it(tmp_path, corpus, tok, r
   out = tmp_path / "mixed"
   for var in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS", "PYTHONPATH"):
     monkeypatch.delenv(var, raising=False)  # in-process Beam workers set them; restored after
-  real, calls = preparation._process_unit, []
+  real, calls = worker.process_unit, []
 
   def interrupted(unit, *args):
     if len(calls) == 2:
@@ -125,12 +125,12 @@ def test_bad_file_stops_the_job_and_a_rerun_finishes_it(tmp_path, corpus, tok, r
     return real(unit, *args)
 
   # The local engine is interrupted after two units ...
-  monkeypatch.setattr(preparation, "_process_unit", interrupted)
+  monkeypatch.setattr(worker, "process_unit", interrupted)
   with pytest.raises(KeyboardInterrupt):
     prepare(str(corpus), out, tok, **ARGS)
   # ... Beam (in process, so that the calls can be counted) does the rest and stops on the
   # broken file without writing a dataset ...
-  monkeypatch.setattr(preparation, "_process_unit",
+  monkeypatch.setattr(worker, "process_unit",
                       lambda unit, *a: calls.append(unit.index) or real(unit, *a))
   with pytest.raises(DataError, match="c-broken.txt.gz is unreadable"):
     prepare(str(corpus), out, tok, engine="beam", beam_options=IN_PROCESS, on_bad_file="fail",

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from bert_jax.data import DataError, default_corpus_path, preparation, prepare
+from bert_jax.data import DataError, default_corpus_path, prepare, worker
 from bert_jax.tokenization import Tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +90,7 @@ def test_multi_host_and_resume(tmp_path, tok, moby, monkeypatch):
                  progress=False)
   assert part["documents"] > 0 and not (hosts / "dataset_info.json").exists()
   # Host 0 gets interrupted after two of its units, then a rerun finishes only the rest.
-  real, calls = preparation._process_unit, []
+  real, calls = worker.process_unit, []
 
   def flaky(unit, *args):
     if len(calls) == 2:
@@ -98,10 +98,10 @@ def test_multi_host_and_resume(tmp_path, tok, moby, monkeypatch):
     calls.append(unit.index)
     return real(unit, *args)
 
-  monkeypatch.setattr(preparation, "_process_unit", flaky)
+  monkeypatch.setattr(worker, "process_unit", flaky)
   with pytest.raises(KeyboardInterrupt):
     prepare(str(moby), hosts, tok, chunk_mb=0.2, progress=False)
-  monkeypatch.setattr(preparation, "_process_unit",
+  monkeypatch.setattr(worker, "process_unit",
                       lambda unit, *a: calls.append(unit.index) or real(unit, *a))
   stats = prepare(str(moby), hosts, tok, chunk_mb=0.2, progress=False)
   assert len(calls) == len(set(calls)) and all(i % 2 == 0 for i in calls)

@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from bert_jax.data import DataError, preparation, prepare, storage
+from bert_jax.data import DataError, preparation, prepare, storage, worker
 
 beam_fs = pytest.importorskip("apache_beam.io.filesystem",
                               reason="apache-beam is not installed (pip install 'bert_jax[beam]').")
@@ -216,7 +216,7 @@ def test_beam_on_urls_gives_the_local_dataset(tmp_path, bucket, mobydick_path, v
 
   # A first Beam run fails in its second unit (an exception in a worker) ...
   url_args = (f"{SCHEME}://b/corpus/*", f"{SCHEME}://b/data", f"{SCHEME}://b/vocab/{vocab_path.name}")
-  real, calls, failed = preparation._process_unit, [], []
+  real, calls, failed = worker.process_unit, [], []
 
   def failing(unit, *a):
     if len(calls) == 1:
@@ -225,7 +225,7 @@ def test_beam_on_urls_gives_the_local_dataset(tmp_path, bucket, mobydick_path, v
     calls.append(unit.index)
     return real(unit, *a)
 
-  monkeypatch.setattr(preparation, "_process_unit", failing)
+  monkeypatch.setattr(worker, "process_unit", failing)
   with pytest.raises(Exception, match="worker lost"):
     prepare(*url_args, engine="beam", beam_options=IN_PROCESS, **ARGS)
   work = bucket / "data" / preparation.WORK_DIR
@@ -234,7 +234,7 @@ def test_beam_on_urls_gives_the_local_dataset(tmp_path, bucket, mobydick_path, v
 
   # ... and a rerun does only the units without a marker, then writes the dataset.
   calls.clear()
-  monkeypatch.setattr(preparation, "_process_unit", lambda u, *a: calls.append(u.index) or
+  monkeypatch.setattr(worker, "process_unit", lambda u, *a: calls.append(u.index) or
                       real(u, *a))
   stats = prepare(*url_args, engine="beam", beam_options=IN_PROCESS, **ARGS)
   assert failed[0] in calls and not set(calls) & set(done) and len(calls) + len(done) == 3

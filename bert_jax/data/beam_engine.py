@@ -1,8 +1,8 @@
 """`prepare(engine="beam")`: the local engine's work units, run as an Apache Beam pipeline.
 
 Planning (inputs, file checks, byte-range units, plan.json) and finishing (TFDS shards, metadata,
-statistics) stay on the launching machine and are `preparation`'s own code; Beam only distributes
-the units: `Create(units) | Reshuffle | ParDo(_process_unit)`. Each unit streams its documents into
+statistics) stay on the launching machine (`preparation`); Beam only distributes the units:
+`Create(units) | Reshuffle | ParDo(worker.process_unit)`. Each unit streams its documents into
 its own ArrayRecord parts and leaves a marker, exactly as a local worker does, so both engines give
 byte-identical datasets, memory per worker stays bounded (no shuffle of examples through the
 runner), a retried bundle just rewrites its unit, and a rerun does only the units without a marker.
@@ -25,7 +25,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bert_jax.data import preparation, reading, storage
+from bert_jax.data import reading, storage, worker
+from bert_jax.errors import DataError
 
 _NAMESPACE = "bert_jax.prepare"
 _COUNTERS = ("documents", "sentences", "tokens", "bytes", "skipped_lines")
@@ -46,7 +47,7 @@ def pipeline_options(beam_options: str | Sequence[str] | None) -> PipelineOption
 
 
 class _PrepareUnit(beam.DoFn):
-  """Runs `preparation._process_unit` on each unit; one tokenizer per worker process."""
+  """Runs `worker.process_unit` on each unit; one tokenizer per worker process."""
 
   def __init__(self, work: str, vocab_path: str, do_lower_case: bool, strip_accents,
                layout: str, doc_lines: int, validation_fraction: float):
@@ -65,8 +66,8 @@ class _PrepareUnit(beam.DoFn):
     with open(os.path.join(self._vocab_dir, name), "wb") as f:  # the name tells the kind (.model)
       f.write(data)
     # Beam workers are the parallelism: one tokenizer thread each, as for local workers.
-    preparation._init_worker(os.path.join(self._vocab_dir, name), *self._tokenizer_args,
-                             single_thread=True)
+    worker.init_worker(os.path.join(self._vocab_dir, name), *self._tokenizer_args,
+                       single_thread=True)
 
   def teardown(self):
     shutil.rmtree(getattr(self, "_vocab_dir", ""), ignore_errors=True)
@@ -74,9 +75,9 @@ class _PrepareUnit(beam.DoFn):
   def process(self, unit_json):  # no annotation: Beam would log it as a string type hint
     unit = reading.Unit(**unit_json)
     # A retried bundle whose unit already finished has nothing left to do.
-    if not storage.exists(storage.join(self._work, preparation.marker_name(unit))):
+    if not storage.exists(storage.join(self._work, worker.marker_name(unit))):
       layout, doc_lines, fraction = self._unit_args
-      marker = preparation._process_unit(unit, self._work, layout, doc_lines, fraction)
+      marker = worker.process_unit(unit, self._work, layout, doc_lines, fraction)
       for k, c in self._counters.items():
         c.inc(marker["stats"][k])
       self._units.inc()
@@ -111,8 +112,8 @@ def run_units(todo: Sequence[reading.Unit], work: str, tok, layout: str, doc_lin
   finally:
     beam_logger.setLevel(level)
   if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
-    raise reading.DataError(f"The Beam pipeline ended in state {state}; check the runner's logs, "
-                            "then rerun the same command to finish the remaining units.")
+    raise DataError(f"The Beam pipeline ended in state {state}; check the runner's logs, "
+                    "then rerun the same command to finish the remaining units.")
   try:
     done = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(_NAMESPACE))
     totals = {c.key.metric.name: c.committed for c in done["counters"]}

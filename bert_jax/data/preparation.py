@@ -4,7 +4,8 @@ Work happens in `<output_dir>/.incomplete/`: `plan.json` fixes the inputs, optio
 each finished unit leaves ArrayRecord parts and a `unit-NNNNN.json` marker, so a rerun with the
 same arguments does only the units without a marker. When every unit is done, host 0 renames the
 parts into TFDS shards, writes the metadata and moves them into `output_dir` (an existing dataset
-is replaced only then, and only with `overwrite=True`).
+is replaced only then, and only with `overwrite=True`). What a worker does with one unit is
+`worker.process_unit`, the same for both engines; this module plans the units and finishes.
 
 With `engine="beam"`, inputs, `output_dir` and the vocabulary may be URLs (gs://...; see `storage`):
 workers then write each unit's parts to local temp files and upload them.
@@ -12,29 +13,19 @@ workers then write each unit's parts to local temp files and upload them.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Sequence
 
-import numpy as np
-
-from bert_jax.data import reading, storage, writer
-from bert_jax.data.reading import DataError
+from bert_jax.data import reading, storage, worker, writer
+from bert_jax.errors import DataError
 
 FORMAT_VERSION = 1
 _DESCRIPTION = "Tokenized documents for BERT pretraining (bert_jax.prepare)."
 ENGINES = ("local", "beam")
 WORK_DIR = ".incomplete"
-_BATCH_SENTENCES = 2048
-_STAT_KEYS = ("bytes",  # uncompressed text bytes read
-               "lines", "skipped_lines", "documents", "sentences", "tokens", "unk_tokens",
-              "cpu_seconds")
-
-_TOKENIZER = None  # per worker process
 
 
 def default_corpus_path() -> str:
@@ -71,103 +62,6 @@ def _download_vocab(url: str, urls: bool) -> str:
   except OSError as e:
     raise DataError(f"Cannot load the vocabulary {url}: {e}") from None
   return local
-
-
-def _init_worker(vocab_path, do_lower_case, strip_accents, single_thread):
-  global _TOKENIZER
-  if single_thread:  # one tokenizer thread per worker process: workers are the parallelism
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["RAYON_NUM_THREADS"] = "1"
-  from bert_jax.tokenization import Tokenizer
-  _TOKENIZER = Tokenizer.from_vocab(vocab_path, do_lower_case, strip_accents=strip_accents)
-
-
-def _is_validation(sentences: Sequence[str], fraction: float) -> bool:
-  """Deterministic held-out choice from the document's text (duplicates share a split)."""
-  if fraction <= 0:
-    return False
-  digest = hashlib.blake2b("\n".join(sentences).encode("utf-8"), digest_size=8).digest()
-  return int.from_bytes(digest, "little") / 2.0**64 < fraction
-
-
-def marker_name(unit: reading.Unit) -> str:
-  """The file that marks `unit` as finished inside the work folder."""
-  return f"unit-{unit.index:05d}.json"
-
-
-def _process_unit(unit: reading.Unit, work: str, layout: str, doc_lines: int,
-                  validation_fraction: float) -> dict:
-  """Tokenizes and writes one unit's documents; returns its marker (stats and parts)."""
-  if not storage.is_url(work):
-    return _write_unit(unit, work, work, layout, doc_lines, validation_fraction)
-  # ArrayRecord writes local files: the parts are made in a temp folder and uploaded whole; the
-  # marker, written last, says they are all there.
-  with tempfile.TemporaryDirectory(prefix="bert_jax_unit") as local:
-    return _write_unit(unit, local, work, layout, doc_lines, validation_fraction)
-
-
-def _write_unit(unit, parts_dir, work, layout, doc_lines, validation_fraction) -> dict:
-  cpu0 = time.process_time()
-  tok = _TOKENIZER
-  counts = {k: 0 for k in _STAT_KEYS}
-  split_docs = {s: 0 for s in writer.SPLITS}
-  split_tokens = {s: 0 for s in writer.SPLITS}
-  prefix = os.path.join(parts_dir, f"unit-{unit.index:05d}")
-  out = writer.PartWriter(prefix)
-
-  def flush(docs):
-    flat = [s for d in docs for s in d]
-    encoded = tok.encode_batch(flat)
-    k = 0
-    for doc in docs:
-      pieces = [p for p in encoded[k:k + len(doc)] if p]
-      counts["skipped_lines"] += len(doc) - len(pieces)  # lines with no tokens at all
-      k += len(doc)
-      if not pieces:
-        continue
-      lengths = np.fromiter(map(len, pieces), np.int32, len(pieces))
-      ids = np.concatenate([np.asarray(p, np.int32) for p in pieces])
-      split = "validation" if _is_validation(doc, validation_fraction) else "train"
-      out.write(split, ids, lengths)
-      counts["documents"] += 1
-      counts["sentences"] += len(pieces)
-      counts["tokens"] += len(ids)
-      counts["unk_tokens"] += int(np.count_nonzero(ids == tok.unk_id))
-      split_docs[split] += 1
-      split_tokens[split] += len(ids)
-
-  batch, n = [], 0
-  try:
-    for doc in reading.iter_documents(unit, layout, doc_lines, counts):
-      batch.append(doc)
-      n += len(doc)
-      if n >= _BATCH_SENTENCES:
-        flush(batch)
-        batch, n = [], 0
-    if batch:
-      flush(batch)
-  except (OSError, EOFError, zlib.error) as e:  # e.g. a gzip file broken in the middle
-    # The whole unit is left out (its parts deleted) so that every engine gives the same dataset;
-    # prepare() then skips and lists it, or stops (on_bad_file="fail").
-    out.abort()
-    marker = {"unit": unit.index, "stats": {k: 0 for k in _STAT_KEYS},
-              "splits": {s: {"documents": 0, "tokens": 0} for s in writer.SPLITS}, "parts": {},
-              "error": {"path": unit.path,
-                        "reason": f"unreadable after byte {unit.start} ({e.__class__.__name__}: "
-                                  f"{e})"}}
-    storage.write_json(storage.join(work, marker_name(unit)), marker)
-    return marker
-  parts = out.close()
-  if parts_dir != work:
-    for path in parts.values():
-      storage.upload(path, storage.join(work, os.path.basename(path)))
-  counts["cpu_seconds"] = time.process_time() - cpu0
-  marker = {"unit": unit.index, "stats": counts,
-            "splits": {s: {"documents": split_docs[s], "tokens": split_tokens[s]}
-                       for s in writer.SPLITS},
-            "parts": {s: [os.path.basename(p), split_docs[s]] for s, p in parts.items()}}
-  storage.write_json(storage.join(work, marker_name(unit)), marker)
-  return marker
 
 
 def _check_output(output_dir: str, overwrite: bool) -> None:
@@ -283,11 +177,11 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
     storage.write_json(plan_path, plan)
 
   def marker_path(u):
-    return storage.join(work, marker_name(u))
+    return storage.join(work, worker.marker_name(u))
 
   def unfinished(us):  # one listing rather than a request per unit on object stores
     done = set(storage.listdir(work))
-    return [u for u in us if marker_name(u) not in done]
+    return [u for u in us if worker.marker_name(u) not in done]
 
   todo = unfinished(units[host_index::host_count])
   if beam_opts is not None:
@@ -352,19 +246,18 @@ def _run_units(todo, work, tok, layout, doc_lines, fraction, num_workers, progre
              disable=not progress)
   args = (work, layout, doc_lines, fraction)
   if num_workers == 1 or len(todo) == 1:
-    global _TOKENIZER
-    _TOKENIZER = tok
+    worker.use_tokenizer(tok)
     for u in todo:
-      _process_unit(u, *args)
+      worker.process_unit(u, *args)
       bar.update(u.size)
   else:
     import concurrent.futures as cf
     import multiprocessing as mp
     with cf.ProcessPoolExecutor(
         min(num_workers, len(todo)), mp_context=mp.get_context("spawn"),
-        initializer=_init_worker,
+        initializer=worker.init_worker,
         initargs=(str(tok.vocab_path), tok.do_lower_case, tok.strip_accents, True)) as pool:
-      futures = {pool.submit(_process_unit, u, *args): u for u in todo}
+      futures = {pool.submit(worker.process_unit, u, *args): u for u in todo}
       for fut in cf.as_completed(futures):
         fut.result()
         bar.update(futures[fut].size)
@@ -372,7 +265,7 @@ def _run_units(todo, work, tok, layout, doc_lines, fraction, num_workers, progre
 
 
 def _aggregate(markers: list[dict], skipped: list[dict], t0: float) -> dict:
-  stats = {k: sum(m["stats"][k] for m in markers) for k in _STAT_KEYS}
+  stats = {k: sum(m["stats"][k] for m in markers) for k in worker.STAT_KEYS}
   stats["unk_rate"] = stats["unk_tokens"] / max(1, stats["tokens"])
   skipped = skipped + [m["error"] for m in markers if "error" in m]
   stats["skipped_files"] = len(skipped)

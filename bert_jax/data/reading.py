@@ -21,16 +21,13 @@ import re
 from collections.abc import Iterator, Sequence
 
 from bert_jax.data import storage
+from bert_jax.errors import DataError
 
 LAYOUTS = ("sentences", "lines", "documents")
 DEFAULT_DOC_LINES = 32
 _HEAD_BYTES = 1 << 16
 # Split after sentence-final punctuation followed by space, or after CJK full stops.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|(?<=[。！？])[”」』）]*")
-
-
-class DataError(ValueError):
-  """Bad input for preparation: the message says what was wrong and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
