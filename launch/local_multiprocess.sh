@@ -16,41 +16,16 @@
 # PYTHON (default: python3) is the interpreter.
 set -euo pipefail
 
-NPROC=2
-CPU_DEVICES=2
-PORT=12355
-LOGDIR=""
-MODULE="bert_jax.pretrain"
-DRY_RUN=0
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+LAUNCHER=local_multiprocess.sh
+OPTIONS="nproc cpu_devices port logdir module"
+NPROC=2; CPU_DEVICES=2; PORT=12355; LOGDIR=""; MODULE="bert_jax.pretrain"
 PYTHON="${PYTHON:-python3}"
-
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
-die() { echo "local_multiprocess.sh: error: $*" >&2; exit 2; }
-
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --nproc=*) NPROC="${1#*=}" ;;
-    --cpu_devices=*) CPU_DEVICES="${1#*=}" ;;
-    --port=*) PORT="${1#*=}" ;;
-    --logdir=*) LOGDIR="${1#*=}" ;;
-    --module=*) MODULE="${1#*=}" ;;
-    --dry-run|--dry_run) DRY_RUN=1 ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; break ;;
-    *) die "unknown option $1 (options go before --, the module's flags after it; see --help)." ;;
-  esac
-  shift
-done
+parse_options "$@"; set -- "${PASSTHROUGH[@]+"${PASSTHROUGH[@]}"}"
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "--nproc=$NPROC is not a positive integer."
 [[ "$CPU_DEVICES" =~ ^[0-9]+$ ]] || die "--cpu_devices=$CPU_DEVICES is not a non-negative integer."
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "--port=$PORT is not a port number."
 [[ $# -gt 0 ]] || die "nothing to run: pass the module's flags after --, e.g. -- --config=configs/pretrain.py:tiny --workdir=/tmp/run."
-
-# One shell word, quoted only when it needs to be (what --dry-run prints can be pasted).
-q() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then printf '%s' "$1"
-  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
 
 env_for() {  # The environment of process $1, as NAME=value words.
   local words=("BERT_JAX_COORDINATOR=127.0.0.1:$PORT" "BERT_JAX_NUM_PROCESSES=$NPROC"

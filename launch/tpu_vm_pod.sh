@@ -18,38 +18,17 @@
 # --dry-run prints every command without running any.
 set -euo pipefail
 
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+LAUNCHER=tpu_vm_pod.sh
+OPTIONS="name zone project accelerator version bucket config workdir data repo ref steps logdir"
+FLAGS="spot"
 NAME=""; ZONE=""; PROJECT=""; ACCELERATOR=""; VERSION=""; SPOT=0; BUCKET=""
 CONFIG="configs/pretrain.py:base"; WORKDIR=""; DATA="data/bible"
 REPO="https://github.com/OWNER/bert_jax"; REF="main"
-STEPS="create,install,prepare,run,wait,logs,delete"; LOGDIR="tpu_logs"; DRY_RUN=0
+STEPS="create,install,prepare,run,wait,logs,delete"; LOGDIR="tpu_logs"
 VOCAB="bert_jax/resources/bert-base-uncased-vocab.txt"
-
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
-die() { echo "tpu_vm_pod.sh: error: $*" >&2; exit 2; }
-
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --name=*) NAME="${1#*=}" ;;
-    --zone=*) ZONE="${1#*=}" ;;
-    --project=*) PROJECT="${1#*=}" ;;
-    --accelerator=*) ACCELERATOR="${1#*=}" ;;
-    --version=*) VERSION="${1#*=}" ;;
-    --spot) SPOT=1 ;;
-    --bucket=*) BUCKET="${1#*=}"; BUCKET="${BUCKET#gs://}"; BUCKET="${BUCKET%%/*}" ;;
-    --config=*) CONFIG="${1#*=}" ;;
-    --workdir=*) WORKDIR="${1#*=}" ;;
-    --data=*) DATA="${1#*=}" ;;
-    --repo=*) REPO="${1#*=}" ;;
-    --ref=*) REF="${1#*=}" ;;
-    --steps=*) STEPS="${1#*=}" ;;
-    --logdir=*) LOGDIR="${1#*=}" ;;
-    --dry-run|--dry_run) DRY_RUN=1 ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; break ;;
-    *) die "unknown option $1 (see --help; flags for bert_jax.pretrain go after --)." ;;
-  esac
-  shift
-done
+parse_options "$@"; set -- "${PASSTHROUGH[@]+"${PASSTHROUGH[@]}"}"
+BUCKET="$(bucket_name "$BUCKET")"
 [[ -n "$NAME" && -n "$ZONE" && -n "$BUCKET" ]] || die "--name, --zone and --bucket are required."
 WORKDIR="${WORKDIR:-runs/$NAME}"
 WORKDIR="${WORKDIR#/}"; DATA="${DATA#/}"
@@ -74,18 +53,6 @@ fi
 MOUNT="/gcs/$BUCKET"
 # Expanded on the workers: the clone (its configs/ is what --config names), the run's log and rc.
 REMOTE_DIR='$HOME/bert_jax'; RUN_LOG='$HOME/bert_jax_run.log'; RUN_RC='$HOME/bert_jax_run.rc'
-
-# One shell word, quoted only when it needs to be (what --dry-run prints can be pasted).
-q() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then printf '%s' "$1"
-  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
-run() {  # Prints the command (quoted), runs it unless --dry-run.
-  local line="" a
-  for a in "$@"; do line+="${line:+ }$(q "$a")"; done
-  echo "+ $line"
-  [[ "$DRY_RUN" == 1 ]] || "$@"
-}
 
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)
 WHERE=(--zone="$ZONE")
@@ -117,8 +84,7 @@ fi"
 
 TRAIN=(python3 -m bert_jax.pretrain --config="$CONFIG" --workdir="$MOUNT/$WORKDIR"
        --config.data.dir="$MOUNT/$DATA" --config.data.vocab="$VOCAB" "$@")
-TRAIN_LINE=""
-for a in "${TRAIN[@]}"; do TRAIN_LINE+="${TRAIN_LINE:+ }$(q "$a")"; done
+TRAIN_LINE="$(quote_words "${TRAIN[@]}")"
 # Detached, so a dropped SSH connection does not stop training; the exit code lands in RUN_RC.
 # BERT_JAX_DISTRIBUTED=auto: jax.distributed.initialize() finds the slice's workers itself.
 RUN_CMD="cd $REMOTE_DIR && rm -f $RUN_RC && mountpoint -q $MOUNT && nohup bash -c $(q "BERT_JAX_DISTRIBUTED=auto $TRAIN_LINE; echo \$? > $RUN_RC") > $RUN_LOG 2>&1 < /dev/null &"

@@ -18,37 +18,17 @@
 # The same job with xpk (which creates the JobSet for you) is printed as a comment.
 set -euo pipefail
 
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+LAUNCHER=jobset.sh
+OPTIONS="name bucket accelerator topology chips_per_host config workdir data image repo ref
+         service_account max_restarts"
 NAME=""; BUCKET=""; ACCELERATOR="tpu-v5-lite-podslice"; TOPOLOGY="4x4"; CHIPS_PER_HOST=4
 CONFIG="configs/pretrain.py:base"; WORKDIR=""; DATA="data/bible"; IMAGE="python:3.12"
 REPO="https://github.com/OWNER/bert_jax"; REF="main"; SERVICE_ACCOUNT="default"
-MAX_RESTARTS=10; DRY_RUN=0
+MAX_RESTARTS=10
 VOCAB="bert_jax/resources/bert-base-uncased-vocab.txt"
-
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
-die() { echo "jobset.sh: error: $*" >&2; exit 2; }
-
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --name=*) NAME="${1#*=}" ;;
-    --bucket=*) BUCKET="${1#*=}"; BUCKET="${BUCKET#gs://}"; BUCKET="${BUCKET%%/*}" ;;
-    --accelerator=*) ACCELERATOR="${1#*=}" ;;
-    --topology=*) TOPOLOGY="${1#*=}" ;;
-    --chips_per_host=*) CHIPS_PER_HOST="${1#*=}" ;;
-    --config=*) CONFIG="${1#*=}" ;;
-    --workdir=*) WORKDIR="${1#*=}" ;;
-    --data=*) DATA="${1#*=}" ;;
-    --image=*) IMAGE="${1#*=}" ;;
-    --repo=*) REPO="${1#*=}" ;;
-    --ref=*) REF="${1#*=}" ;;
-    --service_account=*) SERVICE_ACCOUNT="${1#*=}" ;;
-    --max_restarts=*) MAX_RESTARTS="${1#*=}" ;;
-    --dry-run|--dry_run) DRY_RUN=1 ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; break ;;
-    *) die "unknown option $1 (see --help; flags for bert_jax.pretrain go after --)." ;;
-  esac
-  shift
-done
+parse_options "$@"; set -- "${PASSTHROUGH[@]+"${PASSTHROUGH[@]}"}"
+BUCKET="$(bucket_name "$BUCKET")"
 [[ -n "$NAME" && -n "$BUCKET" ]] || die "--name and --bucket are required."
 [[ "$NAME" =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name=$NAME must be a DNS label (lower-case letters, digits, '-')."
 [[ "$TOPOLOGY" =~ ^[0-9]+(x[0-9]+)+$ ]] || die "--topology=$TOPOLOGY is not like 4x4 or 2x2x4."
@@ -59,15 +39,9 @@ HOSTS=$(( CHIPS / CHIPS_PER_HOST ))
 WORKDIR="${WORKDIR:-runs/$NAME}"; WORKDIR="${WORKDIR#/}"; DATA="${DATA#/}"
 MOUNT="/gcs/$BUCKET"
 
-# One shell word, quoted only when it needs to be.
-q() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then printf '%s' "$1"
-  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
 TRAIN=(python3 -m bert_jax.pretrain --config="$CONFIG" --workdir="$MOUNT/$WORKDIR"
        --config.data.dir="$MOUNT/$DATA" --config.data.vocab="$VOCAB" "$@")
-TRAIN_LINE=""
-for a in "${TRAIN[@]}"; do TRAIN_LINE+="${TRAIN_LINE:+ }$(q "$a")"; done
+TRAIN_LINE="$(quote_words "${TRAIN[@]}")"
 # The pod installs bert_jax at start (bake it into --image for production); GKE sets
 # TPU_WORKER_HOSTNAMES, from which bert_jax's CLI starts jax.distributed.
 SCRIPT="set -e; git clone -q --depth 1 --branch $(q "$REF") $(q "$REPO") /bert_jax && cd /bert_jax && pip install -q -e '.[tpu]' && exec $TRAIN_LINE"
