@@ -45,7 +45,7 @@ finetune-results: $(STAMP)
 	$(PY) benchmarks/finetune_results.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bert_jax tests configs benchmarks
+	$(VENV)/bin/ruff check bert_jax tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(WORKDIR)
