@@ -1,6 +1,6 @@
 """Runs `bert_jax.aot --json` over the docs/scaling.md grid and renders its table.
 
-  PYTHONPATH=LIBTPU_DIR python -m benchmarks.aot_scaling --out=docs/scaling_results.jsonl
+  python -m benchmarks.aot_scaling --out=docs/scaling_results.jsonl  # libtpu: docs/scaling.md
   python -m benchmarks.aot_scaling --out=docs/scaling_results.jsonl --render
 
 Each row is one subprocess (one compile; memory is returned between rows). Rows already in --out
