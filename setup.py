@@ -36,6 +36,8 @@ EXTRAS = {
         "pyyaml>=6.0",
         "ruff>=0.6",
     ],
+    # TPU VMs only: on a CPU machine libtpu makes every JAX process print TPU start-up errors;
+    # bert-jax-aot takes libtpu from a cache folder outside the venv (docs/scaling.md).
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],
     "beam": ["apache-beam>=2.77.0"],
