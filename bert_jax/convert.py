@@ -1,13 +1,16 @@
 """Moves BERT weights between Hugging Face folders, Google TF1 checkpoints and bert_jax directories.
 
-    python -m bert_jax.convert --src=HF_OR_TF1_DIR --dst=OUT_DIR            # -> bert_jax
-    python -m bert_jax.convert --src=BERT_JAX_DIR --dst=OUT_DIR --to=hf     # -> HF folder
+    bert-jax-convert --src=HF_OR_TF1_DIR --dst=OUT_DIR            # -> bert_jax
+    bert-jax-convert --src=BERT_JAX_DIR --dst=OUT_DIR --to=hf     # -> HF folder
+    convert.convert(src, dst, to="bert_jax")                      # the same from Python
 
-Every source is first read into one in-memory form, HF-named numpy tensors in PyTorch layout
-(`Linear.weight` is [out, in]), which is then mapped onto the bert_jax parameter tree:
+Every source is read (`read_any`) into one in-memory form, `Converted`: HF and TF1 weights as
+HF-named numpy tensors in PyTorch layout (`Linear.weight` is [out, in]) mapped onto the bert_jax
+parameter tree:
 attention q/k/v kernels [D, N, H], attention output kernel [N, H, D], other Dense kernels
 [in, out], LayerNorm `scale`/`bias`, embeddings `embedding`. The MLM decoder is tied to the word
 embeddings, so HF's `cls.predictions.decoder.weight` is not stored (it is written back on export).
+Turning a `Converted` into a model is `loading.py`; the bert_jax directory format is `model_dir.py`.
 
 Refusals (one line, exit status 2, nothing written): a missing file, an unknown layout, a shape
 that does not fit the config, a destination that already holds files (unless --overwrite).
@@ -22,7 +25,7 @@ import sys
 
 import numpy as np
 
-from bert_jax import model_io
+from bert_jax import errors, model_dir, pretrained
 from bert_jax.configuration import BertConfig
 
 HEAD_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
@@ -30,8 +33,12 @@ HEAD_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertForSequenceC
 TF_INSTALL_HINT = "pip install 'bert_jax[tf]'"
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.ModelFileError):
   """An expected problem with the input or destination; the message is one sentence."""
+
+
+class SourceNotFoundError(ConversionError, errors.MissingFileError):
+  """No model at the source path (also a FileNotFoundError, as reading a directory was)."""
 
 
 @dataclasses.dataclass
@@ -55,17 +62,17 @@ def detect_format(path) -> str:
   """'bert_jax', 'hf' or 'tf1' for a directory (or a TF1 checkpoint prefix)."""
   path = pathlib.Path(path)
   if not path.exists() and not pathlib.Path(str(path) + ".index").exists():
-    raise ConversionError(f"Source {path} does not exist; pass a bert_jax directory, a Hugging "
+    raise SourceNotFoundError(f"Source {path} does not exist; pass a bert_jax directory, a Hugging "
                           "Face folder or a Google TF1 checkpoint directory.")
-  if model_io.is_model_dir(path):
+  if model_dir.is_model_dir(path):
     return "bert_jax"
   if path.is_dir() and (path / "config.json").is_file():
     return "hf"
   if _tf1_prefix(path) is not None:
     return "tf1"
-  raise ConversionError(f"{path} is not a bert_jax directory (model_info.json), a Hugging Face "
-                        "folder (config.json + model.safetensors) or a TF1 checkpoint "
-                        "(bert_config.json + *.ckpt.index); check the path.")
+  raise SourceNotFoundError(f"{path} is not a bert_jax directory (model_info.json), a Hugging "
+                            "Face folder (config.json + model.safetensors) or a TF1 checkpoint "
+                            "(bert_config.json + *.ckpt.index); check the path.")
 
 
 def _tf1_prefix(path: pathlib.Path) -> pathlib.Path | None:
@@ -287,11 +294,11 @@ def hf_tensors_to_bert_jax(tensors: dict[str, np.ndarray], config: BertConfig,
     if id2label and len(id2label) == num_labels:
       extra["label_names"] = [id2label[str(i)] if str(i) in id2label else id2label[i]
                               for i in range(num_labels)]
-  cls = model_io.architecture_class(arch)
-  kwargs = model_io._architecture_kwargs(cls, {"num_labels": num_labels, **extra})
+  cls = pretrained.model_class(arch)
+  kwargs = pretrained.init_kwargs(cls, {"num_labels": num_labels, **extra})
   abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), **kwargs))
   expected = {k: tuple(v.shape) for k, v in
-              model_io.flatten(nnx.state(abstract, nnx.Param).to_pure_dict()).items()}
+              model_dir.flatten(nnx.state(abstract, nnx.Param).to_pure_dict()).items()}
   strip_bert = arch == "BertModel"
 
   params, mapped = {}, []
@@ -370,16 +377,16 @@ def hf_config_dict(config: BertConfig, info: dict) -> dict:
   return cfg
 
 
-# ------------------------------------------------------------------ loading any source
+# ------------------------------------------------------------------ reading any source
 def _tokenizer_or_none(folder: pathlib.Path):
-  from bert_jax.tokenization import Tokenizer
   try:
-    return Tokenizer.from_dir(folder)
+    return pretrained.BertTokenizer.from_pretrained(folder)
   except FileNotFoundError:
     return None
 
 
-def load_hf(folder) -> Converted:
+def read_hf(folder) -> Converted:
+  """A Hugging Face BERT folder (config.json + weights) in memory, with its tokenizer."""
   folder = pathlib.Path(folder)
   hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
   model_type = hf_config.get("model_type", "bert")
@@ -399,7 +406,8 @@ def load_hf(folder) -> Converted:
   return conv
 
 
-def load_tf1(path) -> Converted:
+def read_tf1(path) -> Converted:
+  """A Google TF1 checkpoint (a directory or a checkpoint prefix) in memory."""
   path = pathlib.Path(path)
   prefix = _tf1_prefix(path)
   folder = prefix.parent
@@ -415,22 +423,24 @@ def load_tf1(path) -> Converted:
   return conv
 
 
-def load_bert_jax(path) -> Converted:
-  config, info, params = model_io.read_model_dir(path)
-  flat = model_io.flatten(params)
+def read_bert_jax(path) -> Converted:
+  """A bert_jax model directory in memory."""
+  config, info, params = model_dir.read_model_dir(path)
+  flat = model_dir.flatten(params)
   return Converted(config, info, flat, _tokenizer_or_none(pathlib.Path(path)), sorted(flat), [])
 
 
-def load_any(path) -> Converted:
-  """Reads a bert_jax directory, HF folder or TF1 checkpoint into memory."""
+def read_any(path) -> Converted:
+  """Reads a bert_jax directory, HF folder or TF1 checkpoint into memory (no model is built:
+  `loading.build_model` does that)."""
   fmt = detect_format(path)
-  return {"bert_jax": load_bert_jax, "hf": load_hf, "tf1": load_tf1}[fmt](path)
+  return {"bert_jax": read_bert_jax, "hf": read_hf, "tf1": read_tf1}[fmt](path)
 
 
 # ------------------------------------------------------------------ writers
 def write_bert_jax(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
-  return model_io.write_model_dir(dst, conv.config, conv.info, conv.params, conv.tokenizer,
-                                  overwrite=overwrite)
+  return model_dir.write_model_dir(dst, conv.config, conv.info, conv.params, conv.tokenizer,
+                                   overwrite=overwrite)
 
 
 def write_hf(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
@@ -446,7 +456,7 @@ def write_hf(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
     if conv.tokenizer is not None:
       conv.tokenizer.save(tmp)
 
-  return model_io.atomic_write_dir(dst, write, overwrite)
+  return model_dir.atomic_write_dir(dst, write, overwrite)
 
 
 def convert(src, dst, to: str = "bert_jax", overwrite: bool = False) -> Converted:
@@ -457,10 +467,10 @@ def convert(src, dst, to: str = "bert_jax", overwrite: bool = False) -> Converte
   if src == dst:
     raise ConversionError("--src and --dst are the same path; write to a new directory.")
   try:
-    model_io.check_writable(dst, overwrite)  # Refuse before reading gigabytes.
+    model_dir.check_writable(dst, overwrite)  # Refuse before reading gigabytes.
   except FileExistsError as e:
     raise ConversionError(str(e)) from e
-  conv = load_any(src)
+  conv = read_any(src)
   (write_bert_jax if to == "bert_jax" else write_hf)(conv, dst, overwrite)
   return conv
 

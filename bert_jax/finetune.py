@@ -53,7 +53,7 @@ def load_source(config):
       raise train.TrainingError(f"init_from={config.init_from!r} does not exist; point it at a "
                                 f"bert_jax model directory, a HF folder or a TF1 checkpoint.")
     try:
-      conv = convert_lib.load_any(config.init_from)
+      conv = convert_lib.read_any(config.init_from)
     except convert_lib.ConversionError as e:
       raise train.TrainingError(f"init_from={config.init_from!r}: {e}") from None
     tokenizer = Tokenizer.from_vocab(config.data.vocab) if config.data.vocab else conv.tokenizer
@@ -75,7 +75,7 @@ def load_source(config):
 def init_params_from(conv, architecture: str, task_data, new_head: bool) -> dict:
   """The parameter tree to overlay on a fresh model: the whole checkpoint when it already is
   this task's model with the same labels, else its encoder only (the head stays fresh)."""
-  from bert_jax import model_io
+  from bert_jax import model_dir
   src_arch = conv.info.get("architecture", "BertModel")
   flat = conv.params
   if src_arch == architecture and not new_head:
@@ -88,10 +88,10 @@ def init_params_from(conv, architecture: str, task_data, new_head: bool) -> dict
           f"init_from is a {src_arch} for {src_labels or src_n} labels but this data has "
           f"{task_data.label_names or task_data.num_labels}; set --config.new_head=True to train "
           f"a new head on its encoder.")
-    return model_io.unflatten(flat)
+    return model_dir.unflatten(flat)
   if any(k.startswith("bert.") for k in flat):
     flat = {k[len("bert."):]: v for k, v in flat.items() if k.startswith("bert.")}
-  return {"bert": model_io.unflatten(flat)}
+  return {"bert": model_dir.unflatten(flat)}
 
 
 # ----------------------------------------------------------------------------- the Task
@@ -120,7 +120,7 @@ def _best_value(path: pathlib.Path):
 
 def make_task(config, workdir: str):
   """(train.Task, resolved config, task data) for `config`."""
-  from bert_jax import model_io
+  from bert_jax import model_dir
   from bert_jax import flops as flops_lib
   from bert_jax.pretraining import _shape_identity
   from bert_jax.tasks import common
@@ -167,10 +167,10 @@ def make_task(config, workdir: str):
     best["value"] = value
     if jax.process_index() != 0:
       return
-    model_io.save_model_dir(best_dir, model, tokenizer, overwrite=True,
-                            extra_info={**data.info(), "metric": metric, "metric_value": value,
-                                        "step": int(step), "eval": results,
-                                        "init_from": config.init_from})
+    model_dir.save_model_dir(
+        best_dir, model, tokenizer, overwrite=True,
+        extra_info={**data.info(), "metric": metric, "metric_value": value,
+                    "step": int(step), "eval": results, "init_from": config.init_from})
     common.write_jsonl(pathlib.Path(workdir) / "dev_predictions.jsonl", last["records"])
 
   def train_iter():

@@ -42,7 +42,7 @@ def load_config(name: str, arg: str = ""):
 def tiny_hf_model(dst, seed: int = 0) -> str:
   """A 1-layer, 32-wide random BertModel with the bert-base-uncased vocabulary, saved in Hugging
   Face format at `dst` (kept when already there): the smoke stand-in for a downloaded model."""
-  from bert_jax import api, configuration, modeling
+  from bert_jax import configuration, loading, modeling
   from bert_jax.configs import common
   from bert_jax.tokenization import Tokenizer
   dst = pathlib.Path(dst)
@@ -53,7 +53,7 @@ def tiny_hf_model(dst, seed: int = 0) -> str:
   config = configuration.preset(common.TINY_PRESET, **common.TINY_ARCHITECTURE,
                                 max_position_embeddings=128, vocab_size=tokenizer.vocab_size)
   model = modeling.create_model(modeling.BertModel, config, seed=seed)
-  api.save_pretrained(model, tokenizer, dst, format="hf")
+  loading.save_pretrained(model, tokenizer, dst, format="hf")
   return str(dst)
 
 

@@ -53,20 +53,20 @@ def checkpoint_task(info: dict, path) -> tuple[str, dict]:
 def predict_file(checkpoint, input_path, *, batch_size: int = 32, task: str = "",
                  overrides: dict | None = None) -> list[dict]:
   """Prediction records for `input_path` with the fine-tuned model in `checkpoint`."""
-  from bert_jax import model_io
+  from bert_jax import loading, model_dir
   from bert_jax.tokenization import Tokenizer
   path = pathlib.Path(checkpoint)
-  if not model_io.is_model_dir(path):
+  if not model_dir.is_model_dir(path):
     raise PredictError(f"--checkpoint={checkpoint} is not a bert_jax model directory; use a "
                        f"fine-tuning WORKDIR/best.")
-  info = json.loads((path / model_io.INFO_FILE).read_text(encoding="utf-8"))
+  info = json.loads((path / model_dir.INFO_FILE).read_text(encoding="utf-8"))
   name, info = checkpoint_task(info, path)
   if task and task != name:
     raise PredictError(f"{path} holds a {name} model ({info['architecture']}), which does not "
                        f"fit task {task!r}; use a checkpoint fine-tuned for {task}.")
   if not pathlib.Path(input_path).is_file():
     raise PredictError(f"--input={input_path} does not exist.")
-  model = model_io.load_model(path)
+  model = loading.load_model(path)
   tokenizer = Tokenizer.from_dir(path)
   module = importlib.import_module(TASK_MODULES[name])
   return module.predict(model, tokenizer, info, input_path, batch_size, overrides or {})

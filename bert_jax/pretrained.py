@@ -11,15 +11,17 @@ add loading and saving: an instance is the same NNX module the trainer uses. The
 those modules' outputs: `BertModel` returns `BertOutput` (a NamedTuple, so `outputs[0]` is the
 last hidden state), `BertForPreTraining` a `PreTrainingOutput` (`mlm_logits`, `nsp_logits`, ...)
 and `BertForMaskedLM` the MLM logits [B, L, V] as one array.
+
+Every loader (these classes' `from_pretrained`, `bert_jax.from_pretrained`, `bert_jax.load_model`)
+returns instances of these classes; `ARCHITECTURES` maps model_info.json's architecture names to
+them. The reading and building itself is `loading.py`.
 """
 from __future__ import annotations
 
+import inspect
 import pathlib
-import sys
 
-from flax import nnx
-
-from bert_jax import api, heads, model_io, modeling, tokenization
+from bert_jax import errors, heads, modeling, tokenization
 
 _SPECIAL_NAMES = ("unk", "sep", "pad", "cls", "mask")
 
@@ -112,15 +114,6 @@ for _name in _SPECIAL_NAMES:
 
 
 # ------------------------------------------------------------------------- models
-def _param_names(cls, config, kwargs) -> set[str]:
-  abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(params=0), **kwargs))
-  return set(model_io.flatten(nnx.state(abstract, nnx.Param).to_pure_dict()))
-
-
-def _strip_bert(name: str) -> str:
-  return name[len("bert."):] if name.startswith("bert.") else name
-
-
 class PretrainedMixin:
   """`from_pretrained` / `save_pretrained` for the NNX model classes."""
 
@@ -135,21 +128,10 @@ class PretrainedMixin:
     `param_dtype` says otherwise). With `output_loading_info=True` returns
     (model, {"missing_keys": [...], "unexpected_keys": [...]}).
     """
-    conv, config = api.load_checkpoint(path, dtype=dtype, param_dtype=param_dtype)
-    kwargs = {**model_io._architecture_kwargs_safe(cls, conv.info, model_kwargs), **model_kwargs}
-    wanted = _param_names(cls, config, kwargs)
-    have = {_strip_bert(k) for k in conv.params}
-    missing = sorted(n for n in wanted if _strip_bert(n) not in have)
-    unexpected = sorted(have - {_strip_bert(n) for n in wanted})
-    if missing:
-      print(f"warning: {len(missing)} weights of {cls.__name__} are not in {path} and were "
-            f"initialised randomly (first: {missing[0]}); train them before use.",
-            file=sys.stderr)
-    model = model_io.build_model(config, conv.info, model_io.unflatten(conv.params), cls,
-                                 **model_kwargs)
-    if output_loading_info:
-      return model, {"missing_keys": missing, "unexpected_keys": unexpected}
-    return model
+    from bert_jax import loading  # loading.py builds these classes, so it comes in when called.
+    model, _, loading_info = loading.load_pretrained(path, cls, dtype=dtype,
+                                                     param_dtype=param_dtype, **model_kwargs)
+    return (model, loading_info) if output_loading_info else model
 
   def save_pretrained(self, path, format: str = "bert_jax", *, tokenizer=None,
                       overwrite: bool = False) -> pathlib.Path:
@@ -158,7 +140,8 @@ class PretrainedMixin:
     Pass `tokenizer=` to store the vocabulary beside the weights (or call
     `tokenizer.save_pretrained(path)` afterwards).
     """
-    return api.save_pretrained(self, tokenizer, path, format, overwrite)
+    from bert_jax import loading
+    return loading.save_pretrained(self, tokenizer, path, format, overwrite)
 
 
 class BertModel(PretrainedMixin, modeling.BertModel):
@@ -183,3 +166,40 @@ class BertForTokenClassification(PretrainedMixin, heads.BertForTokenClassificati
 
 class BertForQuestionAnswering(PretrainedMixin, heads.BertForQuestionAnswering):
   """`heads.BertForQuestionAnswering` with from_pretrained / save_pretrained."""
+
+
+# ------------------------------------------------------------------ architectures
+# model_info.json's "architecture" names one of these; every loader builds these classes.
+ARCHITECTURES: dict[str, type] = {c.__name__: c for c in (
+    BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
+    BertForTokenClassification, BertForQuestionAnswering)}
+_BY_BASE = {base: c for c in ARCHITECTURES.values() for base in c.__bases__
+            if base is not PretrainedMixin}
+
+
+def model_class(architecture) -> type:
+  """The class to build for an architecture name, a modeling / heads class (its subclass here,
+  which adds from_pretrained / save_pretrained) or any other NNX class (itself)."""
+  if not isinstance(architecture, str):
+    return _BY_BASE.get(architecture, architecture)
+  if architecture not in ARCHITECTURES:
+    raise errors.ModelFileError(f"Unknown architecture {architecture!r} in model_info.json; "
+                                f"expected one of {', '.join(ARCHITECTURES)}.")
+  return ARCHITECTURES[architecture]
+
+
+def init_kwargs(cls, info: dict, overrides: dict | None = None) -> dict:
+  """The constructor arguments of `cls` beyond the config: what model_info implies
+  (num_labels, add_pooling_layer), updated by `overrides` (e.g. num_labels=3)."""
+  overrides = dict(overrides or {})
+  accepted = inspect.signature(cls.__init__).parameters
+  kwargs = {}
+  if "num_labels" in accepted:
+    num_labels = overrides.get("num_labels", info.get("num_labels"))
+    if num_labels is None:
+      raise errors.ConfigError(f"{cls.__name__} needs num_labels and the checkpoint has none; "
+                               "pass num_labels=....")
+    kwargs["num_labels"] = int(num_labels)
+  if "add_pooling_layer" in accepted and info.get("add_pooling_layer") is False:
+    kwargs["add_pooling_layer"] = False
+  return {**kwargs, **overrides}

@@ -185,12 +185,12 @@ def _shape_identity(config: BertConfig) -> dict:
 
 def load_init_params(path: str, bert_config: BertConfig) -> dict:
   """Parameters of a bert_jax model directory for `init_from`, checked against the model."""
-  from bert_jax import model_io
-  if not model_io.is_model_dir(path):
+  from bert_jax import model_dir
+  if not model_dir.is_model_dir(path):
     raise train.TrainingError(
         f"init_from={path!r} is not a bert_jax model directory (bert_config.json, params/); "
         f"convert a checkpoint with `bert-jax-convert` or point at a pretraining WORKDIR/model.")
-  src_config, _, params = model_io.read_model_dir(path)
+  src_config, _, params = model_dir.read_model_dir(path)
   if _shape_identity(src_config) != _shape_identity(bert_config):
     raise train.TrainingError(
         f"init_from={path!r} has model shape {_shape_identity(src_config)} but the config asks "
@@ -213,9 +213,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def export_model(summary: dict, config, workdir: str) -> str:
   """Writes the trained parameters as a bert_jax model directory WORKDIR/model."""
-  from bert_jax import model_io
+  from bert_jax import model_dir
   model = nnx.merge(summary["graphdef"], jax.device_get(summary["state"].params))
   path = os.path.join(workdir, "model")
-  model_io.save_model_dir(path, model, _load_tokenizer(_resolve_vocab(config)),
-                          overwrite=True)
+  model_dir.save_model_dir(path, model, _load_tokenizer(_resolve_vocab(config)),
+                           overwrite=True)
   return path

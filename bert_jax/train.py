@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import flops as flops_lib
-from bert_jax import model_io, multihost, optim, sharding
+from bert_jax import loading, multihost, optim, sharding
 from bert_jax.metric_writers import MetricWriter
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
@@ -155,7 +155,7 @@ def init_train_state(task: Task, tx, shardings, seed: int, loaded: dict | None =
   def init(loaded_params):
     model = task.model_factory(nnx.Rngs(params=seed))
     if loaded_params is not None:  # Matching names overwrite the fresh init; shapes are checked.
-      model_io.merge_params(model, loaded_params)
+      loading.merge_params(model, loaded_params)
     params = nnx.split(model)[1].to_pure_dict()
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import bert_jax
-from bert_jax import convert, heads, model_io
+from bert_jax import convert, heads, loading, model_dir
 from bert_jax.modeling import create_model
 from tests.conftest import REPO, corpus_sentences
 
@@ -55,7 +55,7 @@ def test_minilm_hf_to_bert_jax_to_hf_round_trip(tmp_path, minilm_dir, bible_path
   conv = convert.convert(minilm_dir, tmp_path / "bj")
   print("\n" + conv.summary())
   assert conv.info["architecture"] == "BertModel" and len(conv.mapped) == 103
-  assert model_io.is_model_dir(tmp_path / "bj")
+  assert model_dir.is_model_dir(tmp_path / "bj")
   convert.convert(tmp_path / "bj", tmp_path / "hf", to="hf")
   original = load_file(str(minilm_dir / "model.safetensors"))
   exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
@@ -77,7 +77,7 @@ def test_hf_pretraining_with_heads_to_bert_jax(tmp_path):
   src = _tiny_hf_pretraining(tmp_path)
   conv = convert.convert(src, tmp_path / "bj")
   assert conv.info["architecture"] == "BertForPreTraining"
-  model = model_io.load_model(tmp_path / "bj")
+  model = loading.load_model(tmp_path / "bj")
   reference = transformers.BertForPreTraining.from_pretrained(str(src)).eval()
   enc = _random_batch(TINY["vocab_size"])
   got, want = model(**enc), _hf_outputs(reference, enc)
@@ -92,7 +92,7 @@ def test_hf_pretraining_with_heads_to_bert_jax(tmp_path):
   bin_dir.mkdir()
   (bin_dir / "config.json").write_text((src / "config.json").read_text())
   torch.save(reference.state_dict(), bin_dir / "pytorch_model.bin")
-  from_bin = convert.load_any(bin_dir)
+  from_bin = convert.read_any(bin_dir)
   assert "cls.predictions.decoder.weight (tied to word embeddings)" in from_bin.ignored
   assert from_bin.params.keys() == conv.params.keys()
   assert all(np.array_equal(from_bin.params[k], conv.params[k]) for k in conv.params)
@@ -118,7 +118,7 @@ def test_bf16_hf_weights_load_as_exact_f32(tmp_path):
   torch.manual_seed(3)
   model = transformers.BertModel(transformers.BertConfig(**TINY)).eval().to(torch.bfloat16)
   model.save_pretrained(str(tmp_path / "bf16"))
-  conv = convert.load_any(tmp_path / "bf16")
+  conv = convert.read_any(tmp_path / "bf16")
   word = model.embeddings.word_embeddings.weight.detach().float().numpy()
   got = conv.params["embeddings.word_embeddings.embedding"]
   assert got.dtype == np.float32 and np.array_equal(got, word)
@@ -232,7 +232,7 @@ def test_tf1_checkpoint_of_minilm(tmp_path, minilm_dir, mobydick_path):
   conv = convert.convert(tmp_path / "tf1", tmp_path / "bj")
   print("\n" + conv.summary())
   assert "global_step" in conv.ignored and "bert/embeddings/word_embeddings/adam_m" in conv.ignored
-  from_hf = convert.load_any(minilm_dir)
+  from_hf = convert.read_any(minilm_dir)
   assert conv.params.keys() == from_hf.params.keys()
   assert all(np.array_equal(conv.params[k], from_hf.params[k]) for k in conv.params)
   model, tok = bert_jax.from_pretrained(tmp_path / "bj")
@@ -250,8 +250,8 @@ def test_tf1_checkpoint_with_pretraining_heads(tmp_path):
   src = _tiny_hf_pretraining(tmp_path, seed=2)
   state = load_file(str(src / "model.safetensors"))
   _write_tf1(tmp_path / "tf1", state, TINY, None)
-  from_tf = convert.load_any(tmp_path / "tf1")
-  from_hf = convert.load_any(src)
+  from_tf = convert.read_any(tmp_path / "tf1")
+  from_hf = convert.read_any(src)
   assert from_tf.info["architecture"] == "BertForPreTraining"
   assert from_tf.params.keys() == from_hf.params.keys()
   assert all(np.array_equal(from_tf.params[k], from_hf.params[k]) for k in from_hf.params)
@@ -264,7 +264,7 @@ def test_tf1_without_tensorflow_says_how_to_install(tmp_path, monkeypatch):
   (folder / "bert_config.json").write_text(json.dumps(TINY))
   monkeypatch.setitem(sys.modules, "tensorflow", None)  # Makes `import tensorflow` fail.
   with pytest.raises(convert.ConversionError, match=r"pip install 'bert_jax\[tf\]'"):
-    convert.load_any(folder)
+    convert.read_any(folder)
 
 
 # ------------------------------------------------------------------ refusals (CLI)
@@ -328,5 +328,5 @@ def test_refuses_existing_destination_then_overwrites(tmp_path, minilm_dir):
   result = _cli(f"--src={minilm_dir}", f"--dst={dst}", "--overwrite")
   assert result.returncode == 0, result.stderr
   assert "mapped 103 tensors" in result.stdout and "position_ids" in result.stdout
-  assert model_io.is_model_dir(dst) and not (dst / "keep.txt").exists()
+  assert model_dir.is_model_dir(dst) and not (dst / "keep.txt").exists()
   assert [p.name for p in tmp_path.iterdir()] == ["existing"]

@@ -147,7 +147,7 @@ def test_real_minilm_encoder_is_loaded(minilm_dir, tmp_path):
   c.data.update(train_file=str(path), max_seq_length=32)
   c.init_from = str(minilm_dir)
   task, _, _ = finetune.make_task(c, str(tmp_path / "w"))
-  want = convert.load_any(minilm_dir).params["embeddings.word_embeddings.embedding"]
+  want = convert.read_any(minilm_dir).params["embeddings.word_embeddings.embedding"]
   got = task.init_params()["bert"]["embeddings"]["word_embeddings"]["embedding"]
   np.testing.assert_array_equal(got, want)
   summary = finetune.finetune_and_evaluate(c, str(tmp_path / "w"))

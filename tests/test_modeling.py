@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 import bert_jax
-from bert_jax import convert, model_io
+from bert_jax import convert, loading
 from tests.conftest import corpus_sentences
 
 torch = pytest.importorskip("torch")
@@ -103,9 +103,9 @@ def test_hidden_states_and_attentions(ours, reference, sentences):
 @pytest.mark.parametrize("impl", ["cudnn", "auto"])
 def test_attention_impl_falls_back_to_xla_on_cpu(minilm_dir, ours, sentences, impl):
   model, tok = ours
-  conv = convert.load_any(minilm_dir)
-  other = model_io.build_model(conv.config.replace(attention_impl=impl), conv.info,
-                               model_io.unflatten(conv.params))
+  conv = convert.read_any(minilm_dir)
+  other = loading.build_model(conv.config.replace(attention_impl=impl), conv.info,
+                               conv.params)
   enc = tok(sentences[:6], max_length=64)
   np.testing.assert_array_equal(np.asarray(other(**enc).last_hidden_state),
                                 np.asarray(model(**enc).last_hidden_state))

@@ -2,7 +2,8 @@
 
 The notebooks execute in a kernel of this interpreter (a kernel spec written to a temp
 JUPYTER_PATH) with the checkout on PYTHONPATH, so the install cell (a pip install of the package,
-which carries its configs) is skipped as on a runtime that already has bert_jax. Cells appended after the last one check what the notebook computed.
+which carries its configs) is skipped as on a runtime that already has bert_jax. Cells appended
+after the last one check what the notebook computed.
 """
 from __future__ import annotations
 

@@ -53,11 +53,11 @@ def _hf_folder(tmp_path):
 
 def test_convert_and_load_use_no_pickle_and_no_network(tmp_path, watched):
   import bert_jax
-  from bert_jax import convert, model_io
+  from bert_jax import convert, model_dir
   hf, model = _hf_folder(tmp_path)
   convert.convert(hf, tmp_path / "bj")  # safetensors -> bert_jax (orbax + JSON)
   convert.convert(tmp_path / "bj", tmp_path / "hf2", to="hf")
-  model_io.read_model_dir(tmp_path / "bj")
+  model_dir.read_model_dir(tmp_path / "bj")
   loaded = bert_jax.BertModel.from_pretrained(tmp_path / "bj")
   bert_jax.BertModel.from_pretrained(tmp_path / "hf2")
   ids = np.array([[101, 7, 8, 102]], np.int32)
@@ -74,7 +74,7 @@ def test_pytorch_bin_is_read_with_weights_only(tmp_path, watched):
   state = {k: torch.from_numpy(v) for k, v in load_file(str(hf / "model.safetensors")).items()}
   (hf / "model.safetensors").unlink()
   torch.save(state, hf / "pytorch_model.bin")
-  conv = convert.load_any(hf)
+  conv = convert.read_any(hf)
   assert conv.params and watched == ["torch.load(weights_only=True)"]
 
 

@@ -53,8 +53,8 @@ def committed_steps(workdir) -> list[int]:
 
 
 def final_params(workdir):
-  from bert_jax import model_io
-  _, _, params = model_io.read_model_dir(os.path.join(workdir, "model"))
+  from bert_jax import model_dir
+  _, _, params = model_dir.read_model_dir(os.path.join(workdir, "model"))
   return params
 
 

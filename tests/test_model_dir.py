@@ -1,14 +1,13 @@
-"""The bert_jax model directory: round trips, atomic writes, refusals, merge_params."""
+"""The bert_jax model directory: round trips, atomic writes, refusals."""
 from __future__ import annotations
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import bert_jax
-from bert_jax import heads, model_io, modeling
+from bert_jax import heads, loading, model_dir, modeling
 from bert_jax.modeling import create_model
 from bert_jax.tokenization import Tokenizer
 
@@ -20,52 +19,32 @@ MASK = (IDS > 0).astype(np.int32)
 
 
 def _params_equal(a, b):
-  fa, fb = model_io.model_params(a), model_io.model_params(b)
+  fa, fb = model_dir.model_params(a), model_dir.model_params(b)
   return fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
 
 
 def test_save_and_load_round_trip(tmp_path, vocab_path):
   model = create_model(heads.BertForPreTraining, CONFIG, seed=1)
   tok = Tokenizer.from_vocab(vocab_path)
-  model_io.save_model_dir(tmp_path / "m", model, tok, extra_info={"step": 7})
-  assert model_io.is_model_dir(tmp_path / "m")
-  config, info, params = model_io.read_model_dir(tmp_path / "m")
+  model_dir.save_model_dir(tmp_path / "m", model, tok, extra_info={"step": 7})
+  assert model_dir.is_model_dir(tmp_path / "m")
+  config, info, params = model_dir.read_model_dir(tmp_path / "m")
   assert config == CONFIG
   assert info["format"] == "bert_jax" and info["format_version"] == 1
   assert info["architecture"] == "BertForPreTraining" and info["step"] == 7
   layer0 = params["bert"]["encoder"]["layer"]["0"]  # nnx.List indices are stored as strings.
   assert layer0["attention"]["self"]["query"]["kernel"].shape == (32, 4, 8)
-  assert all(v.dtype == np.float32 for v in model_io.flatten(params).values())
-  loaded = model_io.load_model(tmp_path / "m")
+  assert all(v.dtype == np.float32 for v in model_dir.flatten(params).values())
+  loaded = loading.load_model(tmp_path / "m")
   assert isinstance(loaded, heads.BertForPreTraining) and _params_equal(loaded, model)
   np.testing.assert_array_equal(loaded(IDS, MASK).mlm_logits, model(IDS, MASK).mlm_logits)
   assert Tokenizer.from_dir(tmp_path / "m").fingerprint == tok.fingerprint
 
 
-def test_load_into_other_architectures_and_dtypes(tmp_path):
-  model = create_model(heads.BertForPreTraining, CONFIG, seed=1)
-  model_io.save_model_dir(tmp_path / "m", model)
-  encoder = model_io.load_model(tmp_path / "m", modeling.BertModel)
-  np.testing.assert_array_equal(encoder(IDS, MASK).last_hidden_state,
-                                model.bert(IDS, MASK).last_hidden_state)
-  clf = model_io.load_model(tmp_path / "m", heads.BertForSequenceClassification, num_labels=3)
-  assert clf(IDS, MASK).shape == (2, 3)
-  np.testing.assert_array_equal(clf.bert(IDS, MASK).pooler_output,
-                                model.bert(IDS, MASK).pooler_output)
-  half = model_io.load_model(tmp_path / "m", dtype="bfloat16", param_dtype=jnp.bfloat16)
-  assert half.config.dtype == "bfloat16"
-  assert half.bert.embeddings.word_embeddings.embedding[...].dtype == jnp.bfloat16
-  # A BertModel directory loads into a head model's `bert`.
-  model_io.save_model_dir(tmp_path / "enc", encoder)
-  clf2 = model_io.load_model(tmp_path / "enc", heads.BertForTokenClassification, num_labels=5)
-  np.testing.assert_array_equal(clf2.bert(IDS, MASK).last_hidden_state,
-                                model.bert(IDS, MASK).last_hidden_state)
-
-
 def test_bf16_params_are_written_as_f32(tmp_path):
   model = create_model(modeling.BertModel, CONFIG.replace(param_dtype="bfloat16"))
-  model_io.save_model_dir(tmp_path / "m", model)
-  _, _, params = model_io.read_model_dir(tmp_path / "m")
+  model_dir.save_model_dir(tmp_path / "m", model)
+  _, _, params = model_dir.read_model_dir(tmp_path / "m")
   word = params["embeddings"]["word_embeddings"]["embedding"]
   assert word.dtype == np.float32
   np.testing.assert_array_equal(word, np.asarray(
@@ -74,15 +53,15 @@ def test_bf16_params_are_written_as_f32(tmp_path):
 
 def test_refuses_existing_directory_and_overwrites(tmp_path):
   model = create_model(modeling.BertModel, CONFIG, seed=1)
-  model_io.save_model_dir(tmp_path / "m", model)
+  model_dir.save_model_dir(tmp_path / "m", model)
   before = sorted(p.name for p in (tmp_path / "m").iterdir())
   other = create_model(modeling.BertModel, CONFIG, seed=2)
   with pytest.raises(FileExistsError, match="overwrite"):
-    model_io.save_model_dir(tmp_path / "m", other)
+    model_dir.save_model_dir(tmp_path / "m", other)
   assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
-  assert _params_equal(model_io.load_model(tmp_path / "m"), model)
-  model_io.save_model_dir(tmp_path / "m", other, overwrite=True)
-  assert _params_equal(model_io.load_model(tmp_path / "m"), other)
+  assert _params_equal(loading.load_model(tmp_path / "m"), model)
+  model_dir.save_model_dir(tmp_path / "m", other, overwrite=True)
+  assert _params_equal(loading.load_model(tmp_path / "m"), other)
   assert [p.name for p in tmp_path.iterdir()] == ["m"]  # No temporary directories left.
 
 
@@ -92,34 +71,16 @@ def test_failed_write_leaves_nothing(tmp_path):
       raise OSError("disk full")
 
   with pytest.raises(OSError, match="disk full"):
-    model_io.save_model_dir(tmp_path / "m", create_model(modeling.BertModel, CONFIG),
+    model_dir.save_model_dir(tmp_path / "m", create_model(modeling.BertModel, CONFIG),
                             BrokenTokenizer())
   assert list(tmp_path.iterdir()) == []
 
 
-def test_merge_params_reports_and_checks_shapes(tmp_path):
-  pre = create_model(heads.BertForPreTraining, CONFIG, seed=1)
-  model_io.save_model_dir(tmp_path / "m", pre)
-  _, _, params = model_io.read_model_dir(tmp_path / "m")
-  clf = create_model(heads.BertForSequenceClassification, CONFIG, num_labels=2, seed=5)
-  loaded, missing, unexpected = model_io.merge_params(clf, params["bert"], prefix="bert")
-  assert sorted(missing) == ["classifier.bias", "classifier.kernel"]
-  assert unexpected == [] and len(loaded) == len(model_io.flatten(params["bert"]))
-  assert "bert.encoder.layer.1.output.dense.kernel" in loaded
-  np.testing.assert_array_equal(clf.bert(IDS, MASK).pooler_output,
-                                pre.bert(IDS, MASK).pooler_output)
-  _, _, unexpected = model_io.merge_params(create_model(heads.BertForMaskedLM, CONFIG), params)
-  assert "seq_relationship.kernel" in unexpected and "bert.pooler.dense.kernel" in unexpected
-  wider = create_model(modeling.BertModel, CONFIG.replace(intermediate_size=96))
-  with pytest.raises(ValueError, match=r"layer\.0\.intermediate\.dense\.(bias|kernel).*96"):
-    model_io.merge_params(wider, params["bert"])
-
-
 def test_read_rejects_other_directories(tmp_path):
   with pytest.raises(FileNotFoundError, match="bert_jax.convert"):
-    model_io.read_model_dir(tmp_path)
+    model_dir.read_model_dir(tmp_path)
   (tmp_path / "model_info.json").write_text(json.dumps({"format": "other"}))
-  assert not model_io.is_model_dir(tmp_path)
+  assert not model_dir.is_model_dir(tmp_path)
 
 
 _TWO_PROCESS_SCRIPT = """
@@ -130,16 +91,16 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
                            process_id=pid, initialization_timeout=60)
 import numpy as np
 from jax.experimental import multihost_utils
-from bert_jax import model_io, modeling
+from bert_jax import loading, model_dir, modeling
 from bert_jax.configuration import BertConfig
 cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=32, max_position_embeddings=16)
 model = modeling.BertModel(cfg, rngs=__import__("flax").nnx.Rngs(params=1))
 if pid == 0:
-  model_io.save_model_dir(out, model)  # Process 0 alone, as a trainer does.
+  model_dir.save_model_dir(out, model)  # Process 0 alone, as a trainer does.
 multihost_utils.sync_global_devices("saved")
-again = model_io.load_model(out)
-a, b = model_io.model_params(model), model_io.model_params(again)
+again = loading.load_model(out)
+a, b = model_dir.model_params(model), model_dir.model_params(again)
 print("OK" if all(np.array_equal(a[k], b[k]) for k in a) else "DIFFERENT")
 """
 
