@@ -35,6 +35,7 @@ EXTRAS = {
         "ipykernel>=6.29",
         "pyyaml>=6.0",
         "ruff>=0.6",
+        "setuptools>=70.1",  # tests/test_wheel.py builds the wheel without build isolation.
     ],
     # TPU VMs only: on a CPU machine libtpu makes every JAX process print TPU start-up errors;
     # bert-jax-aot takes libtpu from a cache folder outside the venv (docs/scaling.md).
