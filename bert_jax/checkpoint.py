@@ -34,8 +34,9 @@ class CheckpointError(RuntimeError):
 class DataStateHandler(ocp.CheckpointHandler):
   """Input-iterator positions as JSON files.
 
-  A state `{"shards": {id: state}}` (train.ShardedIterator) is written one file per data shard,
-  so a run can resume on another number of processes; any other state is written per process.
+  A state `{"shards": {id: state}}` (bert_jax.data.shards.ShardedIterator) is written one file
+  per data shard, so a run can resume on another number of processes; any other state is written
+  per process.
   """
 
   def save(self, directory: epath.Path, args: "DataStateSave"):

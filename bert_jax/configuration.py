@@ -13,6 +13,8 @@ import jax.numpy as jnp
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu", "swish")
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings", "type_vocab_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +92,13 @@ class BertConfig:
 
   def replace(self, **changes) -> "BertConfig":
     return dataclasses.replace(self, **changes)
+
+  def shape_identity(self) -> dict[str, int]:
+    """The fields that decide parameter shapes (dtype, dropout etc. may change across resumes).
+
+    Checkpoints record it: a workdir or init_from of another shape is refused by comparing these.
+    """
+    return {k: getattr(self, k) for k in SHAPE_FIELDS}
 
 
 def _preset(layers: int, hidden: int, heads: int) -> BertConfig:

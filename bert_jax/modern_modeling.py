@@ -93,11 +93,15 @@ def apply_rope(x_BxLxNxH: jax.Array, cos_BxLxH: jax.Array, sin_BxLxH: jax.Array)
   return x * cos_BxLxH[:, :, None, :] + rotated_BxLxNxH * sin_BxLxH[:, :, None, :]
 
 
-def sliding_window_mask(position_ids_BxL: jax.Array, half_window: int) -> jax.Array:
-  """Boolean [B, 1, L, M]: |pos_l - pos_m| <= half_window (transformers' bidirectional window)."""
-  pos = position_ids_BxL.astype(jnp.int32)
-  distance_BxLxM = jnp.abs(pos[:, :, None] - pos[:, None, :])
-  return (distance_BxLxM <= half_window)[:, None, :, :]
+def sliding_window_mask(seq_len: int, half_window: int) -> jax.Array:
+  """Boolean [1, 1, L, M]: |l - m| <= half_window, by index as transformers defines it.
+
+  Index (not position_ids) distance: within a packed document the two are the same, and
+  attention across documents is blocked by the segment mask anyway.
+  """
+  index_L = jnp.arange(seq_len)
+  distance_LxM = jnp.abs(index_L[:, None] - index_L[None, :])
+  return (distance_LxM <= half_window)[None, None, :, :]
 
 
 # ------------------------------------------------------------------ the encoder
@@ -223,8 +227,7 @@ class ModernBertModel(nnx.Module):
     position_ids_BxL = jnp.broadcast_to(position_ids_BxL, (b, seq_len))
     packed_BxL = None if packed_segment_ids is None else batched(packed_segment_ids, None)
     global_mask_Bx1xLxM = attention_lib.make_attention_mask(attention_mask_BxL, packed_BxL)
-    local_mask_Bx1xLxM = global_mask_Bx1xLxM & sliding_window_mask(position_ids_BxL,
-                                                                   config.sliding_window)
+    local_mask_Bx1xLxM = global_mask_Bx1xLxM & sliding_window_mask(seq_len, config.sliding_window)
     h = config.head_size
     global_cos_sin = rope_cos_sin(position_ids_BxL, h, config.global_rope_theta)
     local_cos_sin = rope_cos_sin(position_ids_BxL, h, config.local_rope_theta)

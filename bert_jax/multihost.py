@@ -38,17 +38,3 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
   if jax.process_count() > 1:
     distributed.global_state.client.wait_at_barrier(f"bert_jax_{name}", timeout_s * 1000)
 
-
-_sums = 0
-
-
-def host_sum(tree):
-  """Sums a pytree of host numpy arrays over the processes (identity in a one-process run)."""
-  if jax.process_count() == 1:
-    return tree
-  global _sums
-  _sums += 1
-  barrier(f"host_sum_{_sums}")
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(lambda x: np.sum(x, axis=0),
-                      multihost_utils.process_allgather(tree, tiled=False))

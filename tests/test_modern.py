@@ -48,7 +48,8 @@ SHAPES = {
         global_rope_theta=50000.0, local_rope_theta=500.0, attn_implementation="eager"),
 }
 HEADS = ("ModernBertForMaskedLM", "ModernBertForSequenceClassification",
-         "ModernBertForTokenClassification", "ModernBertModel")
+         "ModernBertForTokenClassification", "ModernBertForQuestionAnswering", "ModernBertModel")
+NUM_LABELS = {"ModernBertForTokenClassification": 5, "ModernBertForQuestionAnswering": 2}
 
 
 # ------------------------------------------------------------------ fixtures
@@ -103,7 +104,7 @@ def saved(tmp_path_factory):
 
   def get(shape_name: str, arch: str):
     if (shape_name, arch) not in cache:
-      num_labels = 5 if arch == "ModernBertForTokenClassification" else 3
+      num_labels = NUM_LABELS.get(arch, 3)
       seed = sorted(SHAPES).index(shape_name) * 10 + HEADS.index(arch)
       model = _hf_model(arch, SHAPES[shape_name], seed, num_labels)
       folder = tmp_path_factory.mktemp(f"{shape_name}-{arch}")
@@ -126,7 +127,7 @@ def _max_diff(a, b, mask=None):
 # ------------------------------------------------------------------ parity
 @pytest.mark.parametrize("shape_name", sorted(SHAPES))
 def test_parity_with_transformers(shape_name, saved, batch):
-  """last_hidden_state (real tokens), MLM, classification and NER logits within 2e-5 (f32)."""
+  """last_hidden_state (real tokens), MLM, classification, NER and QA logits within 2e-5 (f32)."""
   input_ids, mask = batch
   figures = {}
 
@@ -157,6 +158,13 @@ def test_parity_with_transformers(shape_name, saved, batch):
       ref = hf(input_ids=_torch(input_ids), attention_mask=_torch(mask)).logits.numpy()
     got = np.asarray(mc.build_model(conv)(input_ids, mask))
     figures[key] = _max_diff(got, ref, mask if ref.ndim == 3 else None)
+
+  hf, folder = saved(shape_name, "ModernBertForQuestionAnswering")
+  with torch.no_grad():
+    ref = hf(input_ids=_torch(input_ids), attention_mask=_torch(mask))
+  start, end = mc.build_model(mc.read_hf_folder(folder))(input_ids, mask)
+  figures["qa"] = max(_max_diff(start, ref.start_logits.numpy(), mask),
+                      _max_diff(end, ref.end_logits.numpy(), mask))
 
   print(f"\n[modern parity] {shape_name}: " + ", ".join(f"{k} {v:.2e}" for k, v in
                                                       figures.items()))
@@ -192,6 +200,27 @@ def test_hf_to_bert_jax_to_hf_is_bitwise(shape_name, arch, saved, tmp_path):
     assert getattr(back.config, key) == getattr(hf.config, key), key
   if arch in ("ModernBertForSequenceClassification", "ModernBertForTokenClassification"):
     assert back.config.id2label == hf.config.id2label
+
+
+@pytest.mark.parametrize("name", ["modern_base", "modern_large"])
+def test_preset_parameters_match_transformers(name):
+  """Every tensor of the preset's HF ModernBertForMaskedLM (built on the meta device) maps onto
+  a bert_jax parameter of the same size, and nothing is left over."""
+  cfg = preset(name)
+  with torch.device("meta"):
+    hf = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig.from_dict(
+        cfg.to_hf_dict()))
+  hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items() if k != "decoder.weight"}
+  abstract = nnx.eval_shape(lambda: mm.ModernBertForMaskedLM(cfg, rngs=nnx.Rngs(0)))
+  ours = {k: tuple(v.shape) for k, v in mc._flatten(
+      nnx.state(abstract, nnx.Param).to_pure_dict()).items()}
+  assert sorted(mc.jax_to_hf_name(k) for k in ours) == sorted(hf_shapes)
+  for k, shape in ours.items():
+    like = np.broadcast_to(np.float32(0), hf_shapes[mc.jax_to_hf_name(k)])
+    assert mc.to_jax_array(k, like, cfg).shape == shape, k
+  total = sum(int(np.prod(s)) for s in ours.values())
+  print(f"\n[modern params] {name}: {total:,} parameters (MLM model)")
+  assert total == sum(int(np.prod(s)) for s in hf_shapes.values())
 
 
 # ------------------------------------------------------------------ refusals
@@ -315,3 +344,19 @@ def test_logical_axes_dropout_and_window():
   assert not np.array_equal(a[:, 30 - reach:30], b[:, 30 - reach:30])
   with pytest.raises(ValueError, match="max_position_embeddings"):
     enc(np.ones((1, local.max_position_embeddings + 1), np.int32))
+
+
+def test_remat_gives_the_same_gradients():
+  cfg = preset("modern_tiny", vocab_size=300, mlp_dropout=0.1, attention_dropout=0.1)
+  ids = np.random.RandomState(1).randint(1, 300, (2, 24))
+  mask = np.ones_like(ids)
+  mask[1, 15:] = 0
+
+  def grads(remat):
+    model = mm.create_model(mm.ModernBertForMaskedLM, cfg.replace(remat=remat), seed=3)
+    loss = lambda m: (m(ids, mask, dropout_rng=jax.random.key(0)) ** 2).mean()  # noqa: E731
+    return jax.tree.leaves(nnx.state(nnx.jit(nnx.grad(loss))(model), nnx.Param))
+
+  plain, remat = grads(False), grads(True)
+  for a, b in zip(plain, remat, strict=True):
+    assert np.all(np.isfinite(a)) and np.allclose(a, b, atol=1e-6, rtol=1e-5)

@@ -1,16 +1,16 @@
 """Classification data: CSV / TSV / JSONL readers, the GLUE layouts, bad input, the iterator."""
 import csv
+import importlib
 import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
-
-from bert_jax.tasks import classification, common
-from bert_jax.tasks.common import DataError
-from bert_jax.tokenization import Tokenizer
 from conftest import REPO, corpus_sentences, shared_or_skip
+
+from bert_jax.errors import DataError
+from bert_jax.tasks import classification, common
+from bert_jax.tokenization import Tokenizer
 
 
 def finetune_config(arg):
@@ -189,3 +189,29 @@ def test_epoch_iterator_resumes_exactly():
   p0 = common.EpochIterator(arrays, 4, 3, 0, 2)
   p1 = common.EpochIterator(arrays, 4, 3, 1, 2)
   assert np.array_equal(np.concatenate([next(p0)["x"], next(p1)["x"]]), seen[0])
+
+
+def test_one_task_registry():
+  """finetune, predict and the finetune config all read bert_jax.tasks.TASKS."""
+  from bert_jax import tasks
+  assert set(classification.GLUE) == set(tasks.GLUE_TASKS)
+  configs = importlib.import_module("bert_jax.configs.finetune")
+  assert configs.TASKS == tuple(tasks.TASKS) + tasks.GLUE_TASKS
+  for name, spec in tasks.TASKS.items():
+    assert tasks.task_class(name).__name__ == spec.class_name
+    assert tasks.ARCHITECTURE_TASKS[spec.architecture] == name
+    assert callable(tasks.task_module(name).predict)
+  with pytest.raises(ValueError, match="not one of"):
+    tasks.task_class("sentiment")
+
+
+def test_prediction_records_without_a_task(sentences):
+  """What predict writes for a classifier: labels and probabilities from the logits alone."""
+  examples = {"text": [t for t, _ in sentences[:3]]}
+  logits = np.asarray([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]], np.float32)
+  rows = classification.records(examples, logits, ["bible", "moby"], regression=False)
+  assert [r["label"] for r in rows] == ["bible", "moby", "bible"]
+  assert rows[2]["probabilities"] == {"bible": 0.5, "moby": 0.5}
+  assert all(sum(r["probabilities"].values()) == pytest.approx(1.0) for r in rows)
+  scores = classification.records(examples, logits[:, :1], [], regression=True)
+  assert [r["score"] for r in scores] == [2.0, 0.0, 1.0]

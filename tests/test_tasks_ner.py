@@ -1,11 +1,11 @@
 """NER data: CoNLL reading (real WikiGold), IO/BIO schemes, first-sub-token labels, bad input."""
 import numpy as np
 import pytest
-
-from bert_jax.tasks import ner
-from bert_jax.tasks.common import DataError
-from bert_jax.tokenization import Tokenizer
 from conftest import TESTDATA
+
+from bert_jax.errors import DataError
+from bert_jax.tasks import ner
+from bert_jax.tokenization import Tokenizer
 
 WIKIGOLD = TESTDATA / "wikigold.conll.txt"
 
@@ -46,7 +46,7 @@ def test_labels_on_first_subtokens(tokenizer):
   assert labels[0] == -1  # [CLS]
   # Decoding reads the first sub-token of each word.
   logits = np.zeros((1, 16, 3))
-  for p, k in zip(firsts[0], (1, 0, 0, 1)):
+  for p, k in zip(firsts[0], (1, 0, 0, 1), strict=False):
     logits[0, p, k] = 5.0
   tags, lost = ner.decode(logits, firsts, ["O", "B-LOC", "I-LOC"])
   assert tags == [["B-LOC", "O", "O", "B-LOC"]] and lost == 0

@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TESTDATA
 
 from bert_jax import metrics
+from bert_jax.errors import DataError
 from bert_jax.tasks import squad
-from bert_jax.tasks.common import DataError
 from bert_jax.tokenization import Tokenizer
-from conftest import TESTDATA
 
 SAMPLE = TESTDATA / "squad_sample.json"
 KW = dict(max_seq_length=96, doc_stride=32, max_query_length=24)
@@ -25,7 +25,7 @@ def _nested(path):
   paras = {}
   for q in flat["data"]:
     answers = [{"text": t, "answer_start": s}
-               for t, s in zip(q["answers"]["text"], q["answers"]["answer_start"])]
+               for t, s in zip(q["answers"]["text"], q["answers"]["answer_start"], strict=False)]
     paras.setdefault(q["context"], []).append(
         {"id": q["id"], "question": q["question"], "answers": answers,
          "is_impossible": not answers})
@@ -48,7 +48,7 @@ def test_words_keep_offsets():
   ctx = 'The Normans (Norman: Nourmands; French: Normands) gave  their name.'
   words, starts, ends = squad.split_words(ctx)
   assert words[:5] == ["The", "Normans", "(", "Norman", ":"]
-  assert all(ctx[s:e] == w for w, s, e in zip(words, starts, ends))
+  assert all(ctx[s:e] == w for w, s, e in zip(words, starts, ends, strict=False))
 
 
 def _oracle_logits(arrays, shift_start=0):

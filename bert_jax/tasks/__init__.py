@@ -1,1 +1,43 @@
-"""Fine-tuning tasks: classification / regression, NER and SQuAD."""
+"""Fine-tuning tasks: classification / regression (incl. GLUE), NER and SQuAD.
+
+`TASKS` is the one registry of them: `bert_jax.finetune` builds a task from it, `bert_jax.predict`
+finds a checkpoint's task by its head architecture, and configs/finetune.py takes its task names
+from it. A GLUE name is the classification task with that GLUE layout (`data.glue_task`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  module: str  # defines the task class and `predict(model, tokenizer, info, path, ...)`
+  class_name: str  # built as cls(config, tokenizer)
+  architecture: str  # the head class of its fine-tuned models (model_info.json)
+  metrics: tuple[str, ...]  # what train.metric may name (GLUE's prefixes and f1_TYPE aside)
+
+
+TASKS = {
+    "classification": TaskSpec("bert_jax.tasks.classification", "ClassificationTask",
+                               "BertForSequenceClassification",
+                               ("accuracy", "f1", "matthews", "pearson", "spearman", "mse")),
+    "ner": TaskSpec("bert_jax.tasks.ner", "NerTask", "BertForTokenClassification",
+                    ("f1", "precision", "recall")),
+    "squad": TaskSpec("bert_jax.tasks.squad", "SquadTask", "BertForQuestionAnswering",
+                      ("exact_match", "f1", "HasAns_exact", "HasAns_f1")),
+}
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+ARCHITECTURE_TASKS = {spec.architecture: name for name, spec in TASKS.items()}
+
+
+def task_module(name: str):
+  """The module of task `name` (classification, ner or squad)."""
+  if name not in TASKS:
+    raise ValueError(f"config.task={name!r} is not one of {sorted(TASKS)}.")
+  return importlib.import_module(TASKS[name].module)
+
+
+def task_class(name: str):
+  """The class that reads, encodes and scores task `name`'s data."""
+  return getattr(task_module(name), TASKS[name].class_name)

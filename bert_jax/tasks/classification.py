@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax import metrics as metrics_lib
+from bert_jax.errors import DataError
 from bert_jax.tasks import common
-from bert_jax.tasks.common import DataError
 
 # name -> layout of the original GLUE download (train.tsv, dev.tsv; MNLI dev_(mis)matched.tsv).
 GLUE = {
@@ -111,8 +111,6 @@ def glue_settings(d) -> dict:
 class ClassificationTask:
   """Reads, encodes and scores a classification (or regression) data set."""
 
-  architecture = "BertForSequenceClassification"
-
   def __init__(self, config, tokenizer, label_names: list[str] | None = None):
     d = config.data
     self.tokenizer, self.max_seq_length = tokenizer, d.max_seq_length
@@ -191,11 +189,11 @@ class ClassificationTask:
     labels, keep = self._labels(ex["label"], split)
     unseen = int((~keep).sum())
     if unseen:
-      bad = sorted({v for v, k in zip(ex["label"], keep) if not k})
+      bad = sorted({v for v, k in zip(ex["label"], keep, strict=False) if not k})
       common.warn(f"{split}: skipped {unseen} rows whose labels {bad[:5]} training never saw "
                   f"(labels: {self.label_names}).")
     self.stats[f"{split}_skipped_unseen_label"] = unseen
-    ex = {k: [v for v, kk in zip(vals, keep) if kk] for k, vals in ex.items()}
+    ex = {k: [v for v, kk in zip(vals, keep, strict=False) if kk] for k, vals in ex.items()}
     if not ex["text"]:
       raise DataError(f"The {split} set has no rows with a known label; check the dev file.")
     return {"examples": ex, "arrays": self._arrays(ex, split)}
@@ -226,29 +224,15 @@ class ClassificationTask:
     for prefix, ds in self.dev_sets.items():
       arrays = {k: v for k, v in ds["arrays"].items() if k != "labels"}
       logits = common.run_model(model, _logits, arrays, batch_size, mesh)
-      results.update({prefix + k: v for k, v in self.scores(ds["arrays"]["labels"], logits).items()})
+      scores = self.scores(ds["arrays"]["labels"], logits)
+      results.update({prefix + k: v for k, v in scores.items()})
       if not prefix:
         records = self.records(ds["examples"], logits, gold=ds["examples"]["label"])
     results.update({k: float(v) for k, v in self.stats.items()})
     return results, records
 
   def records(self, examples: dict, logits_BxK: np.ndarray, gold=None) -> list[dict]:
-    out = []
-    for i, text in enumerate(examples["text"]):
-      r = {"text": text}
-      if examples.get("pair"):
-        r["text_pair"] = examples["pair"][i]
-      if self.regression:
-        r["score"] = float(logits_BxK[i, 0])
-      else:
-        p = np.exp(logits_BxK[i] - logits_BxK[i].max())
-        p /= p.sum()
-        r["label"] = self.label_names[int(np.argmax(p))]
-        r["probabilities"] = {n: round(float(x), 6) for n, x in zip(self.label_names, p)}
-      if gold is not None:
-        r["gold"] = gold[i]
-      out.append(r)
-    return out
+    return records(examples, logits_BxK, self.label_names, self.regression, gold)
 
   def info(self) -> dict:
     d = self.data_config
@@ -256,6 +240,27 @@ class ClassificationTask:
             "regression": self.regression, "max_seq_length": self.max_seq_length,
             "text_column": d.text_column, "text_pair_column": d.text_pair_column,
             "label_column": d.label_column, "data_format": d.format, "header": d.header}
+
+
+def records(examples: dict, logits_BxK: np.ndarray, label_names: list[str], regression: bool,
+            gold=None) -> list[dict]:
+  """One prediction record per example: its text(s), the label and probabilities (or score)."""
+  out = []
+  for i, text in enumerate(examples["text"]):
+    r = {"text": text}
+    if examples.get("pair"):
+      r["text_pair"] = examples["pair"][i]
+    if regression:
+      r["score"] = float(logits_BxK[i, 0])
+    else:
+      p = np.exp(logits_BxK[i] - logits_BxK[i].max())
+      p /= p.sum()
+      r["label"] = label_names[int(np.argmax(p))]
+      r["probabilities"] = {n: round(float(x), 6) for n, x in zip(label_names, p, strict=True)}
+    if gold is not None:
+      r["gold"] = gold[i]
+    out.append(r)
+  return out
 
 
 def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict) -> list[dict]:
@@ -271,7 +276,4 @@ def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict
   ex, _ = read_examples(path, d, need_labels=False)
   arrays = encode(tokenizer, ex["text"], ex.get("pair"), int(info.get("max_seq_length", 128)))
   logits = common.run_model(model, _logits, arrays, batch_size)
-  task = object.__new__(ClassificationTask)
-  task.regression = bool(info.get("regression"))
-  task.label_names = list(info.get("label_names") or [])
-  return task.records(ex, logits)
+  return records(ex, logits, list(info.get("label_names") or []), bool(info.get("regression")))

@@ -14,9 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
-class DataError(ValueError):
-  """Bad input data, with the file, the problem and what to do."""
+from bert_jax.errors import DataError
 
 
 # ----------------------------------------------------------------------------- reading tables
@@ -167,10 +165,6 @@ class EpochIterator:
     self._perm = self._permutation(self.epoch)
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-  return max(1, n // batch_size)
-
-
 # ----------------------------------------------------------------------------- inference
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _apply(graphdef, fn, state, batch):
@@ -206,7 +200,7 @@ def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], ba
       out = _gather(out)
     else:
       out = jax.device_get(_apply(graphdef, fn, state, jax.tree.map(jnp.asarray, batch)))
-    outs.append(jax.tree.map(lambda x: np.asarray(x)[:rows], out))
+    outs.append(jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax import metrics as metrics_lib
+from bert_jax.errors import DataError
 from bert_jax.tasks import common
-from bert_jax.tasks.common import DataError
 
 SCHEMES = ("bio", "io", "keep")
 
@@ -85,10 +85,10 @@ def encode(tokenizer, sentences, label_index: dict[str, int] | None, max_seq_len
   labels = np.full((n, length), -1, np.int32)
   first_positions = []
   vocab_words = sorted({w for ws, _ in sentences for w in ws})
-  pieces_of = dict(zip(vocab_words, tokenizer.encode_batch(vocab_words)))
+  pieces_of = dict(zip(vocab_words, tokenizer.encode_batch(vocab_words), strict=False))
   for s, (words, tags) in enumerate(sentences):
     ids, firsts = [tokenizer.cls_id], []
-    for w, t in zip(words, tags):
+    for w, t in zip(words, tags, strict=False):
       pieces = pieces_of[w]
       if not pieces or len(ids) + len(pieces) > length - 1:
         firsts.append(-1)
@@ -149,8 +149,6 @@ def entities(words, tags) -> list[dict]:
 
 
 class NerTask:
-  architecture = "BertForTokenClassification"
-
   def __init__(self, config, tokenizer, label_names: list[str] | None = None):
     d = config.data
     self.data_config, self.tokenizer = d, tokenizer
@@ -197,7 +195,7 @@ class NerTask:
                "truncated_words": float(lost), **{k: float(v) for k, v in self.stats.items()}}
     results.update({f"f1_{k}": v["f1"] for k, v in s["per_type"].items()})
     records = [{"tokens": w, "tags": p, "gold": g, "entities": entities(w, p)}
-               for (w, g), p in zip(self.dev_gold, preds)]
+               for (w, g), p in zip(self.dev_gold, preds, strict=False)]
     return results, records
 
   def info(self) -> dict:
@@ -215,4 +213,4 @@ def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict
   logits = common.run_model(model, _logits, arrays, batch_size)
   preds, _ = decode(logits, firsts, list(info["label_names"]))
   return [{"tokens": w, "tags": p, "entities": entities(w, p)}
-          for (w, _), p in zip(sentences, preds)]
+          for (w, _), p in zip(sentences, preds, strict=False)]

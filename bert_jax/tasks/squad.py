@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax import metrics as metrics_lib
+from bert_jax.errors import DataError
 from bert_jax.tasks import common
-from bert_jax.tasks.common import DataError
 
 Example = dict  # id, question, context, answers [(text, start)], is_impossible
 
@@ -53,7 +53,7 @@ def read_squad(path) -> tuple[list[Example], bool]:
                                is_impossible=bool(qa.get("is_impossible", not answers))))
     elif "context" in article and "question" in article:
       ans = article.get("answers") or {"text": [], "answer_start": []}
-      answers = [(t, int(s)) for t, s in zip(ans["text"], ans["answer_start"])]
+      answers = [(t, int(s)) for t, s in zip(ans["text"], ans["answer_start"], strict=False)]
       examples.append(dict(id=str(article["id"]), question=article["question"],
                            context=article["context"], answers=answers,
                            is_impossible=not answers))
@@ -123,7 +123,7 @@ def make_features(examples, tokenizer, *, max_seq_length: int, doc_stride: int,
     ex["_words"], ex["_starts"], ex["_ends"] = words, starts, ends
     all_words.update(dict.fromkeys(words))
   vocab = list(all_words)
-  pieces_of = dict(zip(vocab, tokenizer.encode_batch(vocab)))
+  pieces_of = dict(zip(vocab, tokenizer.encode_batch(vocab), strict=False))
   q_ids = tokenizer.encode_batch([ex["question"] for ex in examples])
   rows, meta = collections.defaultdict(list), []
   stats = {"answer_not_in_context": 0, "unanswerable": 0, "windows": 0}
@@ -237,7 +237,7 @@ def decode(examples, meta, start_NxL, end_NxL, *, n_best_size: int, max_answer_l
     probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if len(scores) \
         else scores
     n_best = [{"text": t, "score": round(s, 4), "probability": round(float(p), 4)}
-              for (t, s), p in zip(best, probs)]
+              for (t, s), p in zip(best, probs, strict=False)]
     answer, best_score = (best[0] if best else ("", float("-inf")))
     diff = (null - best_score) if null is not None else float("inf")
     if is_v2 and diff > null_score_diff_threshold:
@@ -250,8 +250,6 @@ def decode(examples, meta, start_NxL, end_NxL, *, n_best_size: int, max_answer_l
 
 
 class SquadTask:
-  architecture = "BertForQuestionAnswering"
-
   def __init__(self, config, tokenizer, label_names=None):
     d = config.data
     self.data_config, self.tokenizer = d, tokenizer

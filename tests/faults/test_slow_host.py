@@ -15,14 +15,15 @@ DELAY_S = 45  # Longer than gloo's fixed 30 s.
 # Runs the pretraining CLI with the first batch of this process delayed by DELAY_S seconds.
 _SLOW_FIRST_BATCH = f"""
 import sys, time
-from bert_jax import pretrain, train
-_next, _first = train.ShardedIterator.__next__, [True]
+from bert_jax import pretrain
+from bert_jax.data import shards
+_next, _first = shards.ShardedIterator.__next__, [True]
 def _slow_next(self):
   if _first[0]:
     _first[0] = False
     time.sleep({DELAY_S})
   return _next(self)
-train.ShardedIterator.__next__ = _slow_next
+shards.ShardedIterator.__next__ = _slow_next
 sys.argv = ["bert_jax.pretrain"] + sys.argv[1:]
 pretrain.run()
 """
@@ -47,6 +48,6 @@ def test_a_host_late_by_more_than_gloos_timeout_does_not_abort_the_run(
   done = [[line for line in out.splitlines() if line.startswith("completed at step 3")]
           for out, _ in outs]
   # Every process reports the same global evaluation (the unigram baseline's histogram is
-  # summed over the processes, not taken from the batches of one).
+  # summed over the global batch in the eval step, not taken from the batches of one process).
   assert done[0] and done[0] == done[1], done
   assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
