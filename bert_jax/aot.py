@@ -1,6 +1,6 @@
 """Compile the real sharded train step for a TPU pod topology on any machine (no TPU needed).
 
-  python -m bert_jax.aot --config=configs/pretrain.py:base --topology=v5e:16x16 \
+  bert-jax-aot --config=configs/pretrain.py:base --topology=v5e:16x16 \
       --config.mesh.data=16 --config.mesh.fsdp=16 --batch_per_chip=64 [--json]
 
 With `libtpu` installed (`pip install 'bert_jax[tpu]'`), JAX compiles for TPU devices it does not
@@ -10,16 +10,15 @@ jitted step come from the functions training uses (`pretraining.model_task`,
 state and temporary memory against HBM, XLA's FLOPs beside the analytical count, the collectives in
 the compiled program, and a lower bound on step time. A configuration whose analytical memory
 estimate is clearly above HBM is refused before compiling (compiling BERT-large for 256 chips takes
-minutes on a laptop). Console script: `bert-jax-aot`.
+minutes on a laptop). `analyze` is the library function behind `bert-jax-aot`
+(bert_jax/cli/aot.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
-import sys
 import time
 
 # Compile-only use never touches a chip, so several processes may load libtpu at once (without
@@ -28,29 +27,10 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-from bert_jax import cli, optim, sharding, train
 from bert_jax import flops as flops_lib  # noqa: E402
-
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
-  """Flags are defined when the CLI runs, so importing this module (tests, notebooks) beside
-  other entry points that define --config / --vocab_size does not clash."""
-  if "topology" in FLAGS:
-    return
-  config_flags.DEFINE_config_file("config", None, "configs/pretrain.py:VARIANT", lock_config=True)
-  flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x2, v4:2x2x4, v5p:4x4x4, v6e:8x8.")
-  flags.DEFINE_integer("vocab_size", 30522, "Vocabulary size (bert-base-uncased: 30522).")
-  flags.DEFINE_integer("batch_per_chip", 0, "If set, train.batch_size = this x (mesh data x fsdp).")
-  flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation for the projected tokens/s.")
-  flags.DEFINE_bool("json", False, "Print the report as one JSON object.")
-  flags.DEFINE_bool("force", False, "Compile even when the analytical estimate says it won't fit.")
-  flags.mark_flags_as_required(["config", "topology"])
-
+from bert_jax import optim, sharding, train  # noqa: E402
+from bert_jax.errors import ConfigError, UserError  # noqa: E402
 
 TPU_CHIPS = ("v4", "v5e", "v5p", "v6e")  # Keys of flops.CHIPS that topology names start with.
 # v4 and v5p run as megacore (one JAX device per chip, both TensorCores); v5e/v6e have one core.
@@ -70,12 +50,16 @@ class DoesNotFit(Exception):
   """The configuration needs more memory per chip than the chip has (message says what to do)."""
 
 
+class CompilerMissingError(UserError, RuntimeError):
+  """libtpu, the TPU compiler, is not installed."""
+
+
 def chip_of(topology: str) -> str:
   """'v5e:16x16' -> 'v5e' (a key of flops.CHIPS)."""
   name = topology.split(":")[0].lower()
   if name not in TPU_CHIPS:
-    raise ValueError(f"Topology {topology!r} is not one of the known TPU generations "
-                     f"{TPU_CHIPS}; write it like v5e:16x16 or v4:2x2x4.")
+    raise ConfigError(f"Topology {topology!r} is not one of the known TPU generations "
+                      f"{TPU_CHIPS}; write it like v5e:16x16 or v4:2x2x4.")
   return name
 
 
@@ -88,10 +72,10 @@ def topology_devices(topology: str) -> list:
     return list(topologies.get_topology_desc(topology, "tpu", **kwargs).devices)
   except RuntimeError as e:
     if "not installed" in str(e):
-      raise RuntimeError("The TPU compiler is not installed; `pip install 'bert_jax[tpu]'` "
+      raise CompilerMissingError("The TPU compiler is not installed; `pip install 'bert_jax[tpu]'` "
                          "(libtpu) and run again.") from None
-    raise ValueError(f"TPU topology {topology!r} was refused: {str(e).splitlines()[0]}; use a "
-                     f"name like v5e:2x2, v4:2x2x4 or v5p:4x4x4.") from None
+    raise ConfigError(f"TPU topology {topology!r} was refused: {str(e).splitlines()[0]}; use a "
+                      f"name like v5e:2x2, v4:2x2x4 or v5p:4x4x4.") from None
 
 
 def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -359,27 +343,3 @@ def format_report(r: dict) -> str:
   if not r["fits"]:
     lines.append(r["advice"])
   return "\n".join(lines)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    report = cli.guarded(analyze, FLAGS.config, FLAGS.topology, vocab_size=FLAGS.vocab_size,
-                         batch_per_chip=FLAGS.batch_per_chip, mfu=FLAGS.mfu, force=FLAGS.force)
-  except DoesNotFit as e:  # Exit code 1: the tool worked, the configuration does not fit.
-    cli.fail(str(e), code=1)
-  print(json.dumps(report, indent=1) if FLAGS.json else format_report(report), flush=True)
-  if not report["fits"]:
-    if not FLAGS.json:
-      print(report["advice"], file=sys.stderr)
-    sys.exit(1)
-
-
-def run():
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
-
-
-if __name__ == "__main__":
-  run()

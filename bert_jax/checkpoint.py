@@ -25,10 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bert_jax import multihost
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used, with what to do about it."""
+from bert_jax.errors import CheckpointError
 
 
 class DataStateHandler(ocp.CheckpointHandler):

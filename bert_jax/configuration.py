@@ -11,6 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from bert_jax.errors import ConfigError
+
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu", "swish")
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -42,21 +44,21 @@ class BertConfig:
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
-      raise ValueError(
-          f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-          f"{self.num_attention_heads}; choose a head count that divides it.")
+      raise ConfigError(
+           f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+           f"{self.num_attention_heads}; choose a head count that divides it.")
     if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl {self.attention_impl!r} is not one of "
-                       f"{ATTENTION_IMPLEMENTATIONS}.")
+      raise ConfigError(f"attention_impl {self.attention_impl!r} is not one of "
+                        f"{ATTENTION_IMPLEMENTATIONS}.")
     if self.hidden_act not in ACTIVATIONS:
-      raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}.")
+      raise ConfigError(f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}.")
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "max_position_embeddings", "type_vocab_size"):
       if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
       if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
     jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # Raises on an unknown dtype name.
 
   @property
@@ -120,5 +122,5 @@ PRESETS: dict[str, BertConfig] = {
 def preset(name: str, **overrides) -> BertConfig:
   """Returns a named Google BERT size, e.g. `preset("base", vocab_size=32000)`."""
   if name not in PRESETS:
-    raise ValueError(f"Unknown BERT preset {name!r}; choose one of {sorted(PRESETS)}.")
+    raise ConfigError(f"Unknown BERT preset {name!r}; choose one of {sorted(PRESETS)}.")
   return PRESETS[name].replace(**overrides)

@@ -1,37 +1,19 @@
 """`make demo`: pretrain a small BERT on the embedded World English Bible on this machine.
 
 Prepares the corpus (bert-base-uncased WordPiece vocabulary, 32-verse documents, held-out
-documents for evaluation), pretrains configs/pretrain.py:demo for at most
+documents for evaluation), pretrains bert_jax/configs/pretrain.py:demo for at most
 `--config.train.max_train_seconds` (10 minutes), evaluates MLM and NSP accuracy on the held-out
 documents beside the unigram baseline (always predicting the most frequent masked token), and
 writes WORKDIR/eval_results.json, WORKDIR/curves.png, TensorBoard logs and WORKDIR/model.
 
-  python -m bert_jax.demo --workdir=demo_workdir [--config.train.max_train_seconds=60]
+  python -m bert_jax.cli.demo --workdir=demo_workdir [--config.train.max_train_seconds=60]
+
+`run_demo` is the library function behind it (bert_jax/cli/demo.py) and the notebooks.
 """
 from __future__ import annotations
 
 import json
 import os
-
-from absl import app, flags
-from ml_collections import config_flags
-
-from bert_jax import cli
-
-FLAGS = flags.FLAGS
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "pretrain.py")
-
-
-def _define_flags():
-  """Defined when the CLI runs, so modules importing several entry points do not clash."""
-  if "doc_lines" in FLAGS:
-    return
-  config_flags.DEFINE_config_file("config", f"{_DEFAULT_CONFIG}:demo", "Pretraining config.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", "demo_workdir", "Where data, checkpoints and results go.")
-  flags.DEFINE_integer("doc_lines", 32, "Bible verses per document.")
-
 
 RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
 VOCAB = os.path.join(RESOURCES, "bert-base-uncased-vocab.txt")
@@ -105,30 +87,3 @@ def run_demo(config, workdir: str, doc_lines: int = 32) -> dict:
     json.dump(results, f, indent=2)
   results["curves"] = plot_curves(os.path.join(workdir, "run"))
   return results
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.quiet_logs()
-  r = cli.guarded(run_demo, FLAGS.config, FLAGS.workdir, FLAGS.doc_lines)
-  wd = os.path.abspath(FLAGS.workdir)
-  if r["status"] == "preempted":
-    print(f"\nStopped by a signal at step {r['train_steps']}; the checkpoint is saved. Run the "
-          f"same command again to resume.")
-    return
-  print(f"\nTrained {r['train_steps']} steps in {r['train_seconds']} s.")
-  print(f"Held-out MLM accuracy {r['mlm_accuracy']:.4f} vs unigram baseline "
-        f"{r['unigram_baseline_mlm_accuracy']:.4f} (always the most frequent masked token); "
-        f"NSP accuracy {r['nsp_accuracy']:.4f} vs 0.5.")
-  print(f"Results: {wd}/eval_results.json  curves: {r['curves']}  "
-        f"TensorBoard: tensorboard --logdir {wd}/run/tensorboard  model: {wd}/run/model")
-
-
-def run():
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
-
-
-if __name__ == "__main__":
-  run()

@@ -1,13 +1,10 @@
 """Fine-tune BERT on classification / regression (incl. GLUE), NER or SQuAD with the one train loop.
 
-    python -m bert_jax.finetune --config=configs/finetune.py:task=NAME --workdir=DIR \
-      [--config.init_from=CKPT] [--config.key=value ...]
-
-`finetune_and_evaluate(config, workdir)` is the library function behind it (notebooks call it).
-It builds a `train.Task` from the task's data, trains with `train.run` (checkpoints, resume,
-logging, sharding), keeps WORKDIR/best by the task metric (a bert_jax model directory that
-`bert_jax.predict` reads) and writes that model's dev predictions to WORKDIR/dev_predictions.jsonl.
-Console script: `bert-jax-finetune`.
+`finetune_and_evaluate(config, workdir)` is the library function behind `bert-jax-finetune`
+(bert_jax/cli/finetune.py) and the notebooks. It builds a `train.Task` from the task's data,
+trains with `train.run` (checkpoints, resume, logging, sharding), keeps WORKDIR/best by the task
+metric (a bert_jax model directory that `bert-jax-predict` reads) and writes that model's dev
+predictions to WORKDIR/dev_predictions.jsonl.
 """
 from __future__ import annotations
 
@@ -17,8 +14,6 @@ import os
 import pathlib
 
 import jax
-from absl import app, flags
-
 from bert_jax import train
 
 TASK_CLASSES = {
@@ -213,41 +208,3 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     tmp.write_text(json.dumps({k: summary[k] for k in keys}, indent=2, default=float))
     tmp.replace(pathlib.Path(workdir) / "summary.json")
   return summary
-
-
-# ----------------------------------------------------------------------------- CLI
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
-  if "workdir" in FLAGS:
-    return
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "configs/finetune.py:task=NAME[,tiny]",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and WORKDIR/best.")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  from absl import logging
-  from bert_jax import cli
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO.
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.maybe_initialize_distributed()
-  summary = cli.guarded(finetune_and_evaluate, FLAGS.config, FLAGS.workdir)
-  best = summary["best"]
-  print(f"{summary['status']} at step {summary['step']} ({summary['train_seconds']:.0f} s); "
-        f"best {best['metric']}={best['value']} in {best['path']}; final eval: "
-        f"{ {k: round(v, 4) for k, v in summary['eval'].items()} }")
-
-
-def run():
-  from bert_jax import cli
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
-
-
-if __name__ == "__main__":
-  run()

@@ -29,9 +29,10 @@ import numpy as np
 
 from bert_jax.data import instances, masking, writer
 from bert_jax.data.packing import PackIterDataset
+from bert_jax.errors import ConfigError, DataError, MissingFileError
 
 
-class VocabMismatchError(ValueError):
+class VocabMismatchError(ConfigError):
   """The tokenizer is not the one the dataset was prepared with."""
 
 
@@ -39,8 +40,8 @@ def dataset_info(data_dir) -> dict:
   """{"vocab_fingerprint", "vocab_size", "splits": {split: documents}, "stats", "special", ...}."""
   data_dir = os.fspath(data_dir)
   if not os.path.isfile(os.path.join(data_dir, "metadata.json")):
-    raise FileNotFoundError(f"{data_dir} is not a prepared dataset (no metadata.json); make one "
-                            "with `python -m bert_jax.prepare`.")
+    raise MissingFileError(f"{data_dir} is not a prepared dataset (no metadata.json); make one "
+                           "with `bert-jax-prepare` (python -m bert_jax.cli.prepare).")
   meta = writer.read_metadata(data_dir)
   with open(os.path.join(data_dir, "dataset_info.json"), encoding="utf-8") as f:
     info = json.load(f)
@@ -217,15 +218,15 @@ def create_pretraining_dataset(
   """
   data_dir = os.fspath(data_dir)
   if nsp_mode not in instances.NSP_MODES:
-    raise ValueError(f"nsp_mode={nsp_mode!r}; use 'nsp' or 'sop'.")
+    raise ConfigError(f"nsp_mode={nsp_mode!r}; use 'nsp' or 'sop'.")
   if seq_len < 8 or not 1 <= max_predictions <= seq_len or batch_size < 1:
-    raise ValueError(f"Need seq_len >= 8, 1 <= max_predictions <= seq_len and batch_size >= 1; "
-                     f"got {seq_len}, {max_predictions}, {batch_size}.")
+    raise ConfigError(f"Need seq_len >= 8, 1 <= max_predictions <= seq_len and batch_size >= 1; "
+                      f"got {seq_len}, {max_predictions}, {batch_size}.")
   if not 0 < masked_lm_prob < 1 or not 0 <= short_seq_prob <= 1 or max_packed < 1:
-    raise ValueError("masked_lm_prob must be in (0, 1), short_seq_prob in [0, 1], "
-                     "max_packed >= 1.")
+    raise ConfigError("masked_lm_prob must be in (0, 1), short_seq_prob in [0, 1], "
+                      "max_packed >= 1.")
   if not 0 <= seed < 2**32:
-    raise ValueError(f"seed={seed} must be in [0, 2**32).")
+    raise ConfigError(f"seed={seed} must be in [0, 2**32).")
   if process_index is None or process_count is None:
     import jax
     process_index, process_count = jax.process_index(), jax.process_count()
@@ -233,9 +234,9 @@ def create_pretraining_dataset(
                                              max_predictions, whole_word_mask)
   num_docs = meta["splits"].get(split, 0)
   if num_docs < process_count:
-    raise ValueError(f"Split {split!r} of {data_dir} has {num_docs} documents, fewer than the "
-                     f"{process_count} processes (splits: {meta['splits']}); prepare more data "
-                     "or a larger validation_fraction.")
+    raise DataError(f"Split {split!r} of {data_dir} has {num_docs} documents, fewer than the "
+                    f"{process_count} processes (splits: {meta['splits']}); prepare more data "
+                    "or a larger validation_fraction.")
   docs = _Documents(data_dir, split)
   ds = grain.MapDataset.range(num_docs)[process_index::process_count]
   if shuffle:

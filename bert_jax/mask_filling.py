@@ -5,7 +5,7 @@
     tokenizer = bert_jax.BertTokenizer.from_pretrained(DIR)
     bert_jax.fill_mask(model, tokenizer, "The capital of France is [MASK].", top_k=5)
 
-    python -m bert_jax.fill_mask --checkpoint=DIR "The capital of France is [MASK]." [--top_k=5]
+    bert-jax-fill-mask --checkpoint=DIR "The capital of France is [MASK]." [--top_k=5]
 
 Results follow transformers' fill-mask pipeline: for one text with one [MASK], a list of top_k
 dicts {"score", "token", "token_str", "sequence"} (highest score first); with several [MASK]s, one
@@ -16,20 +16,18 @@ with a message (its [MASK] could otherwise be cut off).
 """
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 from flax import nnx
 
 from bert_jax import inference
+from bert_jax.errors import ConfigError, DataError, ModelFileError
 
 
 def _check_model(model) -> None:
   if not isinstance(getattr(model, "predictions", None), nnx.Module):
-    raise ValueError(f"fill_mask needs a model with the masked-LM head (BertForMaskedLM or "
-                     f"BertForPreTraining), not {type(model).__name__}; load it with "
-                     "BertForMaskedLM.from_pretrained(path) from a checkpoint that has the head.")
+    raise ConfigError(f"fill_mask needs a model with the masked-LM head (BertForMaskedLM or "
+                      f"BertForPreTraining), not {type(model).__name__}; load it with "
+                      "BertForMaskedLM.from_pretrained(path) from a checkpoint that has the head.")
 
 
 def fill_mask(model, tokenizer, texts, top_k: int = 5, *, batch_size: int = 32):
@@ -52,19 +50,19 @@ def fill_mask(model, tokenizer, texts, top_k: int = 5, *, batch_size: int = 32):
   max_len = model.config.max_position_embeddings
   top_k = min(int(top_k), tokenizer.vocab_size)
   if top_k < 1:
-    raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    raise ConfigError(f"top_k must be at least 1, got {top_k}.")
   mask_token = tokenizer.convert_ids_to_tokens(tokenizer.mask_id)
   rows = [[tokenizer.cls_id, *ids, tokenizer.sep_id] for ids in tokenizer.encode_batch(texts)]
   positions = []
   for i, (text, row) in enumerate(zip(texts, rows, strict=True)):
     if len(row) > max_len:
-      raise ValueError(f"Text {i} has {len(row)} tokens with [CLS]/[SEP] but the model accepts at "
-                       f"most {max_len} (max_position_embeddings); shorten it around the "
-                       f"{mask_token}.")
+      raise DataError(f"Text {i} has {len(row)} tokens with [CLS]/[SEP] but the model accepts at "
+                      f"most {max_len} (max_position_embeddings); shorten it around the "
+                      f"{mask_token}.")
     pos = [p for p, t in enumerate(row) if t == tokenizer.mask_id]
     if not pos:
-      raise ValueError(f"Text {i} ({text[:60]!r}) has no {mask_token} token; put {mask_token} "
-                       "where a word should be predicted.")
+      raise DataError(f"Text {i} ({text[:60]!r}) has no {mask_token} token; put {mask_token} "
+                      "where a word should be predicted.")
     positions.append(pos)
 
   graphdef, state = nnx.split(model)
@@ -102,71 +100,14 @@ def _format(tokenizer, row, positions, probs_PxK, ids_PxK):
   return per_mask[0] if len(per_mask) == 1 else per_mask
 
 
-# ------------------------------------------------------------------------------ CLI
-def _define_flags():
-  from absl import flags
-  if "top_k" in flags.FLAGS:
-    return flags.FLAGS
-  flags.DEFINE_string("checkpoint", None, "bert_jax directory, HF folder or TF1 checkpoint with "
-                      "the masked-LM head.")
-  flags.DEFINE_integer("top_k", 5, "Candidates per [MASK].")
-  flags.DEFINE_string("dtype", None, "Compute dtype, e.g. bfloat16 (default: the checkpoint's).")
-  flags.DEFINE_bool("json", False, "Print one JSON object per text instead of a table.")
-  return flags.FLAGS
-
-
-def main(argv):
-  import json
-
-  from absl import app, logging
-
-  from bert_jax import convert as convert_lib
-  from bert_jax.pretrained import BertForMaskedLM, BertTokenizer
-  logging.set_verbosity(logging.WARNING)
-  flags = _define_flags()
-  texts = argv[1:]
-  if not flags.checkpoint:
-    raise app.UsageError("--checkpoint is required.")
-  if not texts:
-    raise app.UsageError('Pass one or more texts, e.g. "The capital of France is [MASK]."')
-  try:
-    model, info = BertForMaskedLM.from_pretrained(flags.checkpoint, dtype=flags.dtype,
-                                                  output_loading_info=True)
-    if any(k.startswith("predictions.") for k in info["missing_keys"]):
-      raise ValueError(f"{flags.checkpoint} has no masked-LM head (an encoder-only checkpoint); "
-                       "fill-mask needs a BertForPreTraining or BertForMaskedLM checkpoint.")
-    tokenizer = BertTokenizer.from_pretrained(flags.checkpoint)
-    results = fill_mask(model, tokenizer, texts, flags.top_k)
-  except (ValueError, FileNotFoundError, convert_lib.ConversionError) as e:
-    print(f"bert-jax-fill-mask: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  for text, res in zip(texts, results, strict=True):
-    per_mask = [res] if isinstance(res[0], dict) else res
-    if flags.json:
-      print(json.dumps({"text": text, "masks": per_mask}))
-      continue
-    print(text)
-    for m, cands in enumerate(per_mask):
-      shown = "  ".join(f"{c['token_str']} {c['score']:.3f}" for c in cands)
-      print(f"  [MASK] {m + 1}: {shown}")
-
-
-def run():
-  """Console entry point `bert-jax-fill-mask`."""
-  from absl import app
-  _define_flags()
-  app.run(main)
-
-
-class _CallableModule(types.ModuleType):
-  """Lets `bert_jax.fill_mask(...)` call the function while `bert_jax.fill_mask` stays this
-  module (needed for `python -m bert_jax.fill_mask`; a package attribute cannot be both)."""
-
-  def __call__(self, *args, **kwargs):
-    return fill_mask(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-  run()
+def fill_mask_checkpoint(checkpoint, texts, top_k: int = 5, *, dtype: str | None = None):
+  """`fill_mask` with the model and tokenizer of `checkpoint` (what `bert-jax-fill-mask` runs);
+  refuses a checkpoint without the masked-LM head instead of predicting with random weights."""
+  import bert_jax
+  model, info = bert_jax.BertForMaskedLM.from_pretrained(checkpoint, dtype=dtype,
+                                                         output_loading_info=True)
+  if any(k.startswith("predictions.") for k in info["missing_keys"]):
+    raise ModelFileError(f"{checkpoint} has no masked-LM head (an encoder-only checkpoint); "
+                         "fill-mask needs a BertForPreTraining or BertForMaskedLM checkpoint.")
+  tokenizer = bert_jax.BertTokenizer.from_pretrained(checkpoint)
+  return fill_mask(model, tokenizer, texts, top_k)

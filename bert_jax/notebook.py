@@ -71,8 +71,8 @@ def hf_model(model: str, dst) -> str:
 def glue_task_dir(task: str, dst) -> str:
   """Downloads and unpacks GLUE `task` under `dst`; returns the folder with train.tsv/dev.tsv."""
   if task not in GLUE_ZIPS:
-    raise ValueError(f"GLUE task {task!r} has no download here; choose one of "
-                     f"{', '.join(GLUE_ZIPS)} or point data.dir at your own copy.")
+    raise errors.ConfigError(f"GLUE task {task!r} has no download here; choose one of "
+                             f"{', '.join(GLUE_ZIPS)} or point data.dir at your own copy.")
   dst = pathlib.Path(dst)
   folder = dst / GLUE_ZIPS[task]
   if not (folder / "train.tsv").is_file():

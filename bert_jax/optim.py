@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from bert_jax.errors import ConfigError
+
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("linear", "polynomial", "constant")
 
@@ -40,17 +42,17 @@ def decay_mask(params):
 
 def validate(cfg) -> None:
   if cfg.name not in OPTIMIZERS:
-    raise ValueError(f"optimizer.name {cfg.name!r} is not one of {OPTIMIZERS}.")
+    raise ConfigError(f"optimizer.name {cfg.name!r} is not one of {OPTIMIZERS}.")
   if cfg.schedule not in SCHEDULES:
-    raise ValueError(f"optimizer.schedule {cfg.schedule!r} is not one of {SCHEDULES}.")
+    raise ConfigError(f"optimizer.schedule {cfg.schedule!r} is not one of {SCHEDULES}.")
   if not cfg.learning_rate > 0:
-    raise ValueError(f"optimizer.learning_rate must be positive, got {cfg.learning_rate}.")
+    raise ConfigError(f"optimizer.learning_rate must be positive, got {cfg.learning_rate}.")
   if cfg.weight_decay < 0:
-    raise ValueError(f"optimizer.weight_decay must be >= 0, got {cfg.weight_decay}.")
+    raise ConfigError(f"optimizer.weight_decay must be >= 0, got {cfg.weight_decay}.")
   if cfg.warmup_steps < 0:
-    raise ValueError(f"optimizer.warmup_steps must be >= 0, got {cfg.warmup_steps}.")
+    raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {cfg.warmup_steps}.")
   if cfg.grad_accum_steps < 1:
-    raise ValueError(f"optimizer.grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}.")
+    raise ConfigError(f"optimizer.grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}.")
 
 
 def create_optimizer(cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -1,8 +1,8 @@
 """Predict with a fine-tuned model: one JSON object per input row.
 
-    python -m bert_jax.predict --checkpoint=WORKDIR/best --input=FILE --output=FILE.jsonl
+    bert-jax-predict --checkpoint=WORKDIR/best --input=FILE --output=FILE.jsonl
 
-The checkpoint's model_info.json says which task it was trained for (what `bert_jax.finetune`
+The checkpoint's model_info.json says which task it was trained for (what `bert-jax-finetune`
 writes; a converted HF head works too). Inputs and outputs per task:
   classification: CSV / TSV / JSONL with the training columns (or --text_column ...) ->
                   {"text", "label", "probabilities"} (regression: {"text", "score"})
@@ -10,7 +10,7 @@ writes; a converted HF head works too). Inputs and outputs per task:
                   {"tokens", "tags", "entities": [{"type", "start", "end", "text"}]}
   squad:          SQuAD JSON (nested or flat) -> {"id", "question", "answer", "score",
                   "null_score_diff", "n_best"}
-Console script: `bert-jax-predict`.
+`predict_file` is the library function behind the command (bert_jax/cli/predict.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import importlib
 import json
 import pathlib
 
-from absl import app, flags
+from bert_jax.errors import ModelFileError
 
 ARCHITECTURE_TASKS = {"BertForSequenceClassification": "classification",
                       "BertForTokenClassification": "ner", "BertForQuestionAnswering": "squad"}
@@ -27,7 +27,7 @@ TASK_MODULES = {"classification": "bert_jax.tasks.classification", "ner": "bert_
 SQUAD_DEFAULTS = dict(max_seq_length=384, doc_stride=128, max_query_length=64)
 
 
-class PredictError(ValueError):
+class PredictError(ModelFileError):
   """A checkpoint or input that cannot be predicted on, with what to do."""
 
 
@@ -37,7 +37,7 @@ def checkpoint_task(info: dict, path) -> tuple[str, dict]:
   task = info.get("task") or ARCHITECTURE_TASKS.get(arch)
   if task is None or ARCHITECTURE_TASKS.get(arch) != task:
     raise PredictError(f"{path} is a {arch} without a task head (classification, NER or QA); "
-                       f"fine-tune it first with `python -m bert_jax.finetune`.")
+                       f"fine-tune it first with `bert-jax-finetune`.")
   info = dict(info)
   if task == "classification" and not info.get("label_names") and not info.get("regression"):
     n = int(info.get("num_labels") or 0)
@@ -70,52 +70,3 @@ def predict_file(checkpoint, input_path, *, batch_size: int = 32, task: str = ""
   tokenizer = Tokenizer.from_dir(path)
   module = importlib.import_module(TASK_MODULES[name])
   return module.predict(model, tokenizer, info, input_path, batch_size, overrides or {})
-
-
-# ----------------------------------------------------------------------------- CLI
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
-  if "checkpoint" in FLAGS:
-    return
-  flags.DEFINE_string("checkpoint", None, "A fine-tuned bert_jax model directory (WORKDIR/best).")
-  flags.DEFINE_string("input", None, "Rows to predict (CSV/TSV/JSONL, CoNLL/text, SQuAD JSON).")
-  flags.DEFINE_string("output", None, "Where to write one JSON object per row (.jsonl).")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
-  flags.DEFINE_integer("batch_size", 32, "Rows per forward pass.")
-  flags.DEFINE_string("task", "", "Optional: refuse a checkpoint not made for this task.")
-  flags.DEFINE_string("text_column", None, "Classification: override the text column.")
-  flags.DEFINE_string("text_pair_column", None, "Classification: override the pair column.")
-  flags.DEFINE_string("header", None, "Classification: auto | yes | no.")
-  flags.DEFINE_string("format", None, "csv | tsv | jsonl (classification), conll | text (NER).")
-  flags.mark_flags_as_required(["checkpoint", "input", "output"])
-
-
-def main(argv):
-  from absl import logging
-
-  from bert_jax import cli
-  from bert_jax.tasks import common
-  logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  out = pathlib.Path(FLAGS.output)
-  if out.exists() and not FLAGS.overwrite:
-    cli.fail(f"--output={out} already exists; choose another path or pass --overwrite.")
-  overrides = {k: getattr(FLAGS, k) for k in ("text_column", "text_pair_column", "header",
-                                               "format")}
-  records = cli.guarded(predict_file, FLAGS.checkpoint, FLAGS.input,
-                        batch_size=FLAGS.batch_size, task=FLAGS.task, overrides=overrides)
-  common.write_jsonl(out, records)
-  print(f"wrote {len(records)} predictions to {out}")
-
-
-def run():
-  from bert_jax import cli
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
-
-
-if __name__ == "__main__":
-  run()

@@ -5,7 +5,7 @@
     tokenizer = bert_jax.BertTokenizer.from_pretrained(DIR)
     vectors = bert_jax.embed(model, tokenizer, ["A sentence.", "Another one."], normalize=True)
 
-    python -m bert_jax.embed --checkpoint=DIR --input=lines.txt --output=out/emb
+    bert-jax-embed --checkpoint=DIR --input=lines.txt --output=out/emb   # embed_file
       -> out/emb.npy (float32 [rows, D], or [tokens, D] with --pooling=tokens)
          out/emb.jsonl (one object per row: its 1-based line number in the input, ...)
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import sys
-import types
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -34,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from bert_jax import inference
+from bert_jax.errors import ConfigError, DataError, ExistsError, MissingFileError, ModelFileError
 
 POOLINGS = ("mean", "cls", "pooler", "tokens")
 
@@ -55,8 +54,8 @@ def sentence_transformers_settings(path) -> dict:
       other = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and
                k not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token")]
       if len(modes) != 1 or other:
-        raise ValueError(f"{cfg_file} asks for pooling {modes + other}; bert_jax reproduces "
-                         "only a single mean or cls pooling, pass --pooling explicitly.")
+        raise ModelFileError(f"{cfg_file} asks for pooling {modes + other}; bert_jax reproduces "
+                             "only a single mean or cls pooling, pass --pooling explicitly.")
       out["pooling"] = modes[0]
   st_cfg = path / "sentence_bert_config.json"
   if st_cfg.is_file():
@@ -105,19 +104,19 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
 
 def _resolve(model, tokenizer, pooling: str, max_length: int | None, batch_size: int) -> int:
   if pooling not in POOLINGS:
-    raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}.")
+    raise ConfigError(f"pooling={pooling!r} is not one of {POOLINGS}.")
   if batch_size < 1:
-    raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
   encoder = inference.encoder_of(model)
   if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
-    raise ValueError(f"pooling='pooler' needs a model with a pooler; {type(model).__name__} "
-                     "has none, use pooling='cls' or 'mean'.")
+    raise ConfigError(f"pooling='pooler' needs a model with a pooler; {type(model).__name__} "
+                      "has none, use pooling='cls' or 'mean'.")
   cap = encoder.config.max_position_embeddings
   limit = min(cap, getattr(tokenizer, "model_max_length", cap))
   max_length = limit if max_length is None else int(max_length)
   if not 2 < max_length <= cap:
-    raise ValueError(f"max_length={max_length} must be in [3, {cap}] "
-                     "(max_position_embeddings).")
+    raise ConfigError(f"max_length={max_length} must be in [3, {cap}] "
+                      "(max_position_embeddings).")
   return max_length
 
 
@@ -171,8 +170,8 @@ def read_lines(path) -> tuple[list[str], list[int]]:
           texts.append(line)
           numbers.append(n)
   except UnicodeDecodeError:
-    raise ValueError(f"{path} is not UTF-8 text (line {n + 1}); pass a UTF-8 text file with one "
-                     "text per line.") from None
+    raise DataError(f"{path} is not UTF-8 text (line {n + 1}); pass a UTF-8 text file with one "
+                    "text per line.") from None
   return texts, numbers
 
 
@@ -187,11 +186,11 @@ def embed_file(model, tokenizer, input_path, output_prefix, *, pooling: str = "m
   npy, index = pathlib.Path(f"{output_prefix}.npy"), pathlib.Path(f"{output_prefix}.jsonl")
   for p in (npy, index):
     if p.exists() and not overwrite:
-      raise FileExistsError(f"{p} already exists; choose another --output or pass --overwrite.")
+      raise ExistsError(f"{p} already exists; choose another --output or pass --overwrite.")
   max_length = _resolve(model, tokenizer, pooling, max_length, batch_size)
   texts, numbers = read_lines(input_path)
   if not texts:
-    raise ValueError(f"{input_path} has no non-empty lines; pass a file with one text per line.")
+    raise DataError(f"{input_path} has no non-empty lines; pass a file with one text per line.")
   rows, cut = _tokenize(tokenizer, texts, max_length)
   dim = inference.encoder_of(model).config.hidden_size
   starts = np.cumsum([0] + [len(r) for r in rows]) if pooling == "tokens" else None
@@ -228,86 +227,31 @@ def embed_file(model, tokenizer, input_path, output_prefix, *, pooling: str = "m
           "max_length": max_length, "npy": str(npy), "index": str(index)}
 
 
-# ------------------------------------------------------------------------------ CLI
-def _define_flags():
-  from absl import flags
-  if "pooling" in flags.FLAGS:
-    return flags.FLAGS
-  flags.DEFINE_string("checkpoint", None, "bert_jax directory, HF folder or TF1 checkpoint.")
-  flags.DEFINE_string("input", None, "UTF-8 text file, one text per line.")
-  flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.npy and PREFIX.jsonl.")
-  flags.DEFINE_enum("pooling", None, list(POOLINGS), "Default: the checkpoint's "
-                    "sentence-transformers pooling, else mean.")
-  flags.DEFINE_enum("normalize", "auto", ["auto", "true", "false"],
-                    "L2-normalise; auto: as the checkpoint's modules.json says.")
-  flags.DEFINE_integer("max_length", None, "Truncation length in tokens (default: the "
-                       "checkpoint's max_seq_length, else the model's limit).")
-  flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
-  flags.DEFINE_string("dtype", None, "Compute dtype, e.g. bfloat16 (default: the checkpoint's).")
-  flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
-  return flags.FLAGS
+def embed_checkpoint_file(checkpoint, input_path, output_prefix, *, pooling: str | None = None,
+                          normalize: bool | None = None, batch_size: int = 32,
+                          max_length: int | None = None, dtype: str | None = None,
+                          overwrite: bool = False) -> dict:
+  """`embed_file` with the model and tokenizer of `checkpoint` (what `bert-jax-embed` runs).
 
-
-def main(argv):
-  from absl import app, logging
-
-  from bert_jax import convert as convert_lib
-  from bert_jax.pretrained import BertModel, BertTokenizer
-  logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --input=FILE --output=PREFIX.")
-  flags = _define_flags()
-  for name in ("checkpoint", "input", "output"):
-    if not getattr(flags, name):
-      raise app.UsageError(f"--{name} is required.")
-  try:
-    # Refuse bad input and existing outputs before the expensive model load.
-    if not pathlib.Path(flags.input).is_file():
-      raise FileNotFoundError(f"--input {flags.input} is not a file; pass a text file with one "
-                              "text per line.")
-    if not read_lines(flags.input)[0]:
-      raise ValueError(f"{flags.input} has no non-empty lines; pass a file with one text per "
-                       "line.")
-    for suffix in (".npy", ".jsonl"):
-      if pathlib.Path(flags.output + suffix).exists() and not flags.overwrite:
-        raise FileExistsError(f"{flags.output}{suffix} already exists; choose another --output "
-                              "or pass --overwrite.")
-    st = sentence_transformers_settings(flags.checkpoint)
-    normalize = st.get("normalize", False) if flags.normalize == "auto" else (
-        flags.normalize == "true")
-    model = BertModel.from_pretrained(flags.checkpoint, dtype=flags.dtype)
-    tokenizer = BertTokenizer.from_pretrained(flags.checkpoint)
-    summary = embed_file(model, tokenizer, flags.input, flags.output,
-                         pooling=flags.pooling or st.get("pooling", "mean"), normalize=normalize,
-                         batch_size=flags.batch_size,
-                         max_length=flags.max_length or st.get("max_length"),
-                         overwrite=flags.overwrite)
-  except (ValueError, FileNotFoundError, FileExistsError, convert_lib.ConversionError) as e:
-    print(f"bert-jax-embed: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(f"wrote {summary['vectors']} x {summary['dim']} float32 to {summary['npy']} and the index "
-        f"of {summary['rows']} lines to {summary['index']}")
-  if summary["truncated"]:
-    print(f"{summary['truncated']} lines were longer than {summary['max_length']} tokens and were "
-          "truncated (marked in the index).")
-
-
-def run():
-  """Console entry point `bert-jax-embed`."""
-  from absl import app
-  _define_flags()
-  app.run(main)
-
-
-class _CallableModule(types.ModuleType):
-  """Lets `bert_jax.embed(...)` call the function while `bert_jax.embed` stays this module
-  (needed for `python -m bert_jax.embed`; a package attribute cannot be both)."""
-
-  def __call__(self, *args, **kwargs):
-    return embed(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-  run()
+  pooling, normalize and max_length left None come from the checkpoint's sentence-transformers
+  files (else mean, False, the model's limit). Bad input and existing outputs are refused
+  before the model is loaded.
+  """
+  import bert_jax
+  if not pathlib.Path(input_path).is_file():
+    raise MissingFileError(f"--input {input_path} is not a file; pass a text file with one text "
+                           "per line.")
+  if not read_lines(input_path)[0]:
+    raise DataError(f"{input_path} has no non-empty lines; pass a file with one text per line.")
+  for suffix in (".npy", ".jsonl"):
+    if pathlib.Path(f"{output_prefix}{suffix}").exists() and not overwrite:
+      raise ExistsError(f"{output_prefix}{suffix} already exists; choose another --output or "
+                        "pass --overwrite.")
+  st = sentence_transformers_settings(checkpoint)
+  model = bert_jax.BertModel.from_pretrained(checkpoint, dtype=dtype)
+  tokenizer = bert_jax.BertTokenizer.from_pretrained(checkpoint)
+  return embed_file(model, tokenizer, input_path, output_prefix,
+                    pooling=pooling or st.get("pooling", "mean"),
+                    normalize=st.get("normalize", False) if normalize is None else normalize,
+                    batch_size=batch_size, max_length=max_length or st.get("max_length"),
+                    overwrite=overwrite)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bert_jax.errors import ConfigError, MissingFileError, ModelFileError
+
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONFIG_FILE = "tokenizer_config.json"
 VOCAB_FILE = "vocab.txt"
@@ -68,7 +70,7 @@ class Tokenizer:
     elif kind == "sentencepiece":
       self._init_sentencepiece()
     else:
-      raise ValueError(f"Unknown tokenizer kind {kind!r}; use 'wordpiece' or 'sentencepiece'.")
+      raise ConfigError(f"Unknown tokenizer kind {kind!r}; use 'wordpiece' or 'sentencepiece'.")
     self.special_ids = frozenset(
         {self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id})
 
@@ -83,8 +85,8 @@ class Tokenizer:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-      raise FileNotFoundError(f"Vocabulary file {path} does not exist; pass a vocab.txt or a "
-                              "SentencePiece .model file.")
+      raise MissingFileError(f"Vocabulary file {path} does not exist; pass a vocab.txt or a "
+                             "SentencePiece .model file.")
     if path.suffix == ".model":
       return cls(kind="sentencepiece", vocab_path=path, do_lower_case=bool(do_lower_case))
     if do_lower_case is None:
@@ -111,8 +113,8 @@ class Tokenizer:
       models = [path / SPM_FILE]
     if models:
       return cls.from_vocab(models[0], lower)
-    raise FileNotFoundError(f"No vocab.txt or SentencePiece .model in {path}; copy the model's "
-                            "vocabulary there or build the tokenizer with Tokenizer.from_vocab.")
+    raise MissingFileError(f"No vocab.txt or SentencePiece .model in {path}; copy the model's "
+                           "vocabulary there or build the tokenizer with Tokenizer.from_vocab.")
 
   def _init_wordpiece(self):
     import tokenizers
@@ -124,8 +126,8 @@ class Tokenizer:
       vocab.setdefault(tok, i)  # A duplicated line keeps its first id, as transformers does.
     missing = [t for t in WORDPIECE_SPECIALS if t not in vocab]
     if missing:
-      raise ValueError(f"{self.vocab_path} lacks the special tokens {missing}; a BERT vocab.txt "
-                       "needs [PAD], [UNK], [CLS], [SEP] and [MASK].")
+      raise ModelFileError(f"{self.vocab_path} lacks the special tokens {missing}; a BERT "
+                           "vocab.txt needs [PAD], [UNK], [CLS], [SEP] and [MASK].")
     tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]",
                                                 max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(

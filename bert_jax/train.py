@@ -30,13 +30,10 @@ from jax.sharding import PartitionSpec as P
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import flops as flops_lib
 from bert_jax import loading, multihost, optim, sharding
+from bert_jax.errors import TrainingError
 from bert_jax.metric_writers import MetricWriter
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot continue, with the reason and what to do."""
 
 
 @jax.tree_util.register_dataclass
@@ -483,11 +480,25 @@ def _evaluate_sums(task: Task, eval_step, params, mesh) -> dict[str, float]:
 
 
 def _diff(old: dict | None, new: dict) -> str:
+  """The fields that differ between two identities (nested dicts compared leaf by leaf)."""
   if not isinstance(old, dict):
     return "no identity recorded"
-  keys = sorted(set(old) | set(new), key=str)
-  diffs = [f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-  return "; ".join(diffs[:4]) or "same"
+  old_flat, new_flat = _flatten(old), _flatten(new)
+  keys = sorted(set(old_flat) | set(new_flat))
+  diffs = [f"{k}: {old_flat.get(k)!r} vs {new_flat.get(k)!r}" for k in keys
+           if old_flat.get(k) != new_flat.get(k)]
+  return "; ".join(diffs[:4]) + (f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else "")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
 
 
 def param_count(abstract_params) -> int:

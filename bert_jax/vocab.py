@@ -1,24 +1,22 @@
 """Train a vocabulary from text: WordPiece (vocab.txt, via `tokenizers`) or SentencePiece.
 
-  python -m bert_jax.vocab --input='corpus/*.txt' --output=/tmp/vocab.txt --kind=wordpiece \
+  bert-jax-vocab --input='corpus/*.txt' --output=/tmp/vocab.txt --kind=wordpiece \
       --vocab_size=30522
-  python -m bert_jax.vocab --input=bible --output=/tmp/spm.model --kind=unigram --vocab_size=8000
+  bert-jax-vocab --input=bible --output=/tmp/spm.model --kind=unigram --vocab_size=8000
 
 SentencePiece models get <pad>=0, <unk>=1 and control pieces [CLS]=2, [SEP]=3, [MASK]=4, which
 `tokenization.Tokenizer` picks up by name. Lower-casing defaults to on for WordPiece (the tokenizer
 guesses it back from the vocabulary) and off for SentencePiece (the tokenizer's default there); a
 lower-cased SentencePiece model needs `do_lower_case=True` (`--do_lower_case=true`) when used.
+`train_vocab` is the library function behind `bert-jax-vocab` (bert_jax/cli/vocab.py).
 """
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 
-from absl import app, flags
-
-from bert_jax.data import DataError, default_corpus_path, reading
+from bert_jax.data import DataError, reading
 
 KINDS = ("wordpiece", "unigram", "bpe")
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -81,37 +79,3 @@ def train_vocab(inputs, output: str, *, kind: str = "wordpiece", vocab_size: int
     os.replace(prefix + ".model", output)
     os.replace(prefix + ".vocab", output[:-len(".model")] + ".vocab")
   return output
-
-
-_INPUT = flags.DEFINE_list("input", None, "Text files or globs; 'bible' is the embedded corpus.")
-_OUTPUT = flags.DEFINE_string("output", None, "vocab.txt (wordpiece) or NAME.model.")
-_KIND = flags.DEFINE_enum("kind", "wordpiece", KINDS, "Vocabulary type.")
-_SIZE = flags.DEFINE_integer("vocab_size", 30522, "Vocabulary size.")
-_LOWER = flags.DEFINE_enum("lowercase", "auto", ["auto", "true", "false"],
-                           "Lower-case the text (auto: yes for wordpiece, no for SentencePiece).")
-_MAX_LINES = flags.DEFINE_integer("max_lines", 0, "Train on at most this many lines (0: all).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-  if not _INPUT.value or not _OUTPUT.value:
-    raise app.UsageError("--input and --output are required.")
-  inputs = [default_corpus_path() if i == "bible" else i for i in _INPUT.value]
-  try:
-    path = train_vocab(inputs, _OUTPUT.value, kind=_KIND.value, vocab_size=_SIZE.value,
-                       lowercase={"auto": None, "true": True, "false": False}[_LOWER.value],
-                       max_lines=_MAX_LINES.value, overwrite=_OVERWRITE.value)
-  except DataError as e:
-    print(f"bert-jax-vocab: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(path)
-
-
-def run():
-  app.run(main)
-
-
-if __name__ == "__main__":
-  run()

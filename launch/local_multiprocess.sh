@@ -4,7 +4,7 @@
 # checkpoints) without a cluster. The tests run it with two processes of two CPU devices each.
 #
 #   launch/local_multiprocess.sh [--nproc=2] [--cpu_devices=2] [--port=12355] [--logdir=DIR]
-#       [--module=bert_jax.pretrain] [--dry-run] -- --config=configs/pretrain.py:tiny \
+#       [--module=bert_jax.cli.pretrain] [--dry-run] -- --config=configs/pretrain.py:tiny \
 #       --workdir=/tmp/run --config.data.dir=DATA
 #
 # Everything after `--` goes to `python -m MODULE` in every process. Each process logs to
@@ -19,7 +19,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 LAUNCHER=local_multiprocess.sh
 OPTIONS="nproc cpu_devices port logdir module"
-NPROC=2; CPU_DEVICES=2; PORT=12355; LOGDIR=""; MODULE="bert_jax.pretrain"
+NPROC=2; CPU_DEVICES=2; PORT=12355; LOGDIR=""; MODULE="bert_jax.cli.pretrain"
 PYTHON="${PYTHON:-python3}"
 parse_options "$@"; set -- "${PASSTHROUGH[@]+"${PASSTHROUGH[@]}"}"
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || die "--nproc=$NPROC is not a positive integer."

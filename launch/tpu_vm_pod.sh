@@ -12,7 +12,7 @@
 #
 # --workdir and --data are paths inside the bucket. `prepare` builds the embedded Bible into
 # --data when that has no dataset yet (for your own corpus, prepare it anywhere and copy it
-# there with `gcloud storage cp -r`). Flags after `--` go to `python -m bert_jax.pretrain`.
+# there with `gcloud storage cp -r`). Flags after `--` go to `python -m bert_jax.cli.pretrain`.
 # Resume after a preemption or a failure: run again with the same --workdir (e.g.
 # --steps=create,install,run,wait,logs,delete); training continues from the last checkpoint.
 # --dry-run prints every command without running any.
@@ -78,11 +78,11 @@ PREPARE_CMD="set -e
 cd $REMOTE_DIR
 if [ ! -f $MOUNT/$DATA/metadata.json ]; then
   rm -rf /tmp/bert_jax_data
-  python3 -m bert_jax.prepare --input=bible --layout=lines --doc_lines=32 --validation_fraction=0.05 --vocab=$VOCAB --output_dir=/tmp/bert_jax_data
+  python3 -m bert_jax.cli.prepare --input=bible --layout=lines --doc_lines=32 --validation_fraction=0.05 --vocab=$VOCAB --output_dir=/tmp/bert_jax_data
   gcloud storage cp -r '/tmp/bert_jax_data/*' gs://$BUCKET/$DATA/
 fi"
 
-TRAIN=(python3 -m bert_jax.pretrain --config="$CONFIG" --workdir="$MOUNT/$WORKDIR"
+TRAIN=(python3 -m bert_jax.cli.pretrain --config="$CONFIG" --workdir="$MOUNT/$WORKDIR"
        --config.data.dir="$MOUNT/$DATA" --config.data.vocab="$VOCAB" "$@")
 TRAIN_LINE="$(quote_words "${TRAIN[@]}")"
 # Detached, so a dropped SSH connection does not stop training; the exit code lands in RUN_RC.

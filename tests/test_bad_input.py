@@ -19,7 +19,7 @@ TINY = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_
 
 
 def cli(module, *args):
-  return subprocess.run([sys.executable, "-m", f"bert_jax.{module}", *map(str, args)],
+  return subprocess.run([sys.executable, "-m", f"bert_jax.cli.{module}", *map(str, args)],
                         env=env_for(1), cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -152,7 +152,7 @@ def test_pretrain_bad_config_value(tmp_path, guard, pretrain_dataset, override, 
 
 def test_pretrain_data_dir_is_not_a_dataset(tmp_path, guard):
   guard()
-  refused(_pretrain(tmp_path, tmp_path), "is not a prepared dataset", "bert_jax.prepare")
+  refused(_pretrain(tmp_path, tmp_path), "is not a prepared dataset", "bert_jax.cli.prepare")
 
 
 def test_pretrain_init_from_an_hf_folder(tmp_path, guard, pretrain_dataset, hf_tiny):

@@ -158,7 +158,7 @@ def test_refusals_before_any_work(tmp_path, tok, corpus, monkeypatch):
   with pytest.raises(DataError, match=r"needs Apache Beam .*pip install 'bert_jax\[beam\]'"):
     prepare(str(corpus), out, tok, engine="beam", beam_options=IN_PROCESS)
   assert not out.exists()
-  proc = subprocess.run([sys.executable, "-m", "bert_jax.prepare", f"--input={corpus}",
+  proc = subprocess.run([sys.executable, "-m", "bert_jax.cli.prepare", f"--input={corpus}",
                          f"--output_dir={out}", f"--vocab={tok.vocab_path}", "--engine=beam",
                          "--host_count=2"], capture_output=True, text=True, cwd=REPO)
   assert proc.returncode == 2 and "drop --host_index/--host_count" in proc.stderr

@@ -270,7 +270,7 @@ def test_tf1_without_tensorflow_says_how_to_install(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ refusals (CLI)
 def _cli(*args):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-  return subprocess.run([sys.executable, "-m", "bert_jax.convert", *args], capture_output=True,
+  return subprocess.run([sys.executable, "-m", "bert_jax.cli.convert", *args], capture_output=True,
                         text=True, env=env, cwd=REPO, timeout=300)
 
 

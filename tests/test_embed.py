@@ -1,4 +1,4 @@
-"""embed / python -m bert_jax.embed against transformers + sentence-transformers' pooling."""
+"""embed / python -m bert_jax.cli.embed against transformers + sentence-transformers' pooling."""
 from __future__ import annotations
 
 import importlib
@@ -17,7 +17,7 @@ import bert_jax
 from bert_jax import BertModel, BertTokenizer, inference
 
 QUICKSTART = REPO / "docs" / "quickstart.md"
-embed_lib = importlib.import_module("bert_jax.embed")
+embed_lib = importlib.import_module("bert_jax.sentence_embedding")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_batches_by_length_bucket_compile_once(minilm):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "bert_jax.embed", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "bert_jax.cli.embed", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
 
 

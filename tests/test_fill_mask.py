@@ -18,7 +18,7 @@ from flax import nnx
 import bert_jax
 from bert_jax import BertConfig, BertForMaskedLM, BertModel, BertTokenizer, inference
 
-fill_mask_lib = importlib.import_module("bert_jax.fill_mask")
+fill_mask_lib = importlib.import_module("bert_jax.mask_filling")
 SEQ, STEPS, BATCH = 32, 60, 32
 
 
@@ -148,7 +148,7 @@ def test_refusals(trained, minilm_dir):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "bert_jax.fill_mask", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "bert_jax.cli.fill_mask", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
 
 

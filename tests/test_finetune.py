@@ -56,7 +56,7 @@ def test_classification_two_steps(classifier_workdir):
 def test_predict_cli(classifier_workdir, topics, tmp_path):
   workdir, _ = classifier_workdir
   out = tmp_path / "p.jsonl"
-  cmd = [sys.executable, "-m", "bert_jax.predict", f"--checkpoint={workdir / 'best'}",
+  cmd = [sys.executable, "-m", "bert_jax.cli.predict", f"--checkpoint={workdir / 'best'}",
          f"--input={topics}", f"--output={out}"]
   r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
   assert r.returncode == 0, r.stderr
@@ -157,7 +157,7 @@ def test_real_minilm_encoder_is_loaded(minilm_dir, tmp_path):
 
 
 def _cli(*args, tmp_path):
-  cmd = [sys.executable, "-m", "bert_jax.finetune", f"--workdir={tmp_path / 'w'}", *args]
+  cmd = [sys.executable, "-m", "bert_jax.cli.finetune", f"--workdir={tmp_path / 'w'}", *args]
   return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
 
 

@@ -79,10 +79,10 @@ def test_tpu_vm_pod_dry_run_prints_every_step():
   install, prepare, run, wait, logs = (option(c, "--command") for c in ssh)
   assert "gcsfuse --implicit-dirs my-bucket /gcs/my-bucket" in install
   assert 'pip install -q -e "$HOME/bert_jax[tpu]"' in install
-  assert "gs://my-bucket/data/bible/" in prepare and "bert_jax.prepare" in prepare
+  assert "gs://my-bucket/data/bible/" in prepare and "bert_jax.cli.prepare" in prepare
   # The training command inside the detached `bash -c '...'`, word by word.
   train = shlex.split(detached_script(run).split("; echo $?")[0])
-  assert train[:4] == ["BERT_JAX_DISTRIBUTED=auto", "python3", "-m", "bert_jax.pretrain"]
+  assert train[:4] == ["BERT_JAX_DISTRIBUTED=auto", "python3", "-m", "bert_jax.cli.pretrain"]
   assert option(train, "--workdir") == "/gcs/my-bucket/runs/bert-base"
   assert option(train, "--config.data.dir") == "/gcs/my-bucket/data/bible"
   assert train[-2:] == ["--config.mesh.fsdp=16", "--config.train.batch_size=512"]
@@ -137,7 +137,7 @@ def test_gke_jobset_dry_run_renders_a_valid_manifest():
   script = container["args"][0]
   assert_shell_syntax(script)
   train = shlex.split(script.split("exec ", 1)[1])
-  assert train[:3] == ["python3", "-m", "bert_jax.pretrain"]
+  assert train[:3] == ["python3", "-m", "bert_jax.cli.pretrain"]
   assert option(train, "--workdir") == "/gcs/bk/runs/bert-base"
   assert train[-1] == "--config.mesh.fsdp=16"
   assert "xpk workload create" in r.stdout
@@ -162,7 +162,7 @@ def test_slurm_dry_run_prints_the_srun_line():
   (srun,) = commands(r.stdout)
   assert srun[:2] == ["srun", "--kill-on-bad-exit=1"]
   i = srun.index("-m")
-  assert srun[i + 1] == "bert_jax.pretrain"
+  assert srun[i + 1] == "bert_jax.cli.pretrain"
   assert option(srun, "--workdir") == "/shared/run"
   assert option(srun, "--config.data.dir") == "/shared/data"
   assert option(srun, "--config") == "configs/pretrain.py:large"
@@ -182,7 +182,7 @@ def test_slurm_refuses_outside_a_job_and_without_paths():
 # ----------------------------------------------------------------------------- local
 def test_local_multiprocess_dry_run():
   r = launch("local_multiprocess.sh", "--dry-run", "--nproc=3", "--cpu_devices=4",
-             "--port=4567", "--module=bert_jax.finetune", "--", "--workdir=/tmp/a b")
+             "--port=4567", "--module=bert_jax.cli.finetune", "--", "--workdir=/tmp/a b")
   assert r.returncode == 0, r.stderr
   lines = r.stdout.strip().splitlines()
   assert lines[-1] == "wait" and len(lines) == 4
@@ -192,7 +192,7 @@ def test_local_multiprocess_dry_run():
     assert "BERT_JAX_COORDINATOR=127.0.0.1:4567" in words
     assert "BERT_JAX_NUM_PROCESSES=3" in words and f"BERT_JAX_PROCESS_ID={i}" in words
     assert "XLA_FLAGS=--xla_force_host_platform_device_count=4" in words
-    assert words[words.index("-m") + 1] == "bert_jax.finetune"
+    assert words[words.index("-m") + 1] == "bert_jax.cli.finetune"
     assert "--workdir=/tmp/a b" in words
 
 

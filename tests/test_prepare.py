@@ -150,7 +150,7 @@ def test_refusals_change_nothing(tmp_path, tok, bible_path):
                   progress=False)
   assert stats["documents"] == -(-300 // 8) and set(_snapshot(out)) == set(before)
   # The CLI: one sentence on stderr, exit status 2, no traceback.
-  proc = subprocess.run([sys.executable, "-m", "bert_jax.prepare", f"--input={small}",
+  proc = subprocess.run([sys.executable, "-m", "bert_jax.cli.prepare", f"--input={small}",
                          f"--output_dir={out}", f"--vocab={tok.vocab_path}"],
                         capture_output=True, text=True, cwd=REPO)
   assert proc.returncode == 2 and "already holds" in proc.stderr

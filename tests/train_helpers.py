@@ -21,7 +21,7 @@ def env_for(devices: int = 1) -> dict:
 
 
 def pretrain_cmd(workdir, data_dir, vocab, *overrides, variant="tiny") -> list[str]:
-  return [sys.executable, "-m", "bert_jax.pretrain",
+  return [sys.executable, "-m", "bert_jax.cli.pretrain",
           f"--config={REPO}/configs/pretrain.py:{variant}", f"--workdir={workdir}",
           f"--config.data.dir={data_dir}", f"--config.data.vocab={vocab}", *overrides]
 

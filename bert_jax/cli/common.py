@@ -1,24 +1,36 @@
-"""What every absl entry point shares: config loading with readable errors, one-line failures,
-multi-host start-up. Each CLI module stays a thin `main` that calls one library function."""
+"""What every command-line tool shares: flag parsing with readable errors, config paths that
+work from a checkout and from an installed package, user errors as one line, multi-host start-up.
+
+A tool is a module of `bert_jax.cli` with its flags at module level, a `main(argv)` that calls
+one library function, and `run()` (its console script) that calls `common.run(main)`.
+"""
 from __future__ import annotations
 
 import os
+import pathlib
+import re
 import sys
 import traceback
 
-from absl import flags
+from absl import app, flags
+
+from bert_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_bool("verbose", False, "Show full tracebacks for errors.")
-flags.DEFINE_string("coordinator_address", "",
-                    "host:port of process 0 for multi-process runs (jax.distributed).")
-flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", -1, "This process's index (multi-process runs).")
+VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks for errors.")
+# Multi-process runs (pretrain, finetune); see maybe_initialize_distributed.
+DISTRIBUTED_FLAGS = (
+    flags.DEFINE_string("coordinator_address", "",
+                        "host:port of process 0 for multi-process runs (jax.distributed)."),
+    flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process runs)."),
+    flags.DEFINE_integer("process_id", -1, "This process's index (multi-process runs)."),
+)
 
-# Errors that are the user's input, reported as one sentence without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
-                                                 PermissionError, KeyError, RuntimeError)
+PACKAGE_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+# `configs/NAME.py` (a checkout's symlink) or `bert_jax/configs/NAME.py`, then `:ARG` if any.
+_CONFIG_PATH = re.compile(r"^(?:\./)?(?:bert_jax/)?configs/(?P<name>[A-Za-z0-9_]+\.py)"
+                          r"(?P<arg>:.*)?$", re.DOTALL)
 
 
 def quiet_logs() -> None:
@@ -34,11 +46,12 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def guarded(fn, *args, **kwargs):
-  """Runs fn; an expected error becomes one line on stderr and exit code 2 (--verbose: raise)."""
+  """Runs fn; a UserError becomes one line on stderr and exit code 2 (--verbose: with its
+  traceback). Any other exception is a bug or a machine problem and propagates untouched."""
   try:
     return fn(*args, **kwargs)
-  except USER_ERRORS as e:
-    if FLAGS.verbose:
+  except UserError as e:
+    if FLAGS.is_parsed() and FLAGS.verbose:
       traceback.print_exc()
     msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     fail(msg.strip().splitlines()[0] if msg.strip() else type(e).__name__)
@@ -69,10 +82,36 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def resolve_config_path(value: str) -> str:
+  """`--config=PATH[:ARG]` with PATH `configs/NAME.py` or `bert_jax/configs/NAME.py` that does
+  not exist here (an installed package, another directory) -> the package's own config file.
+
+  Any other value, or a path that exists relative to the working directory, is returned as is.
+  """
+  m = _CONFIG_PATH.match(value)
+  if m is None or os.path.exists(value.split(":", 1)[0]):
+    return value
+  packaged = PACKAGE_CONFIGS / m.group("name")
+  return f"{packaged}{m.group('arg') or ''}" if packaged.is_file() else value
+
+
+def _resolve_config_args(argv: list[str]) -> list[str]:
+  """argv with the value of --config (`--config=V` or `--config V`) resolved."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith(("--config=", "-config=")):
+      flag, value = arg.split("=", 1)
+      out[i] = f"{flag}={resolve_config_path(value)}"
+    elif arg in ("--config", "-config") and i + 1 < len(out):
+      out[i + 1] = resolve_config_path(out[i + 1])
+  return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flags parser for app.run: a misspelt --config.key or a bad value is one sentence."""
+  """absl flags parser for app.run: config paths resolved (resolve_config_path), and a misspelt
+  --config.key or a bad value is one sentence."""
   try:
-    return FLAGS(argv)
+    return FLAGS(_resolve_config_args(argv))
   except flags.Error as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     # A config file that raised: its own last line says what was wrong.
@@ -82,3 +121,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     text = " ".join(text.replace("'", "").split())
     fail(f"bad config override ({text}); check the key against the config file.")
+
+
+def run(main) -> None:
+  """app.run(main) for a tool module: user errors are one line (guarded), and `--help` lists
+  the tool's flags and docstring also when it runs as a console script.
+
+  absl's --help shows the key flags and the docstring of the module that sys.argv[0] names.
+  Under `python -m bert_jax.cli.X` that is the tool itself; a console script
+  (`.venv/bin/bert-jax-X`) is a generated stub, so the tool's key flags are registered for it.
+  """
+  tool = sys.modules[main.__module__]
+  for flag in FLAGS.get_key_flags_for_module(tool):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  stub = sys.modules["__main__"]
+  if stub is not tool and not stub.__doc__:
+    stub.__doc__ = tool.__doc__
+  app.run(lambda argv: guarded(main, argv), flags_parser=parse_flags)

@@ -39,7 +39,7 @@ HOSTS=$(( CHIPS / CHIPS_PER_HOST ))
 WORKDIR="${WORKDIR:-runs/$NAME}"; WORKDIR="${WORKDIR#/}"; DATA="${DATA#/}"
 MOUNT="/gcs/$BUCKET"
 
-TRAIN=(python3 -m bert_jax.pretrain --config="$CONFIG" --workdir="$MOUNT/$WORKDIR"
+TRAIN=(python3 -m bert_jax.cli.pretrain --config="$CONFIG" --workdir="$MOUNT/$WORKDIR"
        --config.data.dir="$MOUNT/$DATA" --config.data.vocab="$VOCAB" "$@")
 TRAIN_LINE="$(quote_words "${TRAIN[@]}")"
 # The pod installs bert_jax at start (bake it into --image for production); GKE sets

@@ -15,7 +15,7 @@ DELAY_S = 45  # Longer than gloo's fixed 30 s.
 # Runs the pretraining CLI with the first batch of this process delayed by DELAY_S seconds.
 _SLOW_FIRST_BATCH = f"""
 import sys, time
-from bert_jax import pretrain
+from bert_jax.cli import pretrain
 from bert_jax.data import shards
 _next, _first = shards.ShardedIterator.__next__, [True]
 def _slow_next(self):
@@ -24,7 +24,7 @@ def _slow_next(self):
     time.sleep({DELAY_S})
   return _next(self)
 shards.ShardedIterator.__next__ = _slow_next
-sys.argv = ["bert_jax.pretrain"] + sys.argv[1:]
+sys.argv = ["bert_jax.cli.pretrain"] + sys.argv[1:]
 pretrain.run()
 """
 
