@@ -14,23 +14,11 @@ import os
 import pathlib
 
 import jax
+
 from bert_jax import train
 
-TASK_CLASSES = {
-    "classification": ("bert_jax.tasks.classification", "ClassificationTask"),
-    "ner": ("bert_jax.tasks.ner", "NerTask"),
-    "squad": ("bert_jax.tasks.squad", "SquadTask"),
-}
 LOWER_IS_BETTER = ("mse",)
 DEFAULT_VOCAB = pathlib.Path(__file__).parent / "resources" / "bert-base-uncased-vocab.txt"
-
-
-def task_class(name: str):
-  import importlib
-  if name not in TASK_CLASSES:
-    raise ValueError(f"config.task={name!r} is not one of {sorted(TASK_CLASSES)}.")
-  module, cls = TASK_CLASSES[name]
-  return getattr(importlib.import_module(module), cls)
 
 
 # ----------------------------------------------------------------------------- model source
@@ -115,20 +103,18 @@ def _best_value(path: pathlib.Path):
 
 def make_task(config, workdir: str):
   """(train.Task, resolved config, task data) for `config`."""
-  from bert_jax import model_dir
   from bert_jax import flops as flops_lib
-  from bert_jax.pretraining import _shape_identity
+  from bert_jax import model_dir, tasks
+  from bert_jax.errors import DataError
   from bert_jax.tasks import common
 
   bert_config, tokenizer, conv = load_source(config)
   try:
-    data = task_class(config.task)(config, tokenizer)
-  except common.DataError as e:
+    data = tasks.task_class(config.task)(config, tokenizer)
+  except DataError as e:
     raise train.TrainingError(str(e)) from None
-  arch = data.architecture
-  known = {"classification": ("accuracy", "f1", "matthews", "pearson", "spearman", "mse"),
-           "ner": ("f1", "precision", "recall"),
-           "squad": ("exact_match", "f1", "HasAns_exact", "HasAns_f1")}[config.task]
+  arch = tasks.TASKS[config.task].architecture
+  known = tasks.TASKS[config.task].metrics
   if data.metric.split("_", 1)[-1] not in known and data.metric not in known \
       and not data.metric.startswith("f1_"):
     raise train.TrainingError(f"train.metric={data.metric!r} is not a {config.task} metric; "
@@ -144,35 +130,32 @@ def make_task(config, workdir: str):
   metric = data.metric
   best_dir = pathlib.Path(workdir) / "best"
   best = {"value": _best_value(best_dir)}
-  last = {"records": []}
 
-  def evaluate(model, mesh):
-    results, last["records"] = data.evaluate(model, mesh, tc.eval_batch_size)
+  def evaluate(model, mesh, step):
+    """The dev metrics; a model better than the best so far becomes WORKDIR/best."""
+    results, records = data.evaluate(model, mesh, tc.eval_batch_size)
     if metric not in results:
       raise train.TrainingError(f"train.metric={metric!r} is not among this task's metrics "
                                 f"{sorted(results)}.")
-    return results
-
-  def on_eval(step, results, model):
     value = results[metric]
     lower = metric in LOWER_IS_BETTER
     old = best["value"]
     if value != value or (old is not None and (value >= old if lower else value <= old)):
-      return  # NaN or no better than the best so far.
+      return results  # NaN or no better than the best so far.
     best["value"] = value
-    if jax.process_index() != 0:
-      return
-    model_dir.save_model_dir(
-        best_dir, model, tokenizer, overwrite=True,
-        extra_info={**data.info(), "metric": metric, "metric_value": value,
-                    "step": int(step), "eval": results, "init_from": config.init_from})
-    common.write_jsonl(pathlib.Path(workdir) / "dev_predictions.jsonl", last["records"])
+    if jax.process_index() == 0:
+      model_dir.save_model_dir(
+          best_dir, model, tokenizer, overwrite=True,
+          extra_info={**data.info(), "metric": metric, "metric_value": value,
+                      "step": int(step), "eval": results, "init_from": config.init_from})
+      common.write_jsonl(pathlib.Path(workdir) / "dev_predictions.jsonl", records)
+    return results
 
   def train_iter():
     return common.EpochIterator(data.train_arrays, tc.batch_size, tc.seed,
                                 jax.process_index(), jax.process_count())
 
-  identity = {"bert_config": _shape_identity(bert_config),
+  identity = {"bert_config": bert_config.shape_identity(),
               "vocab_fingerprint": tokenizer.fingerprint, "architecture": arch,
               "labels": list(data.label_names), "num_labels": data.num_labels}
   task = train.Task(
@@ -185,7 +168,6 @@ def make_task(config, workdir: str):
       tokens_per_example=seq_len,
       flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, seq_len, 0),
       evaluate=evaluate,
-      on_eval=on_eval,
   )
   return task, config, data
 

@@ -14,16 +14,12 @@ writes; a converted HF head works too). Inputs and outputs per task:
 """
 from __future__ import annotations
 
-import importlib
 import json
 import pathlib
 
+from bert_jax import tasks
 from bert_jax.errors import ModelFileError
 
-ARCHITECTURE_TASKS = {"BertForSequenceClassification": "classification",
-                      "BertForTokenClassification": "ner", "BertForQuestionAnswering": "squad"}
-TASK_MODULES = {"classification": "bert_jax.tasks.classification", "ner": "bert_jax.tasks.ner",
-                "squad": "bert_jax.tasks.squad"}
 SQUAD_DEFAULTS = dict(max_seq_length=384, doc_stride=128, max_query_length=64)
 
 
@@ -34,8 +30,8 @@ class PredictError(ModelFileError):
 def checkpoint_task(info: dict, path) -> tuple[str, dict]:
   """(task name, info with defaults) of a model directory's model_info; refuses head-less ones."""
   arch = info.get("architecture", "BertModel")
-  task = info.get("task") or ARCHITECTURE_TASKS.get(arch)
-  if task is None or ARCHITECTURE_TASKS.get(arch) != task:
+  task = info.get("task") or tasks.ARCHITECTURE_TASKS.get(arch)
+  if task is None or tasks.ARCHITECTURE_TASKS.get(arch) != task:
     raise PredictError(f"{path} is a {arch} without a task head (classification, NER or QA); "
                        f"fine-tune it first with `bert-jax-finetune`.")
   info = dict(info)
@@ -68,5 +64,5 @@ def predict_file(checkpoint, input_path, *, batch_size: int = 32, task: str = ""
     raise PredictError(f"--input={input_path} does not exist.")
   model = loading.load_model(path)
   tokenizer = Tokenizer.from_dir(path)
-  module = importlib.import_module(TASK_MODULES[name])
+  module = tasks.task_module(name)
   return module.predict(model, tokenizer, info, input_path, batch_size, overrides or {})

@@ -59,9 +59,25 @@ def pretraining_loss(model: BertForPreTraining, batch: dict, dropout_rng):
   }
 
 
+def pretraining_eval_metrics(model: BertForPreTraining, batch: dict):
+  """The loss's metrics without dropout, plus the histogram of the masked tokens' ids.
+
+  The histogram (summed over the global batch, so over every process) gives the unigram
+  baseline in `_summarize`.
+  """
+  _, metrics = pretraining_loss(model, batch, None)
+  ids_BxP = batch["masked_lm_ids"]
+  masked_BxP = (batch["masked_lm_weights"] > 0).astype(jnp.float32)
+  vocab_size = model.config.vocab_size
+  hist_V = jnp.zeros((vocab_size,), jnp.float32).at[ids_BxP.reshape(-1)].add(
+      masked_BxP.reshape(-1))
+  metrics["masked_id_histogram"] = (hist_V, jnp.sum(masked_BxP))
+  return metrics
+
+
 def _summarize(means: dict, sums: dict) -> dict:
   """Adds the unigram baseline: accuracy of always predicting the most frequent masked token."""
-  hist = sums.get("masked_id_histogram")
+  hist = sums.get("masked_id_histogram", (None,))[0]
   if hist is not None and np.sum(hist) > 0:
     means["unigram_baseline_mlm_accuracy"] = float(np.max(hist) / np.sum(hist))
     means["unigram_baseline_token_id"] = int(np.argmax(hist))
@@ -109,7 +125,7 @@ def model_task(config, vocab_size: int) -> train.Task:
       model_factory=lambda rngs: BertForPreTraining(bert_config, rngs=rngs),
       loss_fn=pretraining_loss,
       train_iter=no_data,
-      identity={"bert_config": _shape_identity(bert_config)},
+      identity={"bert_config": bert_config.shape_identity()},
       tokens_per_example=d.seq_len,
       flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, d.seq_len,
                                                        d.max_predictions),
@@ -119,6 +135,7 @@ def model_task(config, vocab_size: int) -> train.Task:
 def make_task(config) -> train.Task:
   """The pretraining Task for `config` (reads the dataset's metadata, checks the vocabulary)."""
   from bert_jax import input_pipeline
+  from bert_jax.data import shards as data_shards
 
   data_dir = config.data.dir
   if not data_dir or not os.path.isdir(data_dir):
@@ -131,7 +148,7 @@ def make_task(config) -> train.Task:
   task = model_task(config, tokenizer.vocab_size)
   bert_config = bert_config_from(config.model, tokenizer.vocab_size)
   d = config.data
-  shards = train.local_shards(d.num_shards)
+  shards = data_shards.local_shards(d.num_shards)
   num_shards = d.num_shards or jax.process_count()
   if config.train.batch_size % num_shards:
     raise train.TrainingError(
@@ -144,23 +161,18 @@ def make_task(config) -> train.Task:
                 tokenizer=tokenizer, process_count=num_shards)
 
   def train_iter():
-    return train.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(
+    return data_shards.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(
         data_dir, "train", batch_size=per_shard, seed=config.train.seed, process_index=s,
         **common)) for s in shards})
 
   def eval_batches():
-    its = train.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(
+    its = data_shards.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(
         data_dir, "validation", batch_size=per_shard, seed=config.train.seed + 1,
         num_epochs=None, shuffle=False, process_index=s, **common)) for s in shards})
     # A fixed count on every process (repeating a small split) keeps multi-host evaluation in
     # lockstep; the batches are the same at every evaluation.
     for _ in range(d.eval_batches):
       yield next(its)
-
-  def eval_extra(batch):
-    w = np.asarray(batch["masked_lm_weights"]) > 0
-    ids = np.asarray(batch["masked_lm_ids"])[w]
-    return {"masked_id_histogram": np.bincount(ids, minlength=tokenizer.vocab_size)}
 
   def init_params():
     return load_init_params(config.init_from, bert_config)
@@ -171,16 +183,9 @@ def make_task(config) -> train.Task:
       eval_batches=eval_batches,
       init_params=init_params if config.init_from else None,
       identity={**task.identity, "vocab_fingerprint": tokenizer.fingerprint},
-      eval_extra=eval_extra,
+      eval_metrics=pretraining_eval_metrics,
       summarize=_summarize,
   )
-
-
-def _shape_identity(config: BertConfig) -> dict:
-  """The fields that decide parameter shapes (dtype, dropout etc. may change across resumes)."""
-  keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-          "intermediate_size", "max_position_embeddings", "type_vocab_size")
-  return {k: getattr(config, k) for k in keys}
 
 
 def load_init_params(path: str, bert_config: BertConfig) -> dict:
@@ -191,10 +196,10 @@ def load_init_params(path: str, bert_config: BertConfig) -> dict:
         f"init_from={path!r} is not a bert_jax model directory (bert_config.json, params/); "
         f"convert a checkpoint with `bert-jax-convert` or point at a pretraining WORKDIR/model.")
   src_config, _, params = model_dir.read_model_dir(path)
-  if _shape_identity(src_config) != _shape_identity(bert_config):
+  if src_config.shape_identity() != bert_config.shape_identity():
     raise train.TrainingError(
-        f"init_from={path!r} has model shape {_shape_identity(src_config)} but the config asks "
-        f"for {_shape_identity(bert_config)}; make the model section match the checkpoint.")
+        f"init_from={path!r} has model shape {src_config.shape_identity()} but the config asks "
+        f"for {bert_config.shape_identity()}; make the model section match the checkpoint.")
   return params
 
 

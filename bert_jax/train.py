@@ -50,73 +50,28 @@ class Task:
 
   model_factory(rngs) builds the model; loss_fn(model, batch, dropout_rng) returns
   (scalar loss, metrics); train_iter() returns an iterator of host batches (numpy dicts, the
-  process's share of the global batch) with get_state()/set_state(); eval_batches() yields
-  evaluation batches; summarize(metric_means, sums) may add derived eval figures.
+  process's share of the global batch) with get_state()/set_state().
   identity is stored with checkpoints: a workdir holding another identity is refused.
+
+  Evaluation is one of two kinds:
+  - sums: the jitted eval step runs eval_metrics(model, batch) (default: loss_fn's metrics
+    without dropout) over eval_batches() and sums them over batches and processes; a metric's
+    sum may be an array (a histogram), which summarize(means, sums) turns into figures;
+  - evaluate(model, mesh, step) -> {name: value}, for metrics that need all predictions
+    (F1, MCC, SQuAD); it runs on every process and may keep the best model.
   """
   name: str
   model_factory: Callable[[nnx.Rngs | None], nnx.Module]
   loss_fn: Callable[[nnx.Module, dict, jax.Array | None], tuple[jax.Array, Metrics]]
   train_iter: Callable[[], Iterator[dict]]
   eval_batches: Callable[[], Iterable[dict]] | None = None
+  eval_metrics: Callable[[nnx.Module, dict], Metrics] | None = None
+  summarize: Callable[[dict[str, float], dict], dict[str, float]] | None = None
+  evaluate: Callable[[nnx.Module, Any, int], dict[str, float]] | None = None
   init_params: Callable[[], dict] | None = None  # Params merged into a fresh init by name.
   identity: dict = dataclasses.field(default_factory=dict)
   tokens_per_example: int = 0
   flops_per_example: float = 0.0
-  eval_extra: Callable[[dict], dict] | None = None  # Host batch -> extra eval sums.
-  summarize: Callable[[dict[str, float], dict[str, float]], dict[str, float]] | None = None
-  # Replaces the sum/weight evaluation when metrics need all predictions (F1, MCC, SQuAD):
-  # evaluate(model_with_trained_params, mesh) -> {name: value}.
-  evaluate: Callable[[nnx.Module, Any], dict[str, float]] | None = None
-  # Called after every evaluation on process 0's side of the loop, e.g. to keep the best model:
-  # on_eval(step, eval_results, model_with_trained_params).
-  on_eval: Callable[[int, dict[str, float], nnx.Module], None] | None = None
-
-
-# ----------------------------------------------------------------------------- data shards
-
-
-def local_shards(num_shards: int) -> list[int]:
-  """The data shards this process feeds: a contiguous block of `num_shards` (0 = one per process).
-
-  Fixing the number of data shards independently of the process count keeps the global batch
-  stream identical when a run moves between 1 and N processes (each shard keeps its own
-  iterator and its own saved position).
-  """
-  n, count, index = num_shards or jax.process_count(), jax.process_count(), jax.process_index()
-  if n % count:
-    raise TrainingError(f"data.num_shards={n} is not a multiple of the {count} processes; make "
-                        f"it one (0 means one shard per process).")
-  per = n // count
-  return list(range(index * per, (index + 1) * per))
-
-
-class ShardedIterator:
-  """Concatenates per-shard host batches along the batch axis; state is per shard."""
-
-  def __init__(self, iterators: dict[int, Iterator[dict]]):
-    self.iterators = iterators
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    parts = [next(it) for it in self.iterators.values()]
-    if len(parts) == 1:
-      return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-  def get_state(self) -> dict:
-    return {"shards": {str(s): it.get_state() for s, it in self.iterators.items()}}
-
-  def set_state(self, state: dict) -> None:
-    shards = state.get("shards", {})
-    missing = [s for s in self.iterators if str(s) not in shards]
-    if missing:
-      raise TrainingError(f"The checkpoint has no data position for shards {missing}; resume "
-                          f"with the data.num_shards the run started with.")
-    for s, it in self.iterators.items():
-      it.set_state(shards[str(s)])
 
 
 # ----------------------------------------------------------------------------- state
@@ -228,10 +183,15 @@ def jit_train_step(task: Task, config, graphdef, tx, schedule, shardings):
       in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
 
 
-def make_eval_step(graphdef, loss_fn):
+def make_eval_step(graphdef, loss_fn, eval_metrics=None):
+  """eval_step(params, batch) -> metrics: eval_metrics(model, batch), else loss_fn's metrics
+  without dropout. The batch is global, so the sums cover every process's rows."""
 
   def eval_step(params, batch):
-    _, metrics = loss_fn(nnx.merge(graphdef, params), batch, None)
+    model = nnx.merge(graphdef, params)
+    if eval_metrics is not None:
+      return eval_metrics(model, batch)
+    _, metrics = loss_fn(model, batch, None)
     return metrics
 
   return eval_step
@@ -247,11 +207,17 @@ def to_global(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
 
 
 def host_means(sums: dict) -> dict[str, float]:
-  return {k: float(s) / float(w) if float(w) else float("nan") for k, (s, w) in sums.items()}
+  """sum / weight of each scalar metric (array sums, e.g. histograms, are left to summarize)."""
+  return {k: float(s) / float(w) if float(w) else float("nan") for k, (s, w) in sums.items()
+          if np.ndim(s) == 0}
+
+
+def _to_host(x):
+  return float(x) if np.ndim(x) == 0 else np.asarray(x, np.float64)
 
 
 def _accumulate(total: dict | None, metrics: dict) -> dict:
-  metrics = {k: (float(s), float(w)) for k, (s, w) in jax.device_get(metrics).items()}
+  metrics = {k: (_to_host(s), _to_host(w)) for k, (s, w) in jax.device_get(metrics).items()}
   if total is None:
     return metrics
   return {k: (total[k][0] + s, total[k][1] + w) for k, (s, w) in metrics.items()}
@@ -350,7 +316,10 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
 
   train_step = multihost.SyncedCompile(
       jit_train_step(task, config, graphdef, tx, schedule, shardings), "train_step")
-  eval_step = multihost.SyncedCompile(jax.jit(make_eval_step(graphdef, task.loss_fn)), "eval_step")
+  # Replicated results: every process reads the same global sums.
+  eval_step = multihost.SyncedCompile(
+      jax.jit(make_eval_step(graphdef, task.loss_fn, task.eval_metrics),
+              out_shardings=NamedSharding(mesh, P())), "eval_step")
   rng = jax.random.key(tc.seed)
 
   it = task.train_iter()
@@ -454,29 +423,15 @@ def task_means(task: Task, sums: dict) -> dict[str, float]:
 
 def evaluate(task: Task, eval_step, params, mesh, graphdef=None, step: int = 0
              ) -> dict[str, float]:
-  """Evaluates with task.evaluate, else eval_step over task.eval_batches() (host-reduced sums)."""
+  """task.evaluate(model, mesh, step), else eval_step's sums over task.eval_batches()."""
   if task.evaluate is not None:
-    results = task.evaluate(nnx.merge(graphdef, params), mesh)
-  else:
-    results = _evaluate_sums(task, eval_step, params, mesh)
-  if task.on_eval is not None and results:
-    task.on_eval(step, results, nnx.merge(graphdef, params))
-  return results
-
-
-def _evaluate_sums(task: Task, eval_step, params, mesh) -> dict[str, float]:
+    return task.evaluate(nnx.merge(graphdef, params), mesh, step)
   total = None
-  extra: dict[str, float] = {}
   for host_batch in task.eval_batches():
     total = _accumulate(total, eval_step(params, to_global(host_batch, mesh)))
-    if task.eval_extra is not None:
-      for k, v in task.eval_extra(host_batch).items():
-        extra[k] = extra.get(k, 0) + v
   if total is None:
     return {}
-  means = host_means(total)
-  extra = multihost.host_sum(extra)  # Host-side sums cover only this process's batches.
-  return task.summarize(means, {**total, **extra}) if task.summarize else means
+  return task_means(task, total)
 
 
 def _diff(old: dict | None, new: dict) -> str:

@@ -23,10 +23,11 @@ WORKDIR/dev_predictions.jsonl holds that model's predictions on the dev set.
 """
 from ml_collections import ConfigDict
 
+from bert_jax import tasks
 from bert_jax.configs import common
 
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-TASKS = ("classification", "ner", "squad") + GLUE_TASKS
+GLUE_TASKS = tasks.GLUE_TASKS  # run as task=classification with data.glue_task
+TASKS = tuple(tasks.TASKS) + GLUE_TASKS
 
 
 def _parse(arg: str) -> tuple[str, bool]:
