@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import sys
 
 import numpy as np
 from train_helpers import REPO, committed_steps  # noqa: F401 (the fault tests import it here)
@@ -19,13 +18,20 @@ NUM_STEPS = 40
 
 
 def tiny_config(data_dir, vocab, num_steps=NUM_STEPS):
-  sys.path.insert(0, str(REPO / "configs"))
-  import pretrain as pretrain_configs
+  """The config FAULT_RUN gives on the command line, for runs in this process."""
+  from bert_jax.configs import pretrain as pretrain_configs
   c = pretrain_configs.get_config("tiny")
   c.data.update(dir=str(data_dir), vocab=str(vocab), eval_batches=8)
   c.train.update(num_steps=num_steps, eval_every=10, log_every=1)
   c.checkpoint.update(every_steps=5, async_save=True, max_to_keep=100)
   return c
+
+
+def run_in_process(workdir, data_dir, vocab, num_steps=NUM_STEPS) -> dict:
+  """The FAULT_RUN pretraining in this process (one device, as the CLI runs get): where no
+  kill, device count or second process is needed, the same run without a new interpreter."""
+  from bert_jax import pretraining
+  return pretraining.train_and_evaluate(tiny_config(data_dir, vocab, num_steps), str(workdir))
 
 
 def restore(workdir, step, data_dir, vocab):

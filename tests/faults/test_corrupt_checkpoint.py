@@ -8,10 +8,18 @@ import os
 import shutil
 
 import pytest
-from faults.fault_helpers import FAULT_RUN, committed_steps, equal_trees, restore, snapshot, unchanged
 from train_helpers import final_params, losses, run_pretrain
 
 from bert_jax.checkpoint import CheckpointError
+from faults.fault_helpers import (
+  FAULT_RUN,
+  committed_steps,
+  equal_trees,
+  restore,
+  run_in_process,
+  snapshot,
+  unchanged,
+)
 
 
 def _biggest_data_file(step_dir):
@@ -80,7 +88,7 @@ def test_cli_refuses_then_falls_back_as_told(corrupt_copy, fault_reference, pret
   assert "Traceback" not in proc.stderr
   assert not unchanged(before, snapshot(wd))  # Nothing changed or deleted.
   shutil.move(wd / "checkpoints" / "40", wd.parent / "step40-corrupt")  # The advice.
-  run_pretrain(wd, pretrain_dataset, vocab_path, *FAULT_RUN)
+  run_in_process(wd, pretrain_dataset, vocab_path)
   assert committed_steps(wd) == list(range(5, 45, 5))
   assert equal_trees(final_params(wd), final_params(fault_reference))
   ref = losses(fault_reference)

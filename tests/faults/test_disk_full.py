@@ -8,8 +8,16 @@ import shutil
 import subprocess
 
 import pytest
-from faults.fault_helpers import FAULT_RUN, committed_steps, equal_trees, snapshot, unchanged
-from train_helpers import REPO, env_for, final_params, losses, pretrain_cmd, run_pretrain
+from train_helpers import REPO, env_for, final_params, losses, pretrain_cmd
+
+from faults.fault_helpers import (
+  FAULT_RUN,
+  committed_steps,
+  equal_trees,
+  run_in_process,
+  snapshot,
+  unchanged,
+)
 
 
 def _limit_file_size():
@@ -40,6 +48,6 @@ def test_write_error_during_save_keeps_previous_checkpoint(tmp_path, fault_refer
   assert committed_steps(wd) == [5, 10, 15, 20]
   assert not unchanged(before, snapshot(wd / "checkpoints"))
   assert list((wd / "checkpoints").glob("25.orbax-checkpoint-tmp*"))  # The partial step.
-  run_pretrain(wd, pretrain_dataset, vocab_path, *FAULT_RUN)  # Resumes from 20, not 25.
+  run_in_process(wd, pretrain_dataset, vocab_path)  # Resumes from 20, not 25.
   assert losses(wd) == losses(fault_reference)
   assert equal_trees(final_params(wd), final_params(fault_reference))

@@ -13,16 +13,18 @@ import time
 
 import numpy as np
 import pytest
+from train_helpers import REPO, env_for, final_params, losses, pretrain_cmd
+
 from faults.fault_helpers import (
   FAULT_RUN,
   NUM_STEPS,
   committed_steps,
   equal_trees,
   restore,
+  run_in_process,
   snapshot,
   unchanged,
 )
-from train_helpers import REPO, env_for, final_params, losses, pretrain_cmd, run_pretrain
 
 KINDS = ("step", "async_write", "before_commit", "eval")
 KILLS = 10
@@ -121,7 +123,7 @@ def test_kill9_at_ten_random_moments_resumes_bitwise(tmp_path, fault_reference, 
     assert not unchanged(committed_before, snapshot(*(wd / "checkpoints" / str(s)
                                                       for s in committed_steps(wd)))), log[-1]
   assert _last_step(wd) < NUM_STEPS, log
-  run_pretrain(wd, pretrain_dataset, vocab_path, *FAULT_RUN)
+  run_in_process(wd, pretrain_dataset, vocab_path)
   print("\n".join(log))
 
   assert losses(wd) == losses(fault_reference)  # Re-run steps logged the same loss too.

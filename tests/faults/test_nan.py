@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from faults.fault_helpers import committed_steps, restore, tiny_config
 
 from bert_jax import pretraining, train
+from faults.fault_helpers import committed_steps, restore, tiny_config
 
 BAD_STEP = 8  # 1-based: the 8th update sees the poisoned batch.
 

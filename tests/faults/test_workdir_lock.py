@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from faults.fault_helpers import committed_steps, snapshot, unchanged
 from train_helpers import REPO, env_for, losses, pretrain_cmd, run_pretrain
 
 from bert_jax.checkpoint import CheckpointError, WorkdirLock
+from faults.fault_helpers import committed_steps, snapshot, unchanged
 
 LONG = ("--config.train.num_steps=100000", "--config.checkpoint.every_steps=50",
         "--config.train.log_every=1")
