@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 
 demo: $(VENV)/.installed
-	$(PY) -m bert_jax.demo --workdir=$(WORKDIR) $(DEMO_ARGS)
+	$(PY) -m bert_jax.cli.demo --workdir=$(WORKDIR) $(DEMO_ARGS)
 
 # Peers (PyTorch 2.13, transformers 4.57.6 Flax) live in their own venv: .venv-bench.
 bench: $(STAMP)

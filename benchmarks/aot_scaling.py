@@ -38,7 +38,7 @@ def key(row) -> str:
 
 def run_row(row) -> dict:
   model, seq, topology, fsdp = row
-  cmd = [sys.executable, "-m", "bert_jax.aot", f"--config=configs/pretrain.py:{MODELS[model, seq]}",
+  cmd = [sys.executable, "-m", "bert_jax.cli.aot", f"--config=configs/pretrain.py:{MODELS[model, seq]}",
          f"--topology={topology}", "--config.mesh.data=-1", f"--config.mesh.fsdp={fsdp}",
          "--config.mesh.tensor=1", f"--batch_per_chip={BATCH_PER_CHIP[seq]}", "--json"]
   t0 = time.time()

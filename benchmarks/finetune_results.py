@@ -119,7 +119,7 @@ def run_one(name: str, out: pathlib.Path, model_dir: pathlib.Path) -> dict:
             "train_seconds": round(summary["train_seconds"], 1), "steps": summary["step"],
             "train_examples": summary["num_train_examples"],
             "eval": {k: round(v, 4) for k, v in summary["eval"].items()},
-            "command": "python -m bert_jax.finetune --config=configs/finetune.py:" + arg
+            "command": "python -m bert_jax.cli.finetune --config=configs/finetune.py:" + arg
                        + f" --workdir={workdir} --config.init_from={model_dir} "
                        + " ".join(f"--config.{k}={v}" for k, v in overrides.items())}
   if name == "squad":

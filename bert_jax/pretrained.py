@@ -41,7 +41,8 @@ class BertTokenizer(tokenization.Tokenizer):
     """A vocab.txt / SentencePiece .model file, or a folder holding one (bert_jax, HF, TF1)."""
     path = pathlib.Path(path)
     if not path.exists():
-      raise FileNotFoundError(f"{path} does not exist; pass a model folder or a vocab.txt file.")
+      raise errors.MissingFileError(f"{path} does not exist; pass a model folder or a vocab.txt "
+                                    "file.")
     if path.is_file():
       tok = cls.from_vocab(path, do_lower_case)
     elif do_lower_case is not None:
@@ -61,7 +62,7 @@ class BertTokenizer(tokenization.Tokenizer):
     path = pathlib.Path(path)
     existing = path / tokenization.VOCAB_FILE
     if existing.is_file() and existing.read_bytes() != self.vocab_path.read_bytes():
-      raise FileExistsError(f"{existing} holds another vocabulary; save to another folder.")
+      raise errors.ExistsError(f"{existing} holds another vocabulary; save to another folder.")
     self.save(path)
     return path
 

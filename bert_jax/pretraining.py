@@ -1,5 +1,6 @@
 """Pretraining (MLM + NSP/SOP) as a `train.Task`, and `train_and_evaluate(config, workdir)`,
-the library function behind `python -m bert_jax.pretrain`, `make demo` and the notebooks."""
+the library function behind `bert-jax-pretrain` (bert_jax/cli/pretrain.py), `make demo` and
+the notebooks."""
 from __future__ import annotations
 
 import dataclasses

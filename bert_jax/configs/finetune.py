@@ -5,20 +5,20 @@ or a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli: set data.dir
 folder with train.tsv / dev.tsv). `tiny` shrinks everything to a 1-layer model and 2 steps (tests).
 
   # Sentiment from a headerless CSV `label,text`, 80/20 seeded split, from a converted checkpoint:
-  python -m bert_jax.finetune --config=configs/finetune.py:task=classification \
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=classification \
     --workdir=/tmp/sent --config.init_from=MODEL_DIR --config.data.train_file=polarity-en.csv \
     --config.data.label_column=0 --config.data.text_column=1
   # NER (WikiGold, IO tags trained as BIO), SQuAD, GLUE MRPC:
-  python -m bert_jax.finetune --config=configs/finetune.py:task=ner --workdir=/tmp/ner \
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=ner --workdir=/tmp/ner \
     --config.init_from=MODEL_DIR --config.data.train_file=tests/data/wikigold.conll.txt
-  python -m bert_jax.finetune --config=configs/finetune.py:task=squad --workdir=/tmp/qa \
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=squad --workdir=/tmp/qa \
     --config.init_from=MODEL_DIR --config.data.train_file=train-v2.0.json \
     --config.data.dev_file=dev-v2.0.json
-  python -m bert_jax.finetune --config=configs/finetune.py:task=mrpc --workdir=/tmp/mrpc \
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=mrpc --workdir=/tmp/mrpc \
     --config.init_from=MODEL_DIR --config.data.dir=glue_data/MRPC
 
 WORKDIR/best is the best model by train.metric (a bert_jax model directory with its tokenizer and
-label names, what `python -m bert_jax.predict --checkpoint=WORKDIR/best` reads);
+label names, what `python -m bert_jax.cli.predict --checkpoint=WORKDIR/best` reads);
 WORKDIR/dev_predictions.jsonl holds that model's predictions on the dev set.
 """
 from ml_collections import ConfigDict

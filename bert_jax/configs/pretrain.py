@@ -1,16 +1,16 @@
 """Pretraining configs: `--config=configs/pretrain.py:VARIANT` with VARIANT in
 tiny | demo | base | base_phase2 | large | large_phase2.
 
-  tiny  (tests, seconds):   python -m bert_jax.pretrain --config=configs/pretrain.py:tiny \
+  tiny  (tests, seconds):   bert-jax-pretrain --config=configs/pretrain.py:tiny \
                               --workdir=/tmp/tiny --config.data.dir=DATA
   demo  (2-core CPU, 10 min; what `make demo` runs through bert_jax.demo):
-                            python -m bert_jax.pretrain --config=configs/pretrain.py:demo \
+                            bert-jax-pretrain --config=configs/pretrain.py:demo \
                               --workdir=/tmp/demo --config.data.dir=DATA
   base  phase 1 (seq 128, 90% of steps) then phase 2 (seq 512, init from phase 1), as in the
         BERT paper (Devlin et al. 2019, appendix A.2; batch 256, 1M steps total):
-                            python -m bert_jax.pretrain --config=configs/pretrain.py:base \
+                            bert-jax-pretrain --config=configs/pretrain.py:base \
                               --workdir=/gcs/BUCKET/base128 --config.data.dir=/gcs/BUCKET/data
-                            python -m bert_jax.pretrain --config=configs/pretrain.py:base_phase2 \
+                            bert-jax-pretrain --config=configs/pretrain.py:base_phase2 \
                               --workdir=/gcs/BUCKET/base512 --config.data.dir=/gcs/BUCKET/data \
                               --config.init_from=/gcs/BUCKET/base128/model
   large, large_phase2: the same for BERT-large.

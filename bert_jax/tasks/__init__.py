@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+from bert_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
@@ -34,7 +36,7 @@ ARCHITECTURE_TASKS = {spec.architecture: name for name, spec in TASKS.items()}
 def task_module(name: str):
   """The module of task `name` (classification, ner or squad)."""
   if name not in TASKS:
-    raise ValueError(f"config.task={name!r} is not one of {sorted(TASKS)}.")
+    raise ConfigError(f"config.task={name!r} is not one of {sorted(TASKS)}.")
   return importlib.import_module(TASKS[name].module)
 
 
