@@ -37,7 +37,7 @@ def _fold(key: jax.Array | None, i: int) -> jax.Array | None:
 class ModernBertOutput(NamedTuple):
   last_hidden_state: jax.Array  # [B, L, D] f32 (after the final norm)
   pooler_output: jax.Array | None = None  # ModernBERT has no pooler; kept for BertOutput's shape.
-  hidden_states: tuple[jax.Array, ...] | None = None  # embeddings + each layer (before final norm)
+  hidden_states: tuple[jax.Array, ...] | None = None  # embeddings, each layer; last one normed
   attentions: tuple[jax.Array, ...] | None = None  # each layer, [B, N, L, M]
 
 
@@ -244,8 +244,9 @@ class ModernBertModel(nnx.Module):
                             _fold(layer_rng, i), output_attentions)
       hidden.append(x_BxLxD)
       attentions.append(probs)
-    return ModernBertOutput(self.final_norm(x_BxLxD), None,
-                            tuple(hidden) if output_hidden_states else None,
+    x_BxLxD = self.final_norm(x_BxLxD)
+    hidden[-1] = x_BxLxD  # As transformers 5: the last entry is the final (normed) output.
+    return ModernBertOutput(x_BxLxD, None, tuple(hidden) if output_hidden_states else None,
                             tuple(attentions) if output_attentions else None)
 
 

@@ -144,8 +144,14 @@ def test_parity_with_transformers(shape_name, saved, batch):
       n = int(mask[r].sum())
       alone = hf.model(input_ids=_torch(input_ids[r:r + 1, :n])).last_hidden_state
       assert _max_diff(alone[0], ref_h[r, :n]) < 1e-5
-  out = model.model(input_ids, mask)
+  out = model.model(input_ids, mask, output_hidden_states=True)
   figures["hidden"] = _max_diff(out.last_hidden_state, ref_h.numpy(), mask)
+  with torch.no_grad():
+    ref_all = hf.model(input_ids=_torch(input_ids), attention_mask=_torch(mask),
+                       output_hidden_states=True).hidden_states
+  assert len(out.hidden_states) == len(ref_all) == hf.config.num_hidden_layers + 1
+  figures["all_layers"] = max(_max_diff(a, b.numpy(), mask)
+                              for a, b in zip(out.hidden_states, ref_all, strict=True))
   jit_logits = nnx.jit(lambda m, i, a: m(i, a))(model, input_ids, mask)
   figures["mlm"] = _max_diff(jit_logits, ref_logits.numpy(), mask)
 
