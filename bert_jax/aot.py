@@ -3,15 +3,16 @@
   bert-jax-aot --config=configs/pretrain.py:base --topology=v5e:16x16 \
       --config.mesh.data=16 --config.mesh.fsdp=16 --batch_per_chip=64 [--json]
 
-With `libtpu` installed (`pip install 'bert_jax[tpu]'`), JAX compiles for TPU devices it does not
-have (`jax.experimental.topologies`). The mesh, the abstract sharded train state and batch, and the
-jitted step come from the functions training uses (`pretraining.model_task`,
-`train.abstract_train_state`, `train.jit_train_step`); only the devices differ. Reported per chip:
-state and temporary memory against HBM, XLA's FLOPs beside the analytical count, the collectives in
-the compiled program, and a lower bound on step time. A configuration whose analytical memory
-estimate is clearly above HBM is refused before compiling (compiling BERT-large for 256 chips takes
-minutes on a laptop). `analyze` is the library function behind `bert-jax-aot`
-(bert_jax/cli/aot.py).
+With libtpu, JAX compiles for TPU devices it does not have (`jax.experimental.topologies`);
+`tpu_compiler` finds libtpu in a cache folder outside the venv (installed there once, so other JAX
+processes do not print TPU start-up errors) or, on a TPU VM, from the `[tpu]` extra. The mesh,
+the abstract sharded train state and batch, and the jitted step come from the functions training
+uses (`pretraining.model_task`, `train.abstract_train_state`, `train.jit_train_step`); only the
+devices differ. Reported per chip: state and temporary memory against HBM, XLA's FLOPs beside
+the analytical count, the collectives in the compiled program, and a lower bound on step time. A
+configuration whose analytical memory estimate is clearly above HBM is refused before compiling
+(compiling BERT-large for 256 chips takes minutes on a laptop). `analyze` is the library
+function behind `bert-jax-aot` (bert_jax/cli/aot.py).
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bert_jax import flops as flops_lib  # noqa: E402
-from bert_jax import optim, sharding, train  # noqa: E402
-from bert_jax.errors import ConfigError, UserError  # noqa: E402
+from bert_jax import optim, sharding, tpu_compiler, train  # noqa: E402
+from bert_jax.errors import ConfigError  # noqa: E402
+from bert_jax.tpu_compiler import CompilerMissingError  # noqa: E402, F401 (aot.CompilerMissingError)
 
 TPU_CHIPS = ("v4", "v5e", "v5p", "v6e")  # Keys of flops.CHIPS that topology names start with.
 # v4 and v5p run as megacore (one JAX device per chip, both TensorCores); v5e/v6e have one core.
@@ -50,10 +52,6 @@ class DoesNotFit(Exception):
   """The configuration needs more memory per chip than the chip has (message says what to do)."""
 
 
-class CompilerMissingError(UserError, RuntimeError):
-  """libtpu, the TPU compiler, is not installed."""
-
-
 def chip_of(topology: str) -> str:
   """'v5e:16x16' -> 'v5e' (a key of flops.CHIPS)."""
   name = topology.split(":")[0].lower()
@@ -67,13 +65,14 @@ def topology_devices(topology: str) -> list:
   """Compile-only TPU devices for `topology` (needs libtpu, not a TPU)."""
   from jax.experimental import topologies
   chip = chip_of(topology)
+  tpu_compiler.make_importable(topology)
   kwargs = {"chip_config_name": _CHIP_CONFIG[chip]} if chip in _CHIP_CONFIG else {}
   try:
     return list(topologies.get_topology_desc(topology, "tpu", **kwargs).devices)
   except RuntimeError as e:
     if "not installed" in str(e):
-      raise CompilerMissingError("The TPU compiler is not installed; `pip install 'bert_jax[tpu]'` "
-                         "(libtpu) and run again.") from None
+      raise CompilerMissingError(f"The TPU compiler (libtpu) could not be loaded; install it with "
+                                 f"`{tpu_compiler.install_command()}` and run again.") from None
     raise ConfigError(f"TPU topology {topology!r} was refused: {str(e).splitlines()[0]}; use a "
                       f"name like v5e:2x2, v4:2x2x4 or v5p:4x4x4.") from None
 
