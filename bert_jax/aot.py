@@ -128,32 +128,47 @@ class Setup:
   shardings: train.TrainState
   batch: dict
   estimate: dict
+  # Parameter dimensions a mesh axis of the rules does not divide (replicated instead).
+  indivisible: list = dataclasses.field(default_factory=list)
 
 
 def prepare(config, topology: str, vocab_size: int = 30522, batch_per_chip: int = 0) -> Setup:
   """Mesh, abstract state and batch, and the analytical memory estimate (nothing compiled)."""
+  from flax import nnx
+
   from bert_jax import pretraining
   chip = chip_of(topology)
   devices = topology_devices(topology)
   mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
-  if batch_per_chip:
-    config.train.batch_size = batch_per_chip * sharding.batch_axis_size(mesh)
-  train.validate_batch(config, mesh)
-  task = pretraining.model_task(config, vocab_size)
-  bert_config = pretraining.bert_config_from(config.model, vocab_size)
-  tx, _ = optim.create_optimizer(config.optimizer, config.train.num_steps)
-  _, abstract, shardings = train.abstract_train_state(task, tx, mesh, seed=config.train.seed)
+  with _config_rules(config):
+    if batch_per_chip:
+      config.train.batch_size = batch_per_chip * sharding.batch_axis_size(mesh)
+    train.validate_batch(config, mesh)
+    task = pretraining.model_task(config, vocab_size)
+    bert_config = pretraining.bert_config_from(config.model, vocab_size)
+    tx, _ = optim.create_optimizer(config.optimizer, config.train.num_steps)
+    _, abstract, shardings = train.abstract_train_state(task, tx, mesh, seed=config.train.seed)
+    abstract_vars = nnx.split(nnx.eval_shape(lambda: task.model_factory(nnx.Rngs(0))))[1]
+    indivisible = [sharding.describe_indivisible(row)
+                   for row in sharding.indivisible(abstract_vars, mesh)]
+    batch_axes = sharding.batch_axis_size(mesh)
   params = per_chip_bytes(abstract.params)
   opt = per_chip_bytes(abstract.opt_state)
-  micro = config.train.batch_size // (config.optimizer.grad_accum_steps
-                                      * sharding.batch_axis_size(mesh))
+  micro = config.train.batch_size // (config.optimizer.grad_accum_steps * batch_axes)
   acts = micro * activation_bytes_per_sequence(bert_config, config, mesh.shape["tensor"])
   # Gradients are one more f32 copy of the parameters (two with accumulation: sum and current).
   grads = params * (2 if config.optimizer.grad_accum_steps > 1 else 1)
   estimate = {"params": params, "optimizer": opt, "gradients": grads, "activations": acts,
               "total": params + opt + grads + acts}
-  return Setup(config, topology, chip, mesh, bert_config, task, abstract, shardings,
-               abstract_batch(config, mesh), estimate)
+  with _config_rules(config):
+    batch = abstract_batch(config, mesh)
+  return Setup(config, topology, chip, mesh, bert_config, task, abstract, shardings, batch,
+               estimate, indivisible)
+
+
+def _config_rules(config):
+  """The config's mesh.rules, installed as `train.run` installs them for training."""
+  return sharding.use_rules(sharding.rules_of(config.mesh))
 
 
 def check_estimate(setup: Setup) -> None:
@@ -195,20 +210,36 @@ def compile_step(setup: Setup):
   rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype,
                              sharding=jax.sharding.NamedSharding(setup.mesh,
                                                                  jax.sharding.PartitionSpec()))
-  with jax.set_mesh(setup.mesh):
+  with jax.set_mesh(setup.mesh), _config_rules(setup.config):
     return step.lower(setup.abstract, setup.batch, rng).compile()
+
+
+_COLLECTIVE_OP = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+# XLA:TPU emits a reduce-scatter as a fusion calling an `all-reduce-scatter` computation (an
+# all-reduce and a dynamic-slice inside): it is counted once, as a reduce-scatter, at the fusion.
+_FUSED_REDUCE_SCATTER = re.compile(r"=\s*(.*?)\sfusion\(.*calls=%?all-reduce-scatter")
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   """Counts (and result bytes) of each collective in compiled HLO text (async starts once)."""
   out = {c: {"count": 0, "bytes": 0} for c in COLLECTIVES}
-  op = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+  computation = ""
   for line in hlo_text.splitlines():
-    m = op.search(line)
-    if not m:
+    if line[:1] not in ("", " ", "\t") and line.rstrip().endswith("{"):  # A computation starts.
+      computation = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
       continue
-    out[m.group(2)]["count"] += 1
-    out[m.group(2)]["bytes"] += _shape_bytes(m.group(1), m.group(3) is not None)
+    if computation.startswith("all-reduce-scatter"):
+      continue  # The body of a fused reduce-scatter, counted at its fusion.
+    fused = _FUSED_REDUCE_SCATTER.search(line)
+    m = None if fused else _COLLECTIVE_OP.search(line)
+    if fused:
+      kind, type_text, is_start = "reduce-scatter", fused.group(1), False
+    elif m:
+      kind, type_text, is_start = m.group(2), m.group(1), m.group(3) is not None
+    else:
+      continue
+    out[kind]["count"] += 1
+    out[kind]["bytes"] += _shape_bytes(type_text, is_start)
   return out
 
 
@@ -290,6 +321,7 @@ def report_of(setup: Setup, compiled, mfu: float) -> dict:
       "tokens_per_s_per_chip": {"peak": tokens / step_s, "mfu": mfu,
                                 "at_mfu": mfu * tokens / step_s},
       "param_shardings_as_requested": shardings_match(compiled, setup),
+      "indivisible_dims": setup.indivisible,
   }
   report["fits"] = total <= spec["hbm_bytes"]
   if not report["fits"]:
@@ -337,6 +369,7 @@ def format_report(r: dict) -> str:
       f"{100 * tps['mfu']:.0f}% MFU",
       f"  parameter shardings  {sharded}",
   ]
+  lines += [f"  not sharded          {row}" for row in r.get("indivisible_dims", [])]
   if "seconds" in r:
     lines.append(f"compiled in {r['seconds']['compile']} s")
   if not r["fits"]:

@@ -62,7 +62,7 @@ def gather_positions(x_BxLxD: jax.Array, positions_BxP: jax.Array) -> jax.Array:
 class BertForPreTraining(nnx.Module):
   """BERT with its two pretraining heads (module names as HF's `bert` / `cls`)."""
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None = None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.bert = BertModel(config, rngs=rngs)
     self.predictions = BertLMPredictionHead(config, rngs=rngs)
@@ -86,7 +86,7 @@ class BertForPreTraining(nnx.Module):
 class BertForMaskedLM(nnx.Module):
   """BERT with the MLM head only (no pooler), as HF's BertForMaskedLM."""
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None = None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.bert = BertModel(config, rngs=rngs, add_pooling_layer=False)
     self.predictions = BertLMPredictionHead(config, rngs=rngs)
@@ -103,7 +103,7 @@ class BertForMaskedLM(nnx.Module):
 class BertForSequenceClassification(nnx.Module):
   """Pooled [CLS] -> dropout -> linear; `num_labels=1` is regression."""
 
-  def __init__(self, config: BertConfig, num_labels: int, *, rngs: nnx.Rngs | None = None):
+  def __init__(self, config: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
     self.config, self.num_labels = config, num_labels
     self.bert = BertModel(config, rngs=rngs)
     self.classifier = _dense(config, config.hidden_size, num_labels, ("embed", "classes"), rngs)
@@ -118,7 +118,7 @@ class BertForSequenceClassification(nnx.Module):
 class BertForTokenClassification(nnx.Module):
   """Per-token logits [B, L, num_labels] (NER)."""
 
-  def __init__(self, config: BertConfig, num_labels: int, *, rngs: nnx.Rngs | None = None):
+  def __init__(self, config: BertConfig, num_labels: int, *, rngs: nnx.Rngs):
     self.config, self.num_labels = config, num_labels
     self.bert = BertModel(config, rngs=rngs, add_pooling_layer=False)
     self.classifier = _dense(config, config.hidden_size, num_labels, ("embed", "classes"), rngs)
@@ -132,7 +132,7 @@ class BertForTokenClassification(nnx.Module):
 class BertForQuestionAnswering(nnx.Module):
   """Span extraction: returns (start_logits [B, L], end_logits [B, L])."""
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None = None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.bert = BertModel(config, rngs=rngs, add_pooling_layer=False)
     self.qa_outputs = _dense(config, config.hidden_size, 2, ("embed", "classes"), rngs)

@@ -2,7 +2,8 @@
 
 Every parameter is an `nnx.Param` whose metadata `logical_axes` names each dimension from the
 vocabulary in `sharding.py` (`vocab`, `embed`, `mlp`, `heads`, `kv`, ...). The mapping from those
-names to mesh axes lives only in `sharding.DEFAULT_RULES`; nothing here knows about meshes.
+names to mesh axes lives only in `sharding.py` (the config's `mesh.rules`); nothing here knows
+about meshes.
 
 Matmuls take their inputs in the config's compute dtype (bf16 on accelerators and on CPUs with
 avx512_bf16) and always accumulate and return f32; LayerNorm, softmax and activations run in f32.
@@ -20,13 +21,20 @@ from flax import nnx
 LOGICAL_AXES_KEY = "logical_axes"
 
 
-def param(rngs: nnx.Rngs | None, init, shape: Sequence[int], logical_axes: Sequence[str | None],
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], logical_axes: Sequence[str | None],
           dtype) -> nnx.Param:
-  """Creates a parameter carrying its logical axis names (one per dimension)."""
+  """Creates a parameter carrying its logical axis names (one per dimension).
+
+  Each call draws a new key from `rngs` (a fixed key for every parameter would make all layers
+  identical), so `rngs` is required; under `nnx.eval_shape` nothing is computed with it.
+  """
   if len(shape) != len(logical_axes):
     raise ValueError(f"shape {shape} and logical axes {logical_axes} differ in rank")
-  key = rngs.params() if rngs is not None else jax.random.key(0)
-  return nnx.Param(init(key, tuple(shape), dtype), **{LOGICAL_AXES_KEY: tuple(logical_axes)})
+  if rngs is None:
+    raise TypeError("Creating a model needs rngs=nnx.Rngs(params=SEED) so that every parameter "
+                    "gets its own key; bert_jax.create_model(cls, config, seed) passes one.")
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype),
+                   **{LOGICAL_AXES_KEY: tuple(logical_axes)})
 
 
 def _mm(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
@@ -178,7 +186,7 @@ class Dense(nnx.Module):
 
   def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
                in_axes: Sequence[str | None], out_axes: Sequence[str | None], *,
-               init_std: float, dtype, param_dtype, rngs: nnx.Rngs | None, use_bias: bool = True):
+               init_std: float, dtype, param_dtype, rngs: nnx.Rngs, use_bias: bool = True):
     self.n_in = len(in_shape)
     self.dtype = dtype
     self.kernel = param(rngs, truncated_normal(init_std), (*in_shape, *out_shape),
@@ -201,7 +209,7 @@ class Dense(nnx.Module):
 class LayerNorm(nnx.Module):
   """LayerNorm over the last axis, computed in f32."""
 
-  def __init__(self, size: int, eps: float, *, param_dtype, rngs: nnx.Rngs | None,
+  def __init__(self, size: int, eps: float, *, param_dtype, rngs: nnx.Rngs,
                axis_name: str = "embed"):
     self.eps = eps
     self.scale = param(rngs, nnx.initializers.ones, (size,), (axis_name,), param_dtype)
@@ -219,7 +227,7 @@ class Embed(nnx.Module):
   """A lookup table [num, features]; `attend` multiplies by its transpose (tied decoders)."""
 
   def __init__(self, num: int, features: int, axes: tuple[str, str], *, init_std: float, dtype,
-               param_dtype, rngs: nnx.Rngs | None):
+               param_dtype, rngs: nnx.Rngs):
     self.dtype = dtype
     self.embedding = param(rngs, truncated_normal(init_std), (num, features), axes, param_dtype)
 

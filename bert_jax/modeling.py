@@ -9,6 +9,9 @@ Parameter names follow Hugging Face's module tree (`embeddings.word_embeddings`,
 `encoder.layer.{i}.attention.self.query`, ...) so conversion is a rename plus reshapes.
 The model is pure: no I/O, no mesh, no config dicts. Dropout takes an explicit key
 (`dropout_rng=None` is evaluation), so a train step's randomness is a function of its step key.
+Under a mesh (`jax.set_mesh`) the [B, L, D] activations between layers are constrained to the
+logical axes ("batch", "length", "embed") through the current rules (`sharding.constrain`); with
+no mesh that is a no-op.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bert_jax import attention as attention_lib
+from bert_jax import sharding
 from bert_jax.configuration import PRESETS, BertConfig, preset  # noqa: F401 (re-exported)
 from bert_jax.layers import Dense, Embed, LayerNorm, activation, dropout, param, truncated_normal
 
@@ -36,7 +40,7 @@ class BertOutput(NamedTuple):
 
 class BertEmbeddings(nnx.Module):
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     kw = dict(init_std=config.initializer_range, dtype=config.compute_dtype,
               param_dtype=config.param_dtype, rngs=rngs)
     self.word_embeddings = Embed(config.vocab_size, config.hidden_size, ("vocab", "embed"), **kw)
@@ -56,7 +60,7 @@ class BertEmbeddings(nnx.Module):
 
 class BertSelfAttention(nnx.Module):
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     d, n, h = config.hidden_size, config.num_attention_heads, config.head_size
     kw = dict(init_std=config.initializer_range, dtype=config.compute_dtype,
               param_dtype=config.param_dtype, rngs=rngs)
@@ -77,7 +81,7 @@ class BertSelfAttention(nnx.Module):
 class BertSelfOutput(nnx.Module):
   """Projection back to D, dropout, residual, LayerNorm (used after attention and after the FFN)."""
 
-  def __init__(self, config: BertConfig, in_shape, in_axes, *, rngs: nnx.Rngs | None):
+  def __init__(self, config: BertConfig, in_shape, in_axes, *, rngs: nnx.Rngs):
     self.dense = Dense(in_shape, (config.hidden_size,), in_axes, ("embed",),
                        init_std=config.initializer_range, dtype=config.compute_dtype,
                        param_dtype=config.param_dtype, rngs=rngs)
@@ -91,7 +95,7 @@ class BertSelfOutput(nnx.Module):
 
 class BertAttention(nnx.Module):
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.self = BertSelfAttention(config, rngs=rngs)
     n, h = config.num_attention_heads, config.head_size
     self.output = BertSelfOutput(config, (n, h), ("heads", "kv"), rngs=rngs)
@@ -103,7 +107,7 @@ class BertAttention(nnx.Module):
 
 class BertIntermediate(nnx.Module):
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.dense = Dense((config.hidden_size,), (config.intermediate_size,), ("embed",), ("mlp",),
                        init_std=config.initializer_range, dtype=config.compute_dtype,
                        param_dtype=config.param_dtype, rngs=rngs)
@@ -115,7 +119,7 @@ class BertIntermediate(nnx.Module):
 
 class BertLayer(nnx.Module):
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.attention = BertAttention(config, rngs=rngs)
     self.intermediate = BertIntermediate(config, rngs=rngs)
     self.output = BertSelfOutput(config, (config.intermediate_size,), ("mlp",), rngs=rngs)
@@ -128,7 +132,7 @@ class BertLayer(nnx.Module):
 
 class BertEncoder(nnx.Module):
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.layer = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
     self.remat = config.remat
 
@@ -138,6 +142,7 @@ class BertEncoder(nnx.Module):
       call = nnx.remat(lambda lyr, *a: lyr(*a), static_argnums=(4,)) if self.remat else (
           lambda lyr, *a: lyr(*a))
       x_BxLxD, probs = call(layer, x_BxLxD, mask_Bx1xLxM, _fold(dropout_rng, i), want_probs)
+      x_BxLxD = sharding.constrain(x_BxLxD, sharding.ACTIVATION_AXES)
       hidden.append(x_BxLxD)
       attentions.append(probs)
     return (x_BxLxD, tuple(hidden) if output_hidden_states else None,
@@ -146,7 +151,7 @@ class BertEncoder(nnx.Module):
 
 class BertPooler(nnx.Module):
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None):
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.dense = Dense((config.hidden_size,), (config.hidden_size,), ("embed",), ("hidden",),
                        init_std=config.initializer_range, dtype=config.compute_dtype,
                        param_dtype=config.param_dtype, rngs=rngs)
@@ -161,7 +166,7 @@ class BertPooler(nnx.Module):
 class BertModel(nnx.Module):
   """The encoder: embeddings, `num_hidden_layers` post-LN layers and (optionally) the pooler."""
 
-  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None = None,
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs,
                add_pooling_layer: bool = True):
     self.config = config
     self.embeddings = BertEmbeddings(config, rngs=rngs)
@@ -206,6 +211,7 @@ class BertModel(nnx.Module):
 
     x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, position_ids_BxL,
                               _fold(dropout_rng, 0))
+    x_BxLxD = sharding.constrain(x_BxLxD, sharding.ACTIVATION_AXES)
     x_BxLxD, hidden, attentions = self.encoder(x_BxLxD, mask_Bx1xLxM, _fold(dropout_rng, 1),
                                                output_hidden_states, output_attentions)
     pooled = self.pooler(x_BxLxD, cls_positions) if self.pooler is not None else None
@@ -215,13 +221,6 @@ class BertModel(nnx.Module):
 def create_model(cls, config: BertConfig, seed: int = 0, **kwargs):
   """Instantiates `cls(config, rngs=...)` with initialised parameters."""
   return cls(config, rngs=nnx.Rngs(params=seed), **kwargs)
-
-
-def logical_axes_of(module: nnx.Module):
-  """A State tree, parallel to the parameters, holding each parameter's logical axis names."""
-  from bert_jax.layers import LOGICAL_AXES_KEY
-  return jax.tree.map(lambda v: v.get_metadata().get(LOGICAL_AXES_KEY),
-                      nnx.state(module, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 __all__ = ["BertConfig", "BertModel", "BertOutput", "create_model", "preset", "PRESETS",

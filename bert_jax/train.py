@@ -77,15 +77,19 @@ class Task:
 # ----------------------------------------------------------------------------- state
 
 
-def _opt_state_shardings(abstract_opt_state, params_treedef, param_shardings, mesh):
+def _opt_state_shardings(tx, abstract_opt_state, param_shardings, mesh):
+  """Each parameter-shaped part of the optimizer state (AdamW's mu, nu) is sharded like the
+  parameters (optax finds those parts); counts and other leaves are replicated."""
   replicated = NamedSharding(mesh, P())
-  return jax.tree.map(
-      lambda x: param_shardings if jax.tree.structure(x) == params_treedef else replicated,
-      abstract_opt_state, is_leaf=lambda x: jax.tree.structure(x) == params_treedef)
+  return optax.tree_map_params(tx, lambda _, s: s, abstract_opt_state, param_shardings,
+                               transform_non_params=lambda _: replicated)
 
 
-def abstract_train_state(task: Task, tx, mesh, rules=sharding.DEFAULT_RULES, seed: int = 0):
-  """(graphdef, abstract TrainState, TrainState of shardings) without allocating anything."""
+def abstract_train_state(task: Task, tx, mesh, rules=None, seed: int = 0):
+  """(graphdef, abstract TrainState, TrainState of shardings) without allocating anything.
+
+  `rules`: logical axis rules (default: those installed by `run`, i.e. the config's mesh.rules).
+  """
   abstract_model = nnx.eval_shape(lambda: task.model_factory(nnx.Rngs(params=seed)))
   graphdef, abs_vars = nnx.split(abstract_model)
   param_shardings = sharding.named_shardings(abs_vars, mesh, rules).to_pure_dict()
@@ -93,8 +97,7 @@ def abstract_train_state(task: Task, tx, mesh, rules=sharding.DEFAULT_RULES, see
   abs_opt = jax.eval_shape(tx.init, abs_params)
   shardings = TrainState(
       step=NamedSharding(mesh, P()), params=param_shardings,
-      opt_state=_opt_state_shardings(abs_opt, jax.tree.structure(abs_params), param_shardings,
-                                     mesh))
+      opt_state=_opt_state_shardings(tx, abs_opt, param_shardings, mesh))
   abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abs_params, abs_opt)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
@@ -122,13 +125,24 @@ def _tree_add(a, b):
 
 
 def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
-                    skip_nonfinite: bool = False):
-  """train_step(state, batch, rng) -> (state, metrics); jit it with donate_argnums=0."""
+                    skip_nonfinite: bool = False, grad_shardings=None):
+  """train_step(state, batch, rng) -> (state, metrics); jit it with donate_argnums=0.
+
+  `grad_shardings` (the parameters' shardings) constrains each gradient to its parameter's
+  sharding, so XLA reduces fsdp-sharded gradients with a reduce-scatter (each device keeps
+  its shard) instead of an all-reduce of the whole gradient followed by a slice.
+  """
 
   def compute_loss(params, batch, rng):
     return loss_fn(nnx.merge(graphdef, params), batch, rng)
 
-  grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+  value_and_grad = jax.value_and_grad(compute_loss, has_aux=True)
+
+  def grad_fn(params, batch, rng):
+    out, grads = value_and_grad(params, batch, rng)
+    if grad_shardings is not None:
+      grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
+    return out, grads
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
@@ -179,7 +193,7 @@ def jit_train_step(task: Task, config, graphdef, tx, schedule, shardings):
   return jax.jit(
       make_train_step(graphdef, task.loss_fn, tx, schedule,
                       accum_steps=config.optimizer.grad_accum_steps,
-                      skip_nonfinite=config.train.skip_nonfinite),
+                      skip_nonfinite=config.train.skip_nonfinite, grad_shardings=shardings.params),
       in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
 
 
@@ -200,7 +214,7 @@ def make_eval_step(graphdef, loss_fn, eval_metrics=None):
 # ----------------------------------------------------------------------------- host side
 
 
-def to_global(batch: dict, mesh, rules=sharding.DEFAULT_RULES) -> dict:
+def to_global(batch: dict, mesh, rules=None) -> dict:
   """Process-local numpy batch -> global jax arrays sharded along the mesh's batch axes."""
   return {k: jax.make_array_from_process_local_data(
       sharding.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in batch.items()}
@@ -282,7 +296,9 @@ def run(task: Task, config, workdir: str) -> dict:
   if jax.process_index() == 0:
     lock.acquire()
   try:
-    return _run_locked(task, config, workdir)
+    # The config's logical axis rules hold for everything the run builds, traces and feeds.
+    with sharding.use_rules(sharding.rules_of(config.mesh)):
+      return _run_locked(task, config, workdir)
   finally:
     lock.release()
 

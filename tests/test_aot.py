@@ -99,7 +99,7 @@ def test_tiny_train_step_compiles_for_tpu(libtpu_env, topology, mesh):
   out = json.loads(p.stdout.strip().splitlines()[-1])
   r, m = out["report"], out["report"]["memory"]
   assert r["chips"] == 4 and r["device_kind"].startswith("TPU")
-  assert r["mesh"] == dict(zip(("data", "fsdp", "tensor"), mesh))
+  assert r["mesh"] == dict(zip(("data", "fsdp", "tensor"), mesh, strict=True))
   for k in ("argument_bytes", "output_bytes", "total_bytes", "params_bytes"):
     assert 0 < m[k] < m["hbm_bytes"], k
   # XLA:TPU may place every temporary of this tiny step in aliased/output buffers (0 bytes on
@@ -120,6 +120,9 @@ def test_tiny_train_step_compiles_for_tpu(libtpu_env, topology, mesh):
   assert out["batch_ok"]  # Batch rows split over data x fsdp, as train.to_global puts them.
   assert r["per_chip_batch"] == 8 // (mesh[0] * mesh[1])
   assert r["collectives"]["all-reduce"]["count"] > 0  # Gradients are reduced across replicas.
+  if mesh[1] > 1:  # fsdp: gradients of fsdp-sharded kernels are reduce-scattered, not all-reduced.
+    assert r["collectives"]["reduce-scatter"]["count"] > 0, r["collectives"]
+  assert r["indivisible_dims"] == []  # tensor=2 divides the vocabulary, heads and FFN.
   assert r["flops"]["xla_per_chip"] > 0 and r["flops"]["analytic_per_chip"] > 0
   assert r["tokens_per_s_per_chip"]["peak"] > r["tokens_per_s_per_chip"]["at_mfu"] > 0
 
@@ -163,3 +166,21 @@ def test_collectives_counts_async_starts_once():
   assert c["all-gather"] == {"count": 1, "bytes": 16 * 4 * 2}
   assert c["collective-permute"]["count"] == 1
   assert c["reduce-scatter"]["count"] == c["all-to-all"]["count"] == 0
+
+
+def test_collectives_count_a_fused_tpu_reduce_scatter_once():
+  from bert_jax import aot
+  hlo = "\n".join([
+      "%all-reduce-scatter.4 (input_0: f32[32,16]) -> f32[8,16] {",
+      "  %all-reduce.86 = f32[32,16]{1,0} all-reduce(f32[32,16]{1,0} %input_0), to_apply=%add",
+      "  ROOT %dynamic-slice.1 = f32[8,16]{1,0} dynamic-slice(%all-reduce.86, %p, %z)",
+      "}",
+      "",
+      "ENTRY %main.1 (p: f32[32,16]) -> f32[8,16] {",
+      "  %fusion.348 = f32[8,16]{1,0} fusion(%p), kind=kCustom, calls=%all-reduce-scatter.4",
+      "  ROOT %ar = f32[4]{0} all-reduce(f32[4]{0} %x), to_apply=%add",
+      "}",
+  ])
+  c = aot.collectives(hlo)
+  assert c["reduce-scatter"] == {"count": 1, "bytes": 8 * 16 * 4}
+  assert c["all-reduce"] == {"count": 1, "bytes": 4 * 4}

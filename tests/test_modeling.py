@@ -122,3 +122,17 @@ def test_flat_input_ids_and_too_long_input(ours):
   too_long = np.full((1, model.config.max_position_embeddings + 1), tok.unk_id, np.int32)
   with pytest.raises(ValueError, match="max_position_embeddings"):
     model(too_long)
+
+
+def test_rngs_are_required_and_give_every_layer_its_own_weights():
+  from bert_jax.modeling import BertModel
+  config = bert_jax.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=32)
+  with pytest.raises(TypeError):
+    BertModel(config)  # No silent fixed key: every parameter would be the same draw.
+  with pytest.raises(TypeError, match="rngs=nnx.Rngs"):
+    BertModel(config, rngs=None)
+  model = BertModel(config, rngs=nnx.Rngs(params=0))
+  q0, q1 = (np.asarray(layer.attention.self.query.kernel[...]) for layer in model.encoder.layer)
+  assert q0.shape == q1.shape and not np.allclose(q0, q1)
+  assert not np.allclose(np.asarray(model.encoder.layer[0].attention.self.key.kernel[...]), q0)

@@ -23,7 +23,7 @@ WORKDIR/dev_predictions.jsonl holds that model's predictions on the dev set.
 """
 from ml_collections import ConfigDict
 
-from bert_jax import tasks
+from bert_jax import sharding, tasks
 from bert_jax.configs import common
 
 GLUE_TASKS = tasks.GLUE_TASKS  # run as task=classification with data.glue_task
@@ -86,7 +86,9 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       warmup_steps=-1, warmup_fraction=0.1,  # -1: warmup_fraction of the steps
       weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, grad_accum_steps=1,
   ))
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Mesh sizes (one -1 = the remaining devices) and the logical axis rules, (name, mesh axis or
+  # tuple of axes or None) pairs, e.g. --config.mesh.rules="(('batch', ('data', 'fsdp')), ...)".
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=sharding.DEFAULT_RULES))
   c.checkpoint = ConfigDict(dict(every_steps=1000, max_to_keep=1, async_save=True))
   c.train = ConfigDict(dict(
       batch_size=32, num_steps=0, num_epochs=3.0,  # num_steps=0: num_epochs over the train set

@@ -19,6 +19,7 @@ Override anything: --config.optimizer.learning_rate=1e-4 --config.mesh.fsdp=8 ..
 """
 from ml_collections import ConfigDict
 
+from bert_jax import sharding
 from bert_jax.configs import common
 
 VARIANTS = ("tiny", "demo", "base", "base_phase2", "large", "large_phase2")
@@ -56,7 +57,9 @@ def get_config(variant: str = "demo") -> ConfigDict:
       warmup_steps=10000, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0,
       grad_accum_steps=1,
   ))
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Mesh sizes (one -1 = the remaining devices) and the logical axis rules, (name, mesh axis or
+  # tuple of axes or None) pairs, e.g. --config.mesh.rules="(('batch', ('data', 'fsdp')), ...)".
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=sharding.DEFAULT_RULES))
   c.checkpoint = ConfigDict(dict(every_steps=1000, max_to_keep=3, async_save=True))
   c.train = ConfigDict(dict(
       batch_size=256, num_steps=900_000, max_train_seconds=0.0, seed=0, log_every=100,
