@@ -148,8 +148,8 @@ def main():
     if name not in RUNS:
       sys.exit(f"error: unknown run {name!r}; choose from {', '.join(RUNS)}.")
     results[name] = run_one(name, out, model_dir)
-    print(f"== {name}: {json.dumps({k: v for k, v in results[name].items() if k != 'per_question'})}",
-          flush=True)
+    shown = {k: v for k, v in results[name].items() if k != "per_question"}
+    print(f"== {name}: {json.dumps(shown)}", flush=True)
   (out / "results.json").write_text(json.dumps(results, indent=2))
   print(f"\n{'run':10s} {'metric':>22s} {'train s':>8s} {'steps':>6s}")
   for name, r in results.items():
