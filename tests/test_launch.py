@@ -243,3 +243,33 @@ def test_local_multiprocess_stops_on_a_failed_process(tmp_path):
   assert r.returncode == 2
   assert "exited with 2" in r.stderr and "no_such_key" in r.stderr
   assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- launch/common.sh
+@pytest.mark.parametrize("script", ["tpu_vm_pod.sh", "gke/jobset.sh", "slurm/pretrain.sbatch",
+                                    "local_multiprocess.sh"])
+def test_every_launcher_shares_help_and_option_errors(script):
+  r = launch(script, "--help")
+  assert r.returncode == 0, r.stderr
+  text = r.stdout.splitlines()
+  assert len(text) > 5 and not text[0].startswith(("#", "!")) and "SBATCH" not in r.stdout
+  assert f"launch/{script}" in r.stdout  # the usage line of its header
+  r = launch(script, "--dry-run", "--no_such_option=1")
+  name = script.split("/")[-1]
+  assert r.returncode == 2 and not r.stdout
+  assert f"{name}: error: unknown option --no_such_option=1" in r.stderr
+
+
+def test_slurm_finds_common_sh_from_its_spooled_copy(tmp_path):
+  """sbatch runs a copy of the script from Slurm's spool folder, away from launch/."""
+  spooled = tmp_path / "slurm_script"
+  spooled.write_text((LAUNCH / "slurm" / "pretrain.sbatch").read_text())
+  args = ["bash", str(spooled), "--dry-run", "--workdir=/x", "--data=/y"]
+  r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path,
+                     env={**os.environ, "SLURM_SUBMIT_DIR": str(REPO)})
+  assert r.returncode == 0, r.stderr
+  (srun,) = commands(r.stdout)
+  assert option(srun, "--chdir") == str(REPO)
+  r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path,
+                     env={k: v for k, v in os.environ.items() if k != "SLURM_SUBMIT_DIR"})
+  assert r.returncode == 2 and "launch/common.sh not found" in r.stderr
