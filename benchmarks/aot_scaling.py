@@ -38,9 +38,10 @@ def key(row) -> str:
 
 def run_row(row) -> dict:
   model, seq, topology, fsdp = row
-  cmd = [sys.executable, "-m", "bert_jax.cli.aot", f"--config=configs/pretrain.py:{MODELS[model, seq]}",
-         f"--topology={topology}", "--config.mesh.data=-1", f"--config.mesh.fsdp={fsdp}",
-         "--config.mesh.tensor=1", f"--batch_per_chip={BATCH_PER_CHIP[seq]}", "--json"]
+  cmd = [sys.executable, "-m", "bert_jax.cli.aot",
+         f"--config=configs/pretrain.py:{MODELS[model, seq]}", f"--topology={topology}",
+         "--config.mesh.data=-1", f"--config.mesh.fsdp={fsdp}", "--config.mesh.tensor=1",
+         f"--batch_per_chip={BATCH_PER_CHIP[seq]}", "--json"]
   t0 = time.time()
   p = subprocess.run(cmd, capture_output=True, text=True)
   out = {"key": key(row), "wall_s": round(time.time() - t0, 1), "returncode": p.returncode}

@@ -39,7 +39,7 @@ def matthews_corrcoef(labels, preds) -> float:
   classes = np.union1d(labels, preds)
   idx = {c: i for i, c in enumerate(classes)}
   c_KxK = np.zeros((len(classes), len(classes)), np.float64)
-  for t, p in zip(labels, preds):
+  for t, p in zip(labels, preds, strict=True):
     c_KxK[idx[t], idx[p]] += 1
   t_K, p_K = c_KxK.sum(1), c_KxK.sum(0)
   n, correct = c_KxK.sum(), np.trace(c_KxK)
@@ -127,7 +127,7 @@ def entity_scores(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequen
   if len(true_seqs) != len(pred_seqs):
     raise ValueError(f"{len(true_seqs)} gold sentences but {len(pred_seqs)} predicted ones.")
   true_set, pred_set = set(), set()
-  for s, (t, p) in enumerate(zip(true_seqs, pred_seqs)):
+  for s, (t, p) in enumerate(zip(true_seqs, pred_seqs, strict=True)):
     if len(t) != len(p):
       raise ValueError(f"Sentence {s} has {len(t)} gold tags but {len(p)} predicted tags.")
     true_set.update((s, *e) for e in get_entities(t))

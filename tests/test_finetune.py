@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-
-from bert_jax import finetune, metrics, predict, train
 from conftest import REPO, TESTDATA, corpus_sentences
 from test_tasks_classification import finetune_config
+
+from bert_jax import finetune, metrics, predict, train
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -95,7 +95,7 @@ def test_regression_pairs_two_steps(tmp_path, bible_path):
   lines = corpus_sentences(bible_path, 40, min_words=5)
   path = tmp_path / "sts.jsonl"
   path.write_text("\n".join(json.dumps({"s1": a, "s2": b, "score": round(i % 6 * 1.0, 1)})
-                            for i, (a, b) in enumerate(zip(lines, lines[1:]))))
+                            for i, (a, b) in enumerate(zip(lines, lines[1:], strict=False))))
   c = finetune_config("task=classification,tiny")
   c.data.update(train_file=str(path), text_column="s1", text_pair_column="s2",
                 label_column="score", regression=True)
@@ -184,6 +184,7 @@ def test_from_scratch_needs_init_from(tmp_path, topics):
 def test_polarity_csv_reads(tmp_path, vocab_path):
   """The real (non-shippable) sentiment file: 4,000 rows, labels -1 / 1, multi-line quoted."""
   from conftest import shared_or_skip
+
   from bert_jax.tasks import classification
   from bert_jax.tokenization import Tokenizer
   path = shared_or_skip("classification/polarity-en.csv")

@@ -45,7 +45,8 @@ def test_refuses_existing_output_and_bad_kind(tmp_path, corpus):
   with pytest.raises(DataError, match=".model"):
     train_vocab(str(corpus), str(tmp_path / "x.txt"), kind="unigram", vocab_size=500)
   assert out.read_text() == "keep me"
-  proc = subprocess.run([sys.executable, "-m", "bert_jax.cli.vocab", f"--input={tmp_path}/none*.txt",
-                         f"--output={tmp_path}/v.txt"], capture_output=True, text=True, cwd=REPO)
+  proc = subprocess.run([sys.executable, "-m", "bert_jax.cli.vocab",
+                         f"--input={tmp_path}/none*.txt", f"--output={tmp_path}/v.txt"],
+                        capture_output=True, text=True, cwd=REPO)
   assert proc.returncode == 2 and "matches no file" in proc.stderr
   assert "Traceback" not in proc.stderr
