@@ -1,57 +1,62 @@
-"""Scaled dot-product attention kernels, chosen by `BertConfig.attention_impl`.
+"""Scaled dot-product attention kernels, chosen by the config's `attention_impl`.
 
-Dimension letters: B batch, L query length, M key length, N heads, H head size.
+Dimension letters: B batch, L query length, M key length, N heads, H head size, C query chunk,
+S keys one chunk sees, K packed sequences per row.
 
-- `xla`: two einsums with f32 accumulation and an f32 softmax; returns probabilities on request.
+What a query may see is a `MaskSpec` (key padding, packed segment ids) plus the layer's
+`half_window` (local layers: keys at most that many tokens away by index), so every kernel takes
+the mask in the form it supports:
+
+- `xla`: the reference, any mask. Two einsums with f32 accumulation and an f32 softmax; returns
+  probabilities on request. From `CHUNK_FROM` tokens on it runs query chunks one at a time
+  (recomputed in the backward pass), each against the keys it can see: all of them on global
+  layers, a band of C + 2 * half_window on local ones, so memory is O(L x window), not O(L^2).
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (fused flash attention on
-  NVIDIA GPUs, bf16/fp16 inputs). It has no attention-probability dropout, so training with
-  `attention_probs_dropout_prob > 0` uses `xla`.
-- `auto`: `cudnn` on a GPU when it applies, else `xla`.
+  NVIDIA GPUs, bf16/fp16 inputs); padding, segments and the window go in as its boolean `mask`
+  (its `local_window_size` only takes a one-sided, causal window). No attention-probability
+  dropout.
+- `splash`: Pallas Splash attention on TPU: `SegmentIds` (packed ids, or the padding mask as ids)
+  and a `LocalMask` on local layers, so masked blocks are skipped. Under a mesh it runs per shard
+  (`shard_map` over the batch and head axes). No attention-probability dropout.
+- `auto`: `cudnn` on a GPU, `splash` on a TPU, when they apply; else `xla`.
+
+An explicit `cudnn` / `splash` that cannot run falls back to `xla` and logs the reason once.
+Outputs at padding positions are not defined (kernels differ there); real tokens agree.
 """
 from __future__ import annotations
 
+import functools
+import logging
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from bert_jax.errors import DataError
 from bert_jax.layers import dropout, matmul
 
+IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
+CHUNK_FROM = 2048  # Query length from which the XLA reference runs chunked.
+CHUNK = 512  # Queries per chunk on that path.
 _NEG_INF = -1e9  # Large but finite, so fully masked rows (padding queries) stay finite.
+_log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
-def resolve_impl(impl: str, dtype, dropout_active: bool, want_probs: bool) -> str:
-  """The kernel that will actually run for this call."""
-  cudnn_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-              and not dropout_active and not want_probs)
-  if impl == "cudnn" and not cudnn_ok:
-    return "xla"
-  if impl == "auto":
-    return "cudnn" if cudnn_ok else "xla"
-  return impl
+class PackingError(DataError):
+  """A packed batch whose segment ids, padding or positions do not describe whole documents."""
 
 
-def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH: jax.Array,
-                          mask_Bx1xLxM: jax.Array, *, impl: str, dtype, dropout_rate: float,
-                          dropout_rng: jax.Array | None, want_probs: bool = False):
-  """Returns (context [B,L,N,H] in f32, probabilities [B,N,L,M] or None)."""
-  head_size = q_BxLxNxH.shape[-1]
-  scale = 1.0 / jnp.sqrt(jnp.float32(head_size))
-  dropout_active = dropout_rng is not None and dropout_rate > 0.0
-  kernel = resolve_impl(impl, dtype, dropout_active, want_probs)
-  if kernel == "cudnn":
-    ctx = jax.nn.dot_product_attention(
-        q_BxLxNxH.astype(dtype), k_BxMxNxH.astype(dtype), v_BxMxNxH.astype(dtype),
-        mask=mask_Bx1xLxM, scale=float(scale), implementation="cudnn")
-    return ctx.astype(jnp.float32), None
+class MaskSpec(NamedTuple):
+  """Which keys each query may see, before any window.
 
-  q_BxNxLxH = jnp.swapaxes(q_BxLxNxH * scale, 1, 2)
-  k_BxNxMxH = jnp.swapaxes(k_BxMxNxH, 1, 2)
-  v_BxNxMxH = jnp.swapaxes(v_BxMxNxH, 1, 2)
-  scores_BxNxLxM = matmul(q_BxNxLxH, k_BxNxMxH, dtype, transpose_b=True)
-  scores_BxNxLxM = jnp.where(mask_Bx1xLxM, scores_BxNxLxM, _NEG_INF)
-  probs_BxNxLxM = jax.nn.softmax(scores_BxNxLxM, axis=-1)
-  dropped = dropout(probs_BxNxLxM, dropout_rate, dropout_rng)
-  ctx_BxLxNxH = jnp.swapaxes(matmul(dropped, v_BxNxMxH, dtype), 1, 2)
-  return ctx_BxLxNxH, (probs_BxNxLxM if want_probs else None)
+  key_mask_BxL: 1 for real tokens, 0 for padding.
+  segment_ids_BxL: 1..K for the K sequences packed into a row, 0 for padding; None when rows are
+    not packed. Attention never crosses a segment.
+  """
+  key_mask_BxL: jax.Array
+  segment_ids_BxL: jax.Array | None = None
 
 
 def make_attention_mask(attention_mask_BxL: jax.Array,
@@ -66,3 +71,250 @@ def make_attention_mask(attention_mask_BxL: jax.Array,
     return key_ok_Bx1x1xM
   same_BxLxM = packed_segment_ids_BxL[:, :, None] == packed_segment_ids_BxL[:, None, :]
   return key_ok_Bx1x1xM & same_BxLxM[:, None, :, :]
+
+
+def window_mask(seq_len: int, half_window: int) -> jax.Array:
+  """Boolean [1, 1, L, M]: |l - m| <= half_window, by token index (as transformers defines it).
+
+  Within a packed document index and position distances are equal, and attention across
+  documents is blocked by the segment ids anyway.
+  """
+  index_L = jnp.arange(seq_len)
+  distance_LxM = jnp.abs(index_L[:, None] - index_L[None, :])
+  return (distance_LxM <= half_window)[None, None, :, :]
+
+
+def dense_mask(spec: MaskSpec, half_window: int | None = None) -> jax.Array:
+  """The whole boolean [B, 1, L, M] mask of `spec` (and the window of a local layer)."""
+  mask_Bx1xLxM = make_attention_mask(spec.key_mask_BxL, spec.segment_ids_BxL)
+  if half_window is not None:
+    mask_Bx1xLxM = mask_Bx1xLxM & window_mask(spec.key_mask_BxL.shape[-1], half_window)
+  return mask_Bx1xLxM
+
+
+# ----------------------------------------------------------------------------- kernel choice
+def fallback_reason(impl: str, dtype, dropout_active: bool, want_probs: bool,
+                    seq_len: int | None = None, backend: str | None = None) -> str:
+  """Why `impl` ("cudnn" or "splash") cannot run this call, or "" when it can."""
+  backend = backend or jax.default_backend()
+  if want_probs:
+    return "attention probabilities were requested (output_attentions); only xla returns them"
+  if dropout_active:
+    return "attention-probability dropout is on; set attention_probs_dropout_prob=0 to use it"
+  if impl == "cudnn":
+    if backend != "gpu":
+      return f"cuDNN attention needs an NVIDIA GPU and JAX runs on {backend}"
+    if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+      return f"cuDNN attention takes bfloat16 or float16 inputs, not {jnp.dtype(dtype).name}"
+    return ""
+  if impl == "splash":
+    if backend != "tpu":
+      return f"Splash attention is a TPU kernel and JAX runs on {backend}"
+    if seq_len is not None and seq_len % 128:
+      return f"Splash attention needs a sequence length divisible by 128, not {seq_len}"
+    return ""
+  return ""
+
+
+def resolve_impl(impl: str, dtype, dropout_active: bool, want_probs: bool,
+                 seq_len: int | None = None) -> str:
+  """The kernel that will actually run for this call; logs once why an explicit one cannot."""
+  backend = jax.default_backend()
+  if impl == "auto":
+    native = {"gpu": "cudnn", "tpu": "splash"}.get(backend, "xla")
+    if native == "xla" or fallback_reason(native, dtype, dropout_active, want_probs, seq_len):
+      return "xla"
+    return native
+  if impl in ("cudnn", "splash"):
+    reason = fallback_reason(impl, dtype, dropout_active, want_probs, seq_len, backend)
+    if reason:
+      if reason not in _warned:
+        _warned.add(reason)
+        _log.warning("attention_impl=%r falls back to 'xla': %s.", impl, reason)
+      return "xla"
+  return impl
+
+
+# ----------------------------------------------------------------------------- entry point
+def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH: jax.Array,
+                          mask: MaskSpec, *, impl: str, dtype, dropout_rate: float,
+                          dropout_rng: jax.Array | None, want_probs: bool = False,
+                          half_window: int | None = None):
+  """Returns (context [B,L,N,H] in f32, probabilities [B,N,L,M] or None).
+
+  `half_window`: a local layer's window (keys at most this many tokens away); None: global.
+  """
+  head_size, seq_len = q_BxLxNxH.shape[-1], q_BxLxNxH.shape[1]
+  scale = 1.0 / jnp.sqrt(jnp.float32(head_size))
+  dropout_active = dropout_rng is not None and dropout_rate > 0.0
+  kernel = resolve_impl(impl, dtype, dropout_active, want_probs, seq_len)
+  if kernel == "cudnn":
+    ctx = jax.nn.dot_product_attention(
+        q_BxLxNxH.astype(dtype), k_BxMxNxH.astype(dtype), v_BxMxNxH.astype(dtype),
+        mask=dense_mask(mask, half_window), scale=float(scale), implementation="cudnn")
+    return ctx.astype(jnp.float32), None
+  if kernel == "splash":
+    return splash_attention(q_BxLxNxH * scale, k_BxMxNxH, v_BxMxNxH, mask, dtype=dtype,
+                            half_window=half_window), None
+  chunk = _chunk_size(seq_len)
+  if chunk and not want_probs and not dropout_active:
+    return chunked_attention(q_BxLxNxH * scale, k_BxMxNxH, v_BxMxNxH, mask, dtype=dtype,
+                             half_window=half_window, chunk=chunk), None
+
+  mask_Bx1xLxM = dense_mask(mask, half_window)
+  q_BxNxLxH = jnp.swapaxes(q_BxLxNxH * scale, 1, 2)
+  k_BxNxMxH = jnp.swapaxes(k_BxMxNxH, 1, 2)
+  v_BxNxMxH = jnp.swapaxes(v_BxMxNxH, 1, 2)
+  scores_BxNxLxM = matmul(q_BxNxLxH, k_BxNxMxH, dtype, transpose_b=True)
+  scores_BxNxLxM = jnp.where(mask_Bx1xLxM, scores_BxNxLxM, _NEG_INF)
+  probs_BxNxLxM = jax.nn.softmax(scores_BxNxLxM, axis=-1)
+  dropped = dropout(probs_BxNxLxM, dropout_rate, dropout_rng)
+  ctx_BxLxNxH = jnp.swapaxes(matmul(dropped, v_BxNxMxH, dtype), 1, 2)
+  return ctx_BxLxNxH, (probs_BxNxLxM if want_probs else None)
+
+
+# ----------------------------------------------------------------------------- XLA, chunked
+def _chunk_size(seq_len: int) -> int:
+  """The query chunk for a long sequence (a divisor of it), or 0 to run unchunked."""
+  if seq_len < CHUNK_FROM:
+    return 0
+  for c in (CHUNK, CHUNK // 2, CHUNK // 4):
+    if seq_len % c == 0:
+      return c
+  return 0
+
+
+def chunked_attention(q_BxLxNxH, k_BxMxNxH, v_BxMxNxH, mask: MaskSpec, *, dtype,
+                      half_window: int | None, chunk: int) -> jax.Array:
+  """The reference's numbers one query chunk at a time; q is already scaled. [B, L, N, H] f32.
+
+  Each chunk of C queries sees S keys: all M on a global layer, or the band of
+  C + 2 * half_window around it on a local one (keys padded by the window on both sides).
+  """
+  b, seq_len = q_BxLxNxH.shape[:2]
+  key_mask_BxM = mask.key_mask_BxL > 0
+  seg_BxM = (mask.segment_ids_BxL if mask.segment_ids_BxL is not None
+             else jnp.zeros((b, seq_len), jnp.int32))
+  pad = 0 if half_window is None else half_window
+  span = seq_len if half_window is None else chunk + 2 * pad
+
+  def padded(x):  # [B, M, ...] -> [B, pad + M + pad, ...]
+    return jnp.pad(x, [(0, 0), (pad, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+
+  k_p, v_p = padded(k_BxMxNxH), padded(v_BxMxNxH)
+  key_ok_p, seg_p = padded(key_mask_BxM), padded(seg_BxM)
+
+  @jax.checkpoint
+  def one_chunk(start):
+    q_BxCxNxH = jax.lax.dynamic_slice_in_dim(q_BxLxNxH, start, chunk, axis=1)
+    seg_q_BxC = jax.lax.dynamic_slice_in_dim(seg_BxM, start, chunk, axis=1)
+    # Keys [start - pad, start + chunk + pad) in unpadded indices; the whole row when global.
+    k_start = start if pad else 0
+    k_BxSxNxH = jax.lax.dynamic_slice_in_dim(k_p, k_start, span, axis=1)
+    v_BxSxNxH = jax.lax.dynamic_slice_in_dim(v_p, k_start, span, axis=1)
+    ok_BxS = jax.lax.dynamic_slice_in_dim(key_ok_p, k_start, span, axis=1)
+    seg_k_BxS = jax.lax.dynamic_slice_in_dim(seg_p, k_start, span, axis=1)
+    ok_BxCxS = ok_BxS[:, None, :] & (seg_q_BxC[:, :, None] == seg_k_BxS[:, None, :])
+    if pad:
+      q_index_C = start + jnp.arange(chunk)
+      k_index_S = start - pad + jnp.arange(span)
+      near_CxS = jnp.abs(q_index_C[:, None] - k_index_S[None, :]) <= half_window
+      ok_BxCxS = ok_BxCxS & near_CxS[None]
+    scores_BxNxCxS = matmul(jnp.swapaxes(q_BxCxNxH, 1, 2), jnp.swapaxes(k_BxSxNxH, 1, 2), dtype,
+                            transpose_b=True)
+    scores_BxNxCxS = jnp.where(ok_BxCxS[:, None], scores_BxNxCxS, _NEG_INF)
+    probs_BxNxCxS = jax.nn.softmax(scores_BxNxCxS, axis=-1)
+    return jnp.swapaxes(matmul(probs_BxNxCxS, jnp.swapaxes(v_BxSxNxH, 1, 2), dtype), 1, 2)
+
+  starts = jnp.arange(0, seq_len, chunk)
+  ctx_ZxBxCxNxH = jax.lax.map(one_chunk, starts)  # Z = L / C chunks
+  ctx_BxZxCxNxH = jnp.moveaxis(ctx_ZxBxCxNxH, 0, 1)
+  return ctx_BxZxCxNxH.reshape(q_BxLxNxH.shape).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------- Splash (TPU)
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(heads: int, seq_len: int, half_window: int | None, interpret: bool):
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa
+  shape = (seq_len, seq_len)
+  head_mask = (sa.FullMask(shape) if half_window is None
+               else sa.LocalMask(shape, (half_window, half_window), 0))
+  return sa.make_splash_mha(sa.MultiHeadMask([head_mask] * heads), head_shards=1,
+                            q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask: MaskSpec, *, dtype,
+                     half_window: int | None, interpret: bool = False) -> jax.Array:
+  """Splash attention (q already scaled) -> [B, L, N, H] f32. `interpret` runs it on CPU.
+
+  Segment ids are the packed ids, or the padding mask itself when rows are not packed (real
+  tokens 1, padding 0), so no real query sees a padding key.
+  """
+  from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
+  ids_BxL = (mask.segment_ids_BxL if mask.segment_ids_BxL is not None
+             else (mask.key_mask_BxL > 0)).astype(jnp.int32)
+
+  def local(q, k, v, ids):  # one shard: [b, L, n, H] and [b, L]
+    kernel = _splash_kernel(q.shape[2], q.shape[1], half_window, interpret)
+    to_heads = lambda x: jnp.swapaxes(x, 1, 2).astype(dtype)  # noqa: E731 [b, n, L, H]
+    out_bxnxLxH = jax.vmap(lambda q1, k1, v1, i1: kernel(
+        q1, k1, v1, segment_ids=sa.SegmentIds(q=i1, kv=i1)))(to_heads(q), to_heads(k),
+                                                             to_heads(v), ids)
+    return jnp.swapaxes(out_bxnxLxH, 1, 2).astype(jnp.float32)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return local(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, ids_BxL)
+  from bert_jax import sharding
+  shape = dict(mesh.shape)
+  qkv_spec, _ = sharding.fit_spec(sharding.logical_to_spec(("batch", None, "heads", None)),
+                                  tuple(q_BxLxNxH.shape), shape)
+  ids_spec, _ = sharding.fit_spec(sharding.logical_to_spec(("batch", None)), tuple(ids_BxL.shape),
+                                  shape)
+  return jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, ids_spec),
+                       out_specs=qkv_spec, check_vma=False)(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH,
+                                                             ids_BxL)
+
+
+# ----------------------------------------------------------------------------- host-side checks
+def check_packed_batch(packed_segment_ids, attention_mask=None, position_ids=None) -> None:
+  """Refuses a packed batch whose segment ids do not describe whole documents (PackingError).
+
+  Per row: padding (id 0) only where the attention mask is 0 and vice versa; each document id
+  one contiguous run (an id that reappears after another, or padding inside a document, is
+  refused); positions consecutive inside a document. Runs on host numpy, before any compile.
+  """
+  seg_BxL = np.asarray(packed_segment_ids)
+  if seg_BxL.ndim == 1:
+    seg_BxL = seg_BxL[None]
+  if not np.issubdtype(seg_BxL.dtype, np.integer) or (seg_BxL < 0).any():
+    raise PackingError("packed_segment_ids must be non-negative integers (1..K per packed "
+                       "document, 0 for padding).")
+  if attention_mask is not None:
+    real_BxL = np.broadcast_to(np.asarray(attention_mask) > 0, seg_BxL.shape)
+    bad = np.argwhere(real_BxL != (seg_BxL > 0))
+    if len(bad):
+      r, t = bad[0]
+      raise PackingError(
+          f"Packed row {r}, token {t}: attention_mask says {'real' if real_BxL[r, t] else 'pad'}"
+          f" but packed_segment_ids is {seg_BxL[r, t]}; padding must have segment id 0 and every "
+          "real token the id of its document.")
+  # Each document one run: per row, the runs of non-zero ids number the distinct non-zero ids.
+  starts_BxL = (np.diff(seg_BxL, axis=1, prepend=-1) != 0) & (seg_BxL > 0)
+  distinct_B = (np.diff(np.sort(seg_BxL, axis=1), axis=1, prepend=0) != 0).sum(axis=1)
+  for r in np.flatnonzero(starts_BxL.sum(axis=1) != distinct_B):
+    run_ids = seg_BxL[r][starts_BxL[r]]
+    dup = next(int(i) for i in run_ids if (run_ids == i).sum() > 1)
+    raise PackingError(
+        f"Packed row {r}: document {dup} appears in two separate runs (padding or another "
+        "document inside it); give each document one contiguous run of its own id.")
+  if position_ids is not None:
+    pos_BxL = np.broadcast_to(np.asarray(position_ids), seg_BxL.shape)
+    inside_BxL = (seg_BxL[:, 1:] == seg_BxL[:, :-1]) & (seg_BxL[:, 1:] > 0)
+    bad = np.argwhere(inside_BxL & (np.diff(pos_BxL, axis=1) != 1))
+    if len(bad):
+      r, t = bad[0][0], bad[0][1] + 1
+      raise PackingError(
+          f"Packed row {r}, token {t}: position_ids do not count up by one inside document "
+          f"{seg_BxL[r, t]}; positions restart at 0 per document and increase by 1.")

@@ -4,6 +4,11 @@
     -> repeat -> per document: NSP/SOP pairs + MLM masking -> flatten -> [pack] -> fixed-shape rows
     -> batch -> thread prefetch
 
+MLM-only rows (`nsp_mode="none"`, ModernBERT's recipe): documents end to end as one token stream,
+each followed by [SEP], cut into full rows of [CLS] + seq_len - 2 stream tokens + [SEP] across
+sentence and document boundaries (data/packing.py's ContiguousIterDataset); masked with
+`default_rng([seed, process, row])`. Their NSP labels carry weight 0.
+
 The randomness of a document's pairs and masks comes from `default_rng([seed, k])`, k being its
 position in this process's stream (epoch * documents_per_process + index in the epoch), so it is a
 pure function of (seed, epoch, example index). `it.get_state()` is a small JSON-serialisable dict;
@@ -16,6 +21,9 @@ Batch keys (int32 unless noted; B batch, L seq_len, P max_predictions, K max_pac
   1 = random / swapped). With pack=True also position_ids, packed_segment_ids (1..K, 0 = padding)
   [B, L], cls_positions [B, K], and next_sentence_labels [B, K] with next_sentence_weights [B, K]
   float32.
+With nsp_mode="none": next_sentence_weights [B] float32 zeros (no NSP target), and with
+pack=True position_ids and packed_segment_ids [B, L] per document piece of the row (positions
+restart where a document starts, attention stays inside it), no cls_positions.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import grain
 import numpy as np
 
 from bert_jax.data import instances, masking, writer
-from bert_jax.data.packing import PackIterDataset
+from bert_jax.data.packing import ContiguousIterDataset, PackIterDataset
 from bert_jax.errors import ConfigError, DataError, MissingFileError
 
 
@@ -181,6 +189,42 @@ def _packed_row(insts: list[dict], seq_len: int, max_predictions: int, max_packe
   return row
 
 
+class _DocumentStream:
+  """Document index -> {"ids": its tokens followed by [SEP], "doc": index} (MLM-only rows)."""
+
+  def __init__(self, docs: _Documents, sep_id: int):
+    self.docs, self.sep_id = docs, sep_id
+
+  def __call__(self, doc_index) -> dict:
+    sentences = self.docs[int(doc_index)]
+    ids = np.concatenate([*sentences, [self.sep_id]]).astype(np.int32)
+    return {"ids": ids, "doc": int(doc_index)}
+
+
+def _contiguous_row(elem: dict, *, seq_len: int, max_predictions: int, spec, cls_id: int,
+                    sep_id: int, seed: int, process_index: int, pack: bool,
+                    with_document_index: bool) -> dict:
+  """[CLS] + a stretch of the stream + [SEP], masked; packed: one segment per document piece."""
+  pieces = elem["pieces"]
+  tokens = np.concatenate([[cls_id], *(ids for _, ids in pieces), [sep_id]]).astype(np.int32)
+  rng = np.random.default_rng([seed, process_index, elem["row"]])
+  ids, positions, labels = masking.mask_tokens(tokens, spec, rng)
+  row = _row({"input_ids": ids, "segment_ids": np.zeros(len(tokens), np.int32),
+              "masked_lm_positions": positions, "masked_lm_ids": labels,
+              "next_sentence_labels": 0, "document_index": pieces[0][0]},
+             seq_len, max_predictions, with_document_index)
+  row["next_sentence_weights"] = np.float32(0.0)
+  if pack:
+    lengths = [len(p) for _, p in pieces]
+    lengths[0] += 1  # [CLS] opens the first piece,
+    lengths[-1] += 1  # [SEP] closes the last.
+    for key, values in (("packed_segment_ids", np.repeat(np.arange(1, len(pieces) + 1), lengths)),
+                        ("position_ids", np.concatenate([np.arange(m) for m in lengths]))):
+      row[key] = np.zeros(seq_len, np.int32)
+      row[key][:len(tokens)] = values
+  return row
+
+
 def _masking_spec(data_dir, tokenizer, masked_lm_prob, max_predictions, whole_word_mask):
   meta = dataset_info(data_dir)
   if tokenizer is not None:
@@ -217,8 +261,9 @@ def create_pretraining_dataset(
   "document_index" [B] ([B, K] packed, -1 = empty slot): the split index of segment A's document.
   """
   data_dir = os.fspath(data_dir)
-  if nsp_mode not in instances.NSP_MODES:
-    raise ConfigError(f"nsp_mode={nsp_mode!r}; use 'nsp' or 'sop'.")
+  if nsp_mode not in (*instances.NSP_MODES, "none"):
+    raise ConfigError(f"nsp_mode={nsp_mode!r}; use 'nsp', 'sop' or 'none' (MLM only: full rows "
+                      "of contiguous text).")
   if seq_len < 8 or not 1 <= max_predictions <= seq_len or batch_size < 1:
     raise ConfigError(f"Need seq_len >= 8, 1 <= max_predictions <= seq_len and batch_size >= 1; "
                       f"got {seq_len}, {max_predictions}, {batch_size}.")
@@ -242,10 +287,18 @@ def create_pretraining_dataset(
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * num_threads, 8))
+  if nsp_mode == "none":
+    ds = ContiguousIterDataset(ds.map(_DocumentStream(docs, sep_id)).to_iter_dataset(read),
+                               length=seq_len - 2)
+    ds = ds.map(functools.partial(
+        _contiguous_row, seq_len=seq_len, max_predictions=max_predictions, spec=spec,
+        cls_id=cls_id, sep_id=sep_id, seed=seed, process_index=process_index, pack=pack,
+        with_document_index=with_document_index))
+    return _batched(ds, batch_size, drop_remainder, prefetch_batches)
   ds = ds.map_with_index(_MakeInstances(docs, num_docs, seed, seq_len, short_seq_prob, nsp_mode,
                                         spec, cls_id, sep_id))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                            prefetch_buffer_size=max(2 * num_threads, 8)))
+  ds = ds.to_iter_dataset(read)
   ds = grain.experimental.FlatMapIterDataset(ds, _Flatten())
   if pack:
     ds = PackIterDataset(ds, seq_len=seq_len, max_predictions=max_predictions,
@@ -256,6 +309,11 @@ def create_pretraining_dataset(
   else:
     ds = ds.map(functools.partial(_row, seq_len=seq_len, max_predictions=max_predictions,
                                   with_document_index=with_document_index))
+  return _batched(ds, batch_size, drop_remainder, prefetch_batches)
+
+
+def _batched(ds: grain.IterDataset, batch_size: int, drop_remainder: bool,
+             prefetch_batches: int) -> grain.IterDataset:
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if prefetch_batches:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)

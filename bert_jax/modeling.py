@@ -71,9 +71,9 @@ class BertSelfAttention(nnx.Module):
     self.dtype = config.compute_dtype
     self.rate = config.attention_probs_dropout_prob
 
-  def __call__(self, x_BxLxD, mask_Bx1xLxM, dropout_rng, want_probs):
+  def __call__(self, x_BxLxD, mask: attention_lib.MaskSpec, dropout_rng, want_probs):
     return attention_lib.dot_product_attention(
-        self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD), mask_Bx1xLxM,
+        self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD), mask,
         impl=self.impl, dtype=self.dtype, dropout_rate=self.rate, dropout_rng=dropout_rng,
         want_probs=want_probs)
 
@@ -100,8 +100,8 @@ class BertAttention(nnx.Module):
     n, h = config.num_attention_heads, config.head_size
     self.output = BertSelfOutput(config, (n, h), ("heads", "kv"), rngs=rngs)
 
-  def __call__(self, x_BxLxD, mask_Bx1xLxM, dropout_rng, want_probs):
-    ctx_BxLxNxH, probs = self.self(x_BxLxD, mask_Bx1xLxM, _fold(dropout_rng, 0), want_probs)
+  def __call__(self, x_BxLxD, mask, dropout_rng, want_probs):
+    ctx_BxLxNxH, probs = self.self(x_BxLxD, mask, _fold(dropout_rng, 0), want_probs)
     return self.output(ctx_BxLxNxH, x_BxLxD, _fold(dropout_rng, 1)), probs
 
 
@@ -124,8 +124,8 @@ class BertLayer(nnx.Module):
     self.intermediate = BertIntermediate(config, rngs=rngs)
     self.output = BertSelfOutput(config, (config.intermediate_size,), ("mlp",), rngs=rngs)
 
-  def __call__(self, x_BxLxD, mask_Bx1xLxM, dropout_rng, want_probs=False):
-    a_BxLxD, probs = self.attention(x_BxLxD, mask_Bx1xLxM, _fold(dropout_rng, 0), want_probs)
+  def __call__(self, x_BxLxD, mask, dropout_rng, want_probs=False):
+    a_BxLxD, probs = self.attention(x_BxLxD, mask, _fold(dropout_rng, 0), want_probs)
     y_BxLxD = self.output(self.intermediate(a_BxLxD), a_BxLxD, _fold(dropout_rng, 1))
     return y_BxLxD, probs
 
@@ -136,12 +136,12 @@ class BertEncoder(nnx.Module):
     self.layer = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
     self.remat = config.remat
 
-  def __call__(self, x_BxLxD, mask_Bx1xLxM, dropout_rng, output_hidden_states, want_probs):
+  def __call__(self, x_BxLxD, mask, dropout_rng, output_hidden_states, want_probs):
     hidden, attentions = [x_BxLxD], []
     for i, layer in enumerate(self.layer):
       call = nnx.remat(lambda lyr, *a: lyr(*a), static_argnums=(4,)) if self.remat else (
           lambda lyr, *a: lyr(*a))
-      x_BxLxD, probs = call(layer, x_BxLxD, mask_Bx1xLxM, _fold(dropout_rng, i), want_probs)
+      x_BxLxD, probs = call(layer, x_BxLxD, mask, _fold(dropout_rng, i), want_probs)
       x_BxLxD = sharding.constrain(x_BxLxD, sharding.ACTIVATION_AXES)
       hidden.append(x_BxLxD)
       attentions.append(probs)
@@ -207,12 +207,14 @@ class BertModel(nnx.Module):
     token_type_ids_BxL = batched(token_type_ids, jnp.zeros((b, seq_len), jnp.int32))
     position_ids_BxL = batched(position_ids, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)))
     packed_BxL = None if packed_segment_ids is None else batched(packed_segment_ids, None)
-    mask_Bx1xLxM = attention_lib.make_attention_mask(attention_mask_BxL, packed_BxL)
+    if packed_BxL is not None and not isinstance(packed_BxL, jax.core.Tracer):
+      attention_lib.check_packed_batch(packed_BxL, attention_mask_BxL, position_ids_BxL)
+    mask = attention_lib.MaskSpec(attention_mask_BxL, packed_BxL)
 
     x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, position_ids_BxL,
                               _fold(dropout_rng, 0))
     x_BxLxD = sharding.constrain(x_BxLxD, sharding.ACTIVATION_AXES)
-    x_BxLxD, hidden, attentions = self.encoder(x_BxLxD, mask_Bx1xLxM, _fold(dropout_rng, 1),
+    x_BxLxD, hidden, attentions = self.encoder(x_BxLxD, mask, _fold(dropout_rng, 1),
                                                output_hidden_states, output_attentions)
     pooled = self.pooler(x_BxLxD, cls_positions) if self.pooler is not None else None
     return BertOutput(x_BxLxD, pooled, hidden, attentions)

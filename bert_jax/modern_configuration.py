@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from bert_jax.errors import ConfigError
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
 # The activations bert_jax.layers.activation computes, with transformers' ACT2FN names.
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu", "swish")
 POOLINGS = ("cls", "mean")

@@ -93,15 +93,8 @@ def apply_rope(x_BxLxNxH: jax.Array, cos_BxLxH: jax.Array, sin_BxLxH: jax.Array)
   return x * cos_BxLxH[:, :, None, :] + rotated_BxLxNxH * sin_BxLxH[:, :, None, :]
 
 
-def sliding_window_mask(seq_len: int, half_window: int) -> jax.Array:
-  """Boolean [1, 1, L, M]: |l - m| <= half_window, by index as transformers defines it.
-
-  Index (not position_ids) distance: within a packed document the two are the same, and
-  attention across documents is blocked by the segment mask anyway.
-  """
-  index_L = jnp.arange(seq_len)
-  distance_LxM = jnp.abs(index_L[:, None] - index_L[None, :])
-  return (distance_LxM <= half_window)[None, None, :, :]
+# Boolean [1, 1, L, M]: |l - m| <= half_window, by index as transformers defines it.
+sliding_window_mask = attention_lib.window_mask
 
 
 # ------------------------------------------------------------------ the encoder
@@ -122,9 +115,10 @@ class ModernBertEmbeddings(nnx.Module):
 class ModernBertAttention(nnx.Module):
   """Fused QKV projection, RoPE on q and k, masked attention, output projection."""
 
-  def __init__(self, config: ModernBertConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModernBertConfig, *, rngs: nnx.Rngs, half_window: int | None = None):
     d, n, h = config.hidden_size, config.num_attention_heads, config.head_size
     std = _stds(config)
+    self.half_window = half_window  # None on global layers; config.sliding_window on local ones.
     # HF's Wqkv output [3 * N * H] is viewed as (3, N, H): q, k, v, each head-major.
     self.Wqkv = _dense(config, (d,), (3, n, h), ("embed",), (None, "heads", "kv"), std["in"],
                        config.attention_bias, rngs)
@@ -134,15 +128,16 @@ class ModernBertAttention(nnx.Module):
     self.dtype = config.compute_dtype
     self.rate = config.attention_dropout
 
-  def __call__(self, x_BxLxD, cos_sin, mask_Bx1xLxM, dropout_rng, want_probs):
+  def __call__(self, x_BxLxD, cos_sin, mask: attention_lib.MaskSpec, dropout_rng, want_probs):
     qkv_BxLx3xNxH = self.Wqkv(x_BxLxD)
     q_BxLxNxH, k_BxLxNxH, v_BxLxNxH = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
     cos_BxLxH, sin_BxLxH = cos_sin
     q_BxLxNxH = apply_rope(q_BxLxNxH, cos_BxLxH, sin_BxLxH)
     k_BxLxNxH = apply_rope(k_BxLxNxH, cos_BxLxH, sin_BxLxH)
     ctx_BxLxNxH, probs = attention_lib.dot_product_attention(
-        q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_Bx1xLxM, impl=self.impl, dtype=self.dtype,
-        dropout_rate=self.rate, dropout_rng=_fold(dropout_rng, 0), want_probs=want_probs)
+        q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask, impl=self.impl, dtype=self.dtype,
+        dropout_rate=self.rate, dropout_rng=_fold(dropout_rng, 0), want_probs=want_probs,
+        half_window=self.half_window)
     # HF applies attention_dropout a second time, to the output projection.
     return dropout(self.Wo(ctx_BxLxNxH), self.rate, _fold(dropout_rng, 1)), probs
 
@@ -171,13 +166,14 @@ class ModernBertEncoderLayer(nnx.Module):
   def __init__(self, config: ModernBertConfig, layer_idx: int, *, rngs: nnx.Rngs):
     # Layer 0's attention norm is the identity (the embeddings end with a norm).
     self.attn_norm = _norm(config, rngs) if layer_idx else None
-    self.attn = ModernBertAttention(config, rngs=rngs)
+    half_window = None if config.is_global(layer_idx) else config.sliding_window
+    self.attn = ModernBertAttention(config, rngs=rngs, half_window=half_window)
     self.mlp_norm = _norm(config, rngs)
     self.mlp = ModernBertMLP(config, rngs=rngs)
 
-  def __call__(self, x_BxLxD, cos_sin, mask_Bx1xLxM, dropout_rng, want_probs=False):
+  def __call__(self, x_BxLxD, cos_sin, mask, dropout_rng, want_probs=False):
     normed_BxLxD = x_BxLxD if self.attn_norm is None else self.attn_norm(x_BxLxD)
-    a_BxLxD, probs = self.attn(normed_BxLxD, cos_sin, mask_Bx1xLxM, _fold(dropout_rng, 0),
+    a_BxLxD, probs = self.attn(normed_BxLxD, cos_sin, mask, _fold(dropout_rng, 0),
                                want_probs)
     x_BxLxD = x_BxLxD + a_BxLxD
     x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD), _fold(dropout_rng, 1))
@@ -226,8 +222,10 @@ class ModernBertModel(nnx.Module):
     position_ids_BxL = batched(position_ids, jnp.broadcast_to(jnp.arange(seq_len), (b, seq_len)))
     position_ids_BxL = jnp.broadcast_to(position_ids_BxL, (b, seq_len))
     packed_BxL = None if packed_segment_ids is None else batched(packed_segment_ids, None)
-    global_mask_Bx1xLxM = attention_lib.make_attention_mask(attention_mask_BxL, packed_BxL)
-    local_mask_Bx1xLxM = global_mask_Bx1xLxM & sliding_window_mask(seq_len, config.sliding_window)
+    if packed_BxL is not None and not isinstance(packed_BxL, jax.core.Tracer):
+      attention_lib.check_packed_batch(packed_BxL, attention_mask_BxL, position_ids_BxL)
+    # Each layer's attention adds its own window (local layers) to this.
+    mask = attention_lib.MaskSpec(attention_mask_BxL, packed_BxL)
     h = config.head_size
     global_cos_sin = rope_cos_sin(position_ids_BxL, h, config.global_rope_theta)
     local_cos_sin = rope_cos_sin(position_ids_BxL, h, config.local_rope_theta)
@@ -240,8 +238,7 @@ class ModernBertModel(nnx.Module):
       call = (nnx.remat(lambda lyr, *a: lyr(*a), static_argnums=(5,)) if config.remat
               else (lambda lyr, *a: lyr(*a)))
       x_BxLxD, probs = call(layer, x_BxLxD, global_cos_sin if is_global else local_cos_sin,
-                            global_mask_Bx1xLxM if is_global else local_mask_Bx1xLxM,
-                            _fold(layer_rng, i), output_attentions)
+                            mask, _fold(layer_rng, i), output_attentions)
       hidden.append(x_BxLxD)
       attentions.append(probs)
     x_BxLxD = self.final_norm(x_BxLxD)

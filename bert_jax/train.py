@@ -27,9 +27,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bert_jax import attention, loading, multihost, optim, sharding
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import flops as flops_lib
-from bert_jax import loading, multihost, optim, sharding
 from bert_jax.errors import TrainingError
 from bert_jax.metric_writers import MetricWriter
 
@@ -180,6 +180,9 @@ def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
     metrics.update(loss=(loss, one), grad_norm=(grad_norm, one),
                    learning_rate=(schedule(state.step), one),
                    nonfinite=(1.0 - ok.astype(jnp.float32), one))
+    if "input_mask" in batch:  # Packing efficiency: real tokens / row slots.
+      real = jnp.sum(batch["input_mask"] > 0).astype(jnp.float32)
+      metrics["packing_efficiency"] = (real, jnp.float32(batch["input_mask"].size))
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
@@ -215,7 +218,14 @@ def make_eval_step(graphdef, loss_fn, eval_metrics=None):
 
 
 def to_global(batch: dict, mesh, rules=None) -> dict:
-  """Process-local numpy batch -> global jax arrays sharded along the mesh's batch axes."""
+  """Process-local numpy batch -> global jax arrays sharded along the mesh's batch axes.
+
+  A packed batch is checked first (attention.check_packed_batch): inconsistent segment ids stop
+  with a PackingError before anything is compiled or run.
+  """
+  if "packed_segment_ids" in batch:
+    attention.check_packed_batch(batch["packed_segment_ids"], batch.get("input_mask"),
+                                 batch.get("position_ids"))
   return {k: jax.make_array_from_process_local_data(
       sharding.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in batch.items()}
 

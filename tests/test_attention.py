@@ -1,0 +1,125 @@
+"""bert_jax.attention: the kernels agree with the dense XLA reference on every mask.
+
+Masks: right padding, packed segment ids, a local window, and all three at once. The chunked XLA
+path (long sequences) and Splash attention (run by the Pallas interpreter on CPU) are compared
+with the dense reference; cuDNN and Splash fall back to XLA here with one stated reason.
+"""
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax import attention as att
+
+
+def _inputs(b, seq_len, n, h, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 3)
+  return [jax.random.normal(k, (b, seq_len, n, h), jnp.float32) for k in keys]
+
+
+def _mask(b, seq_len, packed: bool, seed=0) -> att.MaskSpec:
+  """Rows padded at the end; packed rows hold 3 documents of uneven lengths."""
+  rng = np.random.default_rng(seed)
+  key_mask = np.zeros((b, seq_len), np.int32)
+  seg = np.zeros((b, seq_len), np.int32)
+  for r in range(b):
+    real = int(seq_len * rng.uniform(0.6, 0.95))
+    key_mask[r, :real] = 1
+    cuts = np.sort(rng.choice(np.arange(1, real), 2, replace=False))
+    for k, (s, e) in enumerate(zip([0, *cuts], [*cuts, real], strict=True)):
+      seg[r, s:e] = k + 1
+  return att.MaskSpec(jnp.asarray(key_mask), jnp.asarray(seg) if packed else None)
+
+
+def _reference(q, k, v, mask, half_window):
+  ctx, _ = att.dot_product_attention(q, k, v, mask, impl="xla", dtype=jnp.float32,
+                                     dropout_rate=0.0, dropout_rng=None, want_probs=True,
+                                     half_window=half_window)  # want_probs forces the dense path
+  return ctx
+
+
+def _real(x, mask):
+  return np.asarray(x)[np.asarray(mask.key_mask_BxL) > 0]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("half_window", [None, 40])
+def test_chunked_matches_dense_reference(packed, half_window):
+  b, seq_len, n, h = 2, 1024, 2, 8
+  q, k, v = _inputs(b, seq_len, n, h)
+  mask = _mask(b, seq_len, packed)
+  scale = 1.0 / np.sqrt(h)
+  want = _reference(q, k, v, mask, half_window)
+  got = att.chunked_attention(q * scale, k, v, mask, dtype=jnp.float32, half_window=half_window,
+                              chunk=128)
+  np.testing.assert_allclose(_real(got, mask), _real(want, mask), atol=1e-5)
+
+  def loss(fn, q, k, v):
+    return jnp.sum(jnp.where(mask.key_mask_BxL[:, :, None, None] > 0, fn(q, k, v), 0.0) ** 2)
+
+  g_want = jax.grad(lambda *a: loss(lambda q, k, v: _reference(q, k, v, mask, half_window), *a),
+                    argnums=(0, 1, 2))(q, k, v)
+  g_got = jax.grad(lambda *a: loss(lambda q, k, v: att.chunked_attention(
+      q * scale, k, v, mask, dtype=jnp.float32, half_window=half_window, chunk=128), *a),
+      argnums=(0, 1, 2))(q, k, v)
+  for gw, gg in zip(g_want, g_got, strict=True):
+    np.testing.assert_allclose(gg, gw, atol=1e-4)
+
+
+def test_long_sequences_take_the_chunked_path():
+  seq_len = att.CHUNK_FROM
+  q, k, v = _inputs(1, seq_len, 1, 8)
+  mask = _mask(1, seq_len, packed=True)
+  got, probs = att.dot_product_attention(q, k, v, mask, impl="xla", dtype=jnp.float32,
+                                         dropout_rate=0.0, dropout_rng=None, half_window=64)
+  assert probs is None
+  hlo = jax.jit(lambda q, k, v: att.dot_product_attention(
+      q, k, v, mask, impl="xla", dtype=jnp.float32, dropout_rate=0.0, dropout_rng=None,
+      half_window=64)[0]).lower(q, k, v).as_text()
+  assert f"{seq_len}x{seq_len}" not in hlo  # no [L, L] score or mask tensor anywhere
+  np.testing.assert_allclose(_real(got, mask), _real(_reference(q, k, v, mask, 64), mask),
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("packed,half_window", [(False, None), (True, None), (True, 100),
+                                                (False, 64)])
+def test_splash_matches_reference_in_interpreter(packed, half_window):
+  """The Splash kernel itself (TPU Pallas), run by the Pallas interpreter on CPU."""
+  b, seq_len, n, h = 1, 256, 2, 64
+  q, k, v = _inputs(b, seq_len, n, h, seed=1)
+  mask = _mask(b, seq_len, packed, seed=1)
+  got = att.splash_attention(q / np.sqrt(h), k, v, mask, dtype=jnp.float32,
+                             half_window=half_window, interpret=True)
+  np.testing.assert_allclose(_real(got, mask), _real(_reference(q, k, v, mask, half_window), mask),
+                             atol=1e-5)
+
+
+def test_kernels_fall_back_on_cpu_with_one_reason(caplog):
+  assert jax.default_backend() == "cpu"
+  assert "needs an NVIDIA GPU" in att.fallback_reason("cudnn", jnp.bfloat16, False, False)
+  assert "TPU kernel" in att.fallback_reason("splash", jnp.bfloat16, False, False)
+  assert "divisible by 128" in att.fallback_reason("splash", jnp.bfloat16, False, False, 100,
+                                                   backend="tpu")
+  assert "float32" in att.fallback_reason("cudnn", jnp.float32, False, False, backend="gpu")
+  assert att.fallback_reason("cudnn", jnp.bfloat16, False, False, backend="gpu") == ""
+  assert att.fallback_reason("splash", jnp.bfloat16, False, False, 256, backend="tpu") == ""
+  assert "dropout" in att.fallback_reason("splash", jnp.bfloat16, True, False, backend="tpu")
+  assert att.resolve_impl("auto", jnp.bfloat16, False, False) == "xla"
+  att._warned.clear()
+  q, k, v = _inputs(1, 16, 2, 8)
+  mask = _mask(1, 16, packed=True)
+  with caplog.at_level(logging.WARNING, logger="bert_jax.attention"):
+    for impl in ("cudnn", "splash", "cudnn"):
+      got, _ = att.dot_product_attention(q, k, v, mask, impl=impl, dtype=jnp.bfloat16,
+                                         dropout_rate=0.0, dropout_rng=None, half_window=3)
+  messages = [r.getMessage() for r in caplog.records]
+  assert len(messages) == 2, messages  # one line per reason, not one per call
+  assert "attention_impl='cudnn' falls back to 'xla': cuDNN attention needs an NVIDIA GPU" in \
+      messages[0]
+  want, _ = att.dot_product_attention(q, k, v, mask, impl="xla", dtype=jnp.bfloat16,
+                                      dropout_rate=0.0, dropout_rng=None, half_window=3)
+  np.testing.assert_array_equal(got, want)
