@@ -233,11 +233,12 @@ def batch_axis_size(mesh: Mesh, rules=None) -> int:
 def constrain(x: jax.Array, names: Sequence[str | None], rules=None) -> jax.Array:
   """`with_sharding_constraint` of an activation to its logical axes, under the current mesh.
 
-  A no-op without a mesh (`jax.set_mesh`), so model code stays the same on one device; axes
-  that do not divide a dimension (a batch of 1 at inference) are left out.
+  A no-op without a mesh (`jax.set_mesh`), so model code stays the same on one device, and under
+  a mesh with Explicit axes (there shardings are part of the types); axes that do not divide a
+  dimension (a batch of 1 at inference) are left out.
   """
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty:
+  if mesh is None or mesh.empty or not mesh.are_all_axes_auto:
     return x
   spec, _ = fit_spec(logical_to_spec(names, rules), tuple(x.shape), dict(mesh.shape))
   return jax.lax.with_sharding_constraint(x, spec)
