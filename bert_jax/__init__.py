@@ -6,6 +6,9 @@ The public names (`__all__`):
   BertForTokenClassification, BertForQuestionAnswering
                     the models: NNX modules with `from_pretrained` / `save_pretrained`
                     (`pretrained.py`, subclasses of the modules in modeling.py / heads.py)
+  ModernBertModel, ModernBertForMaskedLM, ModernBertForSequenceClassification,
+  ModernBertForTokenClassification, ModernBertForQuestionAnswering
+                    the ModernBERT family's models (modern_modeling.py), same API
   BertTokenizer     the tokenizer with transformers' names (`BertTokenizer.from_pretrained`)
   Tokenizer         the plain tokenizer the data pipeline uses (BertTokenizer's base)
   BertConfig        the model configuration, with the fields of `bert_config.json`
@@ -35,6 +38,11 @@ from bert_jax.pretrained import (
   BertForTokenClassification,
   BertModel,
   BertTokenizer,
+  ModernBertForMaskedLM,
+  ModernBertForQuestionAnswering,
+  ModernBertForSequenceClassification,
+  ModernBertForTokenClassification,
+  ModernBertModel,
 )
 from bert_jax.sentence_embedding import embed
 from bert_jax.tokenization import Tokenizer
@@ -42,6 +50,9 @@ from bert_jax.tokenization import Tokenizer
 __version__ = "0.1.0"
 __all__ = ["BertConfig", "BertForMaskedLM", "BertForPreTraining", "BertForQuestionAnswering",
            "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
-           "BertOutput", "BertTokenizer", "PRESETS", "Tokenizer", "create_model", "embed",
+           "BertOutput", "BertTokenizer", "ModernBertForMaskedLM",
+           "ModernBertForQuestionAnswering", "ModernBertForSequenceClassification",
+           "ModernBertForTokenClassification", "ModernBertModel", "PRESETS", "Tokenizer",
+           "create_model", "embed",
            "fill_mask", "from_pretrained", "load_model", "preset", "save_model_dir",
            "save_pretrained"]

@@ -29,8 +29,8 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from bert_jax import family, optim, sharding, tpu_compiler, train  # noqa: E402
 from bert_jax import flops as flops_lib  # noqa: E402
-from bert_jax import optim, sharding, tpu_compiler, train  # noqa: E402
 from bert_jax.errors import ConfigError  # noqa: E402
 from bert_jax.tpu_compiler import CompilerMissingError  # noqa: E402, F401 (aot.CompilerMissingError)
 
@@ -102,7 +102,10 @@ def activation_bytes_per_sequence(bert_config, config, tensor: int) -> float:
   d, f, n = bert_config.hidden_size, bert_config.intermediate_size, bert_config.num_attention_heads
   l, p, v = config.data.seq_len, config.data.max_predictions, bert_config.vocab_size
   c = jnp.dtype(bert_config.dtype).itemsize  # Matmul inputs are saved in the compute dtype.
-  drop = 1 if bert_config.attention_probs_dropout_prob > 0 else 0  # One byte per mask entry.
+  # One byte per mask entry (ModernBERT's field is attention_dropout).
+  rate = getattr(bert_config, "attention_probs_dropout_prob",
+                 getattr(bert_config, "attention_dropout", 0.0))
+  drop = 1 if rate > 0 else 0
   per_token = ((c + 8) * d  # f32 residual stream / LayerNorm inputs, input copy, dropout masks
                + 3 * c * d / tensor  # q, k, v (heads split over tensor)
                + (2 + c) * f / tensor  # feed-forward pre- and post-activation
@@ -145,7 +148,7 @@ def prepare(config, topology: str, vocab_size: int = 30522, batch_per_chip: int 
       config.train.batch_size = batch_per_chip * sharding.batch_axis_size(mesh)
     train.validate_batch(config, mesh)
     task = pretraining.model_task(config, vocab_size)
-    bert_config = pretraining.bert_config_from(config.model, vocab_size)
+    bert_config = family.model_config_from(config.model, vocab_size)  # BERT or ModernBERT
     tx, _ = optim.create_optimizer(config.optimizer, config.train.num_steps)
     _, abstract, shardings = train.abstract_train_state(task, tx, mesh, seed=config.train.seed)
     abstract_vars = nnx.split(nnx.eval_shape(lambda: task.model_factory(nnx.Rngs(0))))[1]

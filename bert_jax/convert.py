@@ -12,6 +12,10 @@ attention q/k/v kernels [D, N, H], attention output kernel [N, H, D], other Dens
 embeddings, so HF's `cls.predictions.decoder.weight` is not stored (it is written back on export).
 Turning a `Converted` into a model is `loading.py`; the bert_jax directory format is `model_dir.py`.
 
+ModernBERT folders (`model_type: modernbert`) go through `modern_convert` (its names and layouts)
+into the same `Converted` form with a ModernBertConfig, so every loader and writer takes both
+families; a bert_jax directory of either family writes back to the HF folder of its family.
+
 Refusals (one line, exit status 2, nothing written): a missing file, an unknown layout, a shape
 that does not fit the config, a destination that already holds files (unless --overwrite).
 """
@@ -25,7 +29,7 @@ import sys
 
 import numpy as np
 
-from bert_jax import errors, model_dir, pretrained
+from bert_jax import errors, family, model_dir, pretrained
 from bert_jax.configuration import BertConfig
 
 HEAD_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
@@ -390,6 +394,8 @@ def read_hf(folder) -> Converted:
   folder = pathlib.Path(folder)
   hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
   model_type = hf_config.get("model_type", "bert")
+  if model_type == "modernbert":
+    return read_modern_hf(folder)
   if model_type != "bert":
     raise ConversionError(f"{folder}/config.json has model_type {model_type!r}; bert_jax converts "
                           "only BERT ('bert') checkpoints.")
@@ -404,6 +410,32 @@ def read_hf(folder) -> Converted:
   conv = hf_tensors_to_bert_jax(read_hf_tensors(folder), config, hf_config, str(folder))
   conv.tokenizer = _tokenizer_or_none(folder)
   return conv
+
+
+def read_modern_hf(folder) -> Converted:
+  """A Hugging Face ModernBERT folder in memory (modern_convert's checks), with its tokenizer."""
+  from bert_jax import modern_convert
+  try:
+    m = modern_convert.read_hf_folder(folder)
+  except errors.ModelFileError as e:
+    raise ConversionError(str(e)) from None
+  info = {"architecture": m.architecture, "num_labels": m.num_labels}
+  if m.label_names:
+    info["label_names"] = list(m.label_names)
+  return Converted(m.config, info, m.params, _tokenizer_or_none(pathlib.Path(folder)), m.mapped,
+                   m.ignored)
+
+
+def _modern_hf_files(conv: Converted) -> tuple[dict[str, np.ndarray], dict]:
+  """(HF tensors, config.json dict) of a ModernBERT `Converted`."""
+  from bert_jax import modern_convert
+  arch = conv.info["architecture"]
+  m = modern_convert.HFModernBert(conv.config, conv.params, arch,
+                                  conv.info.get("num_labels") if "Classification" in arch else None,
+                                  conv.info.get("label_names"))
+  tensors = {k: np.ascontiguousarray(v, np.float32)
+             for k, v in modern_convert.params_to_hf(conv.params, arch).items()}
+  return tensors, modern_convert.hf_config_dict(m)
 
 
 def read_tf1(path) -> Converted:
@@ -446,8 +478,11 @@ def write_bert_jax(conv: Converted, dst, overwrite: bool = False) -> pathlib.Pat
 def write_hf(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
   """Writes config.json, model.safetensors (f32), and the tokenizer files."""
   from safetensors.numpy import save_file
-  tensors = bert_jax_to_hf_tensors(conv.params, conv.info)
-  cfg = hf_config_dict(conv.config, conv.info)
+  if family.of_config(conv.config) == "modern":
+    tensors, cfg = _modern_hf_files(conv)
+  else:
+    tensors = bert_jax_to_hf_tensors(conv.params, conv.info)
+    cfg = hf_config_dict(conv.config, conv.info)
 
   def write(tmp: pathlib.Path):
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n",

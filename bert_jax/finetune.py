@@ -5,6 +5,11 @@
 trains with `train.run` (checkpoints, resume, logging, sharding), keeps WORKDIR/best by the task
 metric (a bert_jax model directory that `bert-jax-predict` reads) and writes that model's dev
 predictions to WORKDIR/dev_predictions.jsonl.
+
+`model.family` says which family the model is (bert or modern, i.e. ModernBERT): init_from must be
+a checkpoint of that family, and a fresh model is built from that family's preset. The tasks
+build the family's head class (ModernBertForSequenceClassification, ...), which takes the same
+inputs, so data, loss and metrics are the same code for both.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import pathlib
 
 import jax
 
+from bert_jax import family as family_lib
 from bert_jax import train
 
 LOWER_IS_BETTER = ("mse",)
@@ -28,9 +34,14 @@ def load_source(config):
   from bert_jax import pretraining
   from bert_jax.tokenization import Tokenizer
   m = config.model
+  want = family_lib.check_config_family(m)
   compute = dict(hidden_dropout_prob=m.hidden_dropout_prob,
                  attention_probs_dropout_prob=m.attention_probs_dropout_prob, dtype=m.dtype,
                  attention_impl=m.attention_impl, remat=m.remat)
+  if want == "modern":  # The same settings under ModernBERT's names.
+    compute = dict(embedding_dropout=m.hidden_dropout_prob, mlp_dropout=m.hidden_dropout_prob,
+                   attention_dropout=m.attention_probs_dropout_prob, dtype=m.dtype,
+                   attention_impl=m.attention_impl, remat=m.remat)
   if config.init_from:
     if not os.path.exists(config.init_from):
       raise train.TrainingError(f"init_from={config.init_from!r} does not exist; point it at a "
@@ -39,6 +50,11 @@ def load_source(config):
       conv = convert_lib.read_any(config.init_from)
     except convert_lib.ConversionError as e:
       raise train.TrainingError(f"init_from={config.init_from!r}: {e}") from None
+    have = family_lib.of_config(conv.config)
+    if have != want:
+      raise train.TrainingError(
+          f"init_from={config.init_from!r} holds a {family_lib.DISPLAY[have]} checkpoint but "
+          f"model.family={want}; set --config.model.family={have} to fine-tune it.")
     tokenizer = Tokenizer.from_vocab(config.data.vocab) if config.data.vocab else conv.tokenizer
     if tokenizer is None:
       raise train.TrainingError(f"init_from={config.init_from!r} has no vocabulary; pass "
@@ -52,7 +68,9 @@ def load_source(config):
     raise train.TrainingError("from_scratch=True takes the architecture from init_from; set "
                               "--config.init_from too, or drop from_scratch.")
   tokenizer = Tokenizer.from_vocab(config.data.vocab or DEFAULT_VOCAB)
-  return pretraining.bert_config_from(m, tokenizer.vocab_size), tokenizer, None
+  if want == "bert":
+    return pretraining.bert_config_from(m, tokenizer.vocab_size), tokenizer, None
+  return family_lib.model_config_from(m, tokenizer.vocab_size), tokenizer, None
 
 
 def init_params_from(conv, architecture: str, task_data, new_head: bool) -> dict:
@@ -72,9 +90,10 @@ def init_params_from(conv, architecture: str, task_data, new_head: bool) -> dict
           f"{task_data.label_names or task_data.num_labels}; set --config.new_head=True to train "
           f"a new head on its encoder.")
     return model_dir.unflatten(flat)
-  if any(k.startswith("bert.") for k in flat):
-    flat = {k[len("bert."):]: v for k, v in flat.items() if k.startswith("bert.")}
-  return {"bert": model_dir.unflatten(flat)}
+  enc = family_lib.ENCODER_PREFIX[family_lib.of_config(conv.config)]  # bert | model
+  if any(k.startswith(enc + ".") for k in flat):
+    flat = {k[len(enc) + 1:]: v for k, v in flat.items() if k.startswith(enc + ".")}
+  return {enc: model_dir.unflatten(flat)}
 
 
 # ----------------------------------------------------------------------------- the Task
@@ -113,7 +132,8 @@ def make_task(config, workdir: str):
     data = tasks.task_class(config.task)(config, tokenizer)
   except DataError as e:
     raise train.TrainingError(str(e)) from None
-  arch = tasks.TASKS[config.task].architecture
+  arch = family_lib.counterpart(tasks.TASKS[config.task].architecture,
+                                family_lib.of_config(bert_config))
   known = tasks.TASKS[config.task].metrics
   if data.metric.split("_", 1)[-1] not in known and data.metric not in known \
       and not data.metric.startswith("f1_"):

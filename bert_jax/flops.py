@@ -38,8 +38,18 @@ def chip_name(device=None) -> str:
 
 def forward_flops_per_sequence(config: BertConfig, seq_len: int, mlm_positions: int | None,
                                with_pooler: bool = True) -> float:
-  """Forward FLOPs for one sequence. `mlm_positions=None` means logits at every position."""
+  """Forward FLOPs for one sequence. `mlm_positions=None` means logits at every position.
+
+  A ModernBertConfig is counted as modern_modeling computes it: fused q/k/v, GeGLU (the input
+  projection is 2 x the GLU width), scores over the whole row on every layer (the local window
+  is a mask, not fewer FLOPs), no pooler.
+  """
   d, f, v, l = config.hidden_size, config.intermediate_size, config.vocab_size, seq_len
+  if getattr(config, "model_type", "") == "modernbert":
+    per_layer = (2 * l * d * 3 * d + 2 * l * l * d * 2 + 2 * l * d * d
+                 + 2 * l * d * 2 * f + 2 * l * f * d)  # q/k/v, attention, output, GLU in, out
+    p = l if mlm_positions is None else mlm_positions
+    return config.num_hidden_layers * per_layer + 2 * p * d * d + 2 * p * d * v
   per_layer = (2 * l * d * 3 * d  # q, k, v projections
                + 2 * l * l * d * 2  # scores and context
                + 2 * l * d * d  # attention output projection

@@ -28,9 +28,12 @@ def bucket(n: int, cap: int, minimum: int = 1) -> int:
 
 
 def encoder_of(model: nnx.Module) -> nnx.Module:
-  """The BertModel inside a head model (its `bert`), or the model itself."""
-  inner = getattr(model, "bert", None)
-  return inner if isinstance(inner, nnx.Module) else model
+  """The encoder inside a head model (BERT's `bert`, ModernBERT's `model`), or the model itself."""
+  for name in ("bert", "model"):
+    inner = getattr(model, name, None)
+    if isinstance(inner, nnx.Module):
+      return inner
+  return model
 
 
 def pad_rows(rows: list[list[int]], types: list[list[int]] | None, length: int, batch: int,

@@ -8,6 +8,10 @@ Every source is read by `convert.read_any` into one in-memory form (`convert.Con
 model_info, flat f32 parameters, tokenizer); `build_model` turns that into an instance of the
 classes of `pretrained.py`, so every loader returns the same classes, each with
 `save_pretrained`. The on-disk bert_jax format itself is `model_dir.py`.
+
+Both model families load the same way: a ModernBERT checkpoint (HF `model_type: modernbert` or
+a bert_jax directory of one) builds the ModernBert* classes, whose encoder sits under `model`
+where BERT's sits under `bert`; a class of the other family is refused in one sentence.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from bert_jax import convert, errors, model_dir, pretrained
+from bert_jax import convert, errors, family, model_dir, pretrained
 from bert_jax.configuration import BertConfig
 
 
@@ -61,13 +65,17 @@ def merge_params(model: nnx.Module, params: dict, prefix: str = ""):
   return loaded, missing, unexpected
 
 
-def _strip_bert(name: str) -> str:
-  return name.removeprefix("bert.")
-
-
-def _build(config: BertConfig, info: dict, params: dict, cls, seed: int, model_kwargs: dict):
+def _build(config: BertConfig, info: dict, params: dict, cls, seed: int, model_kwargs: dict,
+           source="The checkpoint"):
   """(model, missing_keys, unexpected_keys); see `build_model`."""
   cls = pretrained.model_class(cls or info.get("architecture", "BertModel"))
+  family.check_family(cls.__name__, config, source)
+  # Where a head model keeps its encoder: `bert.` (BERT) or `model.` (ModernBERT).
+  enc = family.ENCODER_PREFIX[family.of_config(config)] + "."
+
+  def _strip_bert(name: str) -> str:
+    return name.removeprefix(enc)
+
   kwargs = pretrained.init_kwargs(cls, info, model_kwargs)
 
   def make():
@@ -77,12 +85,12 @@ def _build(config: BertConfig, info: dict, params: dict, cls, seed: int, model_k
   wanted = set(model_dir.flatten(nnx.state(abstract, nnx.Param).to_pure_dict()))
   flat = model_dir.flatten(params)
   # An encoder checkpoint fits a head model's `bert`, and a head model's `bert` an encoder.
-  has_bert = any(k.startswith("bert.") for k in flat)
-  wants_bert = any(k.startswith("bert.") for k in wanted)
+  has_bert = any(k.startswith(enc) for k in flat)
+  wants_bert = any(k.startswith(enc) for k in wanted)
   if wants_bert and not has_bert:
-    flat = {f"bert.{k}": v for k, v in flat.items()}
+    flat = {f"{enc}{k}": v for k, v in flat.items()}
   elif has_bert and not wants_bert:
-    flat = {_strip_bert(k): v for k, v in flat.items() if k.startswith("bert.")}
+    flat = {_strip_bert(k): v for k, v in flat.items() if k.startswith(enc)}
   # Everything from the checkpoint: skip the random initialisation.
   model = abstract if wanted <= set(flat) else make()
   merge_params(model, flat)
@@ -114,17 +122,21 @@ def _with_dtypes(config: BertConfig, dtype, param_dtype) -> BertConfig:
 
 
 def load_pretrained(path, cls=None, *, dtype=None, param_dtype=None, seed: int = 0,
-                    **model_kwargs):
+                    any_family: bool = False, **model_kwargs):
   """(model, tokenizer or None, {"missing_keys": [...], "unexpected_keys": [...]}) from a
   bert_jax directory, a Hugging Face folder or a Google TF1 checkpoint.
 
-  HF and TF1 weights are converted in memory. `cls`: see `build_model`. `dtype` is the compute
-  dtype (e.g. "bfloat16"), `param_dtype` the parameters' (f32 unless given). Weights the
-  checkpoint lacks are initialised randomly and named in a warning on stderr.
+  HF and TF1 weights are converted in memory. `cls`: see `build_model`; with `any_family=True`
+  it names a role, built in the checkpoint's family (BertForMaskedLM gives ModernBertForMaskedLM
+  for a ModernBERT checkpoint), as the command-line tools load. `dtype` is the compute dtype
+  (e.g. "bfloat16"), `param_dtype` the parameters' (f32 unless given). Weights the checkpoint
+  lacks are initialised randomly and named in a warning on stderr.
   """
   conv = convert.read_any(path)
+  if any_family and cls is not None:
+    cls = family.counterpart(pretrained.model_class(cls).__name__, family.of_config(conv.config))
   model, missing, unexpected = _build(_with_dtypes(conv.config, dtype, param_dtype), conv.info,
-                                      conv.params, cls, seed, model_kwargs)
+                                      conv.params, cls, seed, model_kwargs, path)
   if missing:
     print(f"warning: {len(missing)} weights of {type(model).__name__} are not in {path} and "
           f"were initialised randomly (first: {missing[0]}); train them before use.",

@@ -24,17 +24,20 @@ from bert_jax.errors import ConfigError, DataError, ModelFileError
 
 
 def _check_model(model) -> None:
-  if not isinstance(getattr(model, "predictions", None), nnx.Module):
-    raise ConfigError(f"fill_mask needs a model with the masked-LM head (BertForMaskedLM or "
-                      f"BertForPreTraining), not {type(model).__name__}; load it with "
-                      "BertForMaskedLM.from_pretrained(path) from a checkpoint that has the head.")
+  # BERT's MLM head is `predictions`, ModernBERT's `decoder` (after its `head`).
+  if not any(isinstance(getattr(model, name, None), nnx.Module)
+             for name in ("predictions", "decoder")):
+    raise ConfigError(f"fill_mask needs a model with the masked-LM head (BertForMaskedLM, "
+                      f"BertForPreTraining or ModernBertForMaskedLM), not "
+                      f"{type(model).__name__}; load it with BertForMaskedLM.from_pretrained(path) "
+                      "from a checkpoint that has the head.")
 
 
 def fill_mask(model, tokenizer, texts, top_k: int = 5, *, batch_size: int = 32):
   """Top-k predictions for every [MASK] of `texts` (a string or a list of strings).
 
   Args:
-    model: a BertForMaskedLM or BertForPreTraining (any module with the `predictions` head).
+    model: a BertForMaskedLM, BertForPreTraining or ModernBertForMaskedLM.
     tokenizer: the model's tokenizer (`BertTokenizer` or `tokenization.Tokenizer`).
     texts: text(s) holding the tokenizer's mask token (`[MASK]`) one or more times.
     top_k: how many candidates per mask.
@@ -104,9 +107,11 @@ def fill_mask_checkpoint(checkpoint, texts, top_k: int = 5, *, dtype: str | None
   """`fill_mask` with the model and tokenizer of `checkpoint` (what `bert-jax-fill-mask` runs);
   refuses a checkpoint without the masked-LM head instead of predicting with random weights."""
   import bert_jax
-  model, info = bert_jax.BertForMaskedLM.from_pretrained(checkpoint, dtype=dtype,
-                                                         output_loading_info=True)
-  if any(k.startswith("predictions.") for k in info["missing_keys"]):
+  from bert_jax import loading
+  # The checkpoint's family decides the class (ModernBertForMaskedLM for a ModernBERT).
+  model, _, info = loading.load_pretrained(checkpoint, "BertForMaskedLM", dtype=dtype,
+                                           any_family=True)
+  if any(k.startswith(("predictions.", "head.", "decoder.")) for k in info["missing_keys"]):
     raise ModelFileError(f"{checkpoint} has no masked-LM head (an encoder-only checkpoint); "
                          "fill-mask needs a BertForPreTraining or BertForMaskedLM checkpoint.")
   tokenizer = bert_jax.BertTokenizer.from_pretrained(checkpoint)

@@ -181,7 +181,11 @@ def save_model_dir(path, model: nnx.Module, tokenizer=None, *, extra_info: dict 
 
 # ------------------------------------------------------------------ reading
 def read_model_dir(path) -> tuple[BertConfig, dict, dict]:
-  """Returns (config, info, params) with params the nested dict of f32 numpy arrays."""
+  """Returns (config, info, params) with params the nested dict of f32 numpy arrays.
+
+  The config is a BertConfig, or a ModernBertConfig for a ModernBERT (`model_type: modernbert`
+  in bert_config.json, which holds either family's config).
+  """
   path = pathlib.Path(path).absolute()
   if not is_model_dir(path):
     raise errors.MissingFileError(
@@ -192,7 +196,8 @@ def read_model_dir(path) -> tuple[BertConfig, dict, dict]:
   if info.get("format_version", 1) > FORMAT_VERSION:
     raise errors.ModelFileError(f"{path} has format_version {info['format_version']}, newer "
                                 f"than this bert_jax reads ({FORMAT_VERSION}); upgrade bert_jax.")
-  config = BertConfig.from_json(path / CONFIG_FILE)
+  from bert_jax import family  # A ModernBertConfig when the file says model_type modernbert.
+  config = family.config_from_dict(json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")))
   params = _checkpointer().restore(path / PARAMS_DIR)
   params = jax.tree.map(np.asarray, params)
   return config, info, params

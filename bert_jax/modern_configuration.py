@@ -26,6 +26,9 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu", "swish")
 POOLINGS = ("cls", "mean")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "norm_bias", "attention_bias", "mlp_bias", "decoder_bias",
+                "classifier_bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +212,12 @@ class ModernBertConfig:
   def replace(self, **changes) -> "ModernBertConfig":
     return dataclasses.replace(self, **changes)
 
+  def shape_identity(self) -> dict:
+    """The fields that decide parameter shapes, as BertConfig.shape_identity (checkpoints
+    record it; a workdir or init_from of another shape or family is refused by comparing)."""
+    return {"model_type": self.model_type,
+            **{k: getattr(self, k) for k in SHAPE_FIELDS}}
+
 
 def _pattern(n: int, layers: int) -> tuple[str, ...]:
   return tuple("sliding_attention" if i % n else "full_attention" for i in range(layers))
@@ -223,10 +232,15 @@ def _every_n(layer_types) -> int:
 
 
 # modern_base / modern_large: answerdotai/ModernBERT-base / -large config.json (vocab 50368).
+# modern_demo: the BERT demo's size (BERT-mini: 4 layers, 256 wide, 4 heads) with ModernBERT's
+# GLU width ratio (1.5 x hidden) and a 64-token window, so a 128-token row has local layers.
 PRESETS: dict[str, ModernBertConfig] = {
     "modern_tiny": ModernBertConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                                     num_attention_heads=2, local_attention=16,
                                     max_position_embeddings=512),
+    "modern_demo": ModernBertConfig(hidden_size=256, intermediate_size=384, num_hidden_layers=4,
+                                    num_attention_heads=4, local_attention=64,
+                                    max_position_embeddings=1024),
     "modern_base": ModernBertConfig(),
     "modern_large": ModernBertConfig(hidden_size=1024, intermediate_size=2624,
                                      num_hidden_layers=28, num_attention_heads=16),

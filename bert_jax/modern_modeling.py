@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bert_jax import attention as attention_lib
+from bert_jax.errors import DataError
 from bert_jax.layers import Dense, Embed, activation, dropout, param
 from bert_jax.modern_configuration import ModernBertConfig
 
@@ -190,7 +191,7 @@ class ModernBertModel(nnx.Module):
                             for i in range(config.num_hidden_layers)])
     self.final_norm = _norm(config, rngs)
 
-  def __call__(self, input_ids, attention_mask=None, position_ids=None, *,
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                packed_segment_ids=None, dropout_rng=None, output_hidden_states: bool = False,
                output_attentions: bool = False) -> ModernBertOutput:
     """Runs the encoder.
@@ -198,6 +199,9 @@ class ModernBertModel(nnx.Module):
     Args:
       input_ids: int [B, L] (a flat [L] sequence gets a batch axis of 1).
       attention_mask: [B, L], 1 for real tokens, 0 for padding. Default: all ones.
+      token_type_ids: ignored (ModernBERT has no token types); the argument keeps BertModel's
+        positional order (input_ids, attention_mask, token_type_ids, position_ids), so every
+        tool that calls a BERT model calls a ModernBERT one unchanged.
       position_ids: [B, L] for RoPE and the local window. Default: 0..L-1.
       packed_segment_ids: [B, L], 1..K per packed sequence, 0 for padding; blocks attention
         between sequences packed into one row (pass restarted position_ids with it).
@@ -209,7 +213,7 @@ class ModernBertModel(nnx.Module):
       input_ids_BxL = input_ids_BxL[None]
     b, seq_len = input_ids_BxL.shape
     if seq_len > config.max_position_embeddings:
-      raise ValueError(
+      raise DataError(
           f"Input has {seq_len} tokens but the model accepts at most "
           f"{config.max_position_embeddings} (max_position_embeddings); truncate the input or "
           "split it into windows.")
@@ -287,11 +291,12 @@ class ModernBertForMaskedLM(nnx.Module):
     self.head = ModernBertPredictionHead(config, rngs=rngs)
     self.decoder = ModernBertDecoder(config, rngs=rngs)
 
-  def __call__(self, input_ids, attention_mask=None, position_ids=None, *, masked_positions=None,
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+               masked_positions=None,
                packed_segment_ids=None, dropout_rng=None) -> jax.Array:
     """MLM logits [B, L, V], or [B, P, V] at `masked_positions` [B, P] (fewer FLOPs)."""
-    x = self.model(input_ids, attention_mask, position_ids, packed_segment_ids=packed_segment_ids,
-                   dropout_rng=dropout_rng).last_hidden_state
+    x = self.model(input_ids, attention_mask, None, position_ids,
+                   packed_segment_ids=packed_segment_ids, dropout_rng=dropout_rng).last_hidden_state
     if masked_positions is not None:
       x = gather_positions(x, jnp.asarray(masked_positions))
     return self.decoder(self.head(x), self.model.embeddings.tok_embeddings)
@@ -326,8 +331,9 @@ class _ClassifierBase(nnx.Module):
 class ModernBertForSequenceClassification(_ClassifierBase):
   """Pooled (`classifier_pooling`) -> head -> dropout -> classifier: logits [B, C]."""
 
-  def __call__(self, input_ids, attention_mask=None, position_ids=None, *, dropout_rng=None):
-    x_BxLxD = self.model(input_ids, attention_mask, position_ids,
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+               dropout_rng=None):
+    x_BxLxD = self.model(input_ids, attention_mask, None, position_ids,
                          dropout_rng=_fold(dropout_rng, 0)).last_hidden_state
     pooled_BxD = pool(x_BxLxD, attention_mask, self.config.classifier_pooling)
     return self._logits(pooled_BxD, _fold(dropout_rng, 1))
@@ -336,8 +342,9 @@ class ModernBertForSequenceClassification(_ClassifierBase):
 class ModernBertForTokenClassification(_ClassifierBase):
   """Per-token head -> dropout -> classifier: logits [B, L, C] (NER)."""
 
-  def __call__(self, input_ids, attention_mask=None, position_ids=None, *, dropout_rng=None):
-    x_BxLxD = self.model(input_ids, attention_mask, position_ids,
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+               dropout_rng=None):
+    x_BxLxD = self.model(input_ids, attention_mask, None, position_ids,
                          dropout_rng=_fold(dropout_rng, 0)).last_hidden_state
     return self._logits(x_BxLxD, _fold(dropout_rng, 1))
 
@@ -352,8 +359,9 @@ class ModernBertForQuestionAnswering(nnx.Module):
     self.classifier = _dense(config, (config.hidden_size,), (2,), ("embed",), ("classes",),
                              _stds(config)["final_out"], True, rngs)
 
-  def __call__(self, input_ids, attention_mask=None, position_ids=None, *, dropout_rng=None):
-    x_BxLxD = self.model(input_ids, attention_mask, position_ids,
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+               dropout_rng=None):
+    x_BxLxD = self.model(input_ids, attention_mask, None, position_ids,
                          dropout_rng=_fold(dropout_rng, 0)).last_hidden_state
     h_BxLxD = dropout(self.head(x_BxLxD), self.config.classifier_dropout, _fold(dropout_rng, 1))
     logits_BxLx2 = self.classifier(h_BxLxD)

@@ -12,6 +12,13 @@ those modules' outputs: `BertModel` returns `BertOutput` (a NamedTuple, so `outp
 last hidden state), `BertForPreTraining` a `PreTrainingOutput` (`mlm_logits`, `nsp_logits`, ...)
 and `BertForMaskedLM` the MLM logits [B, L, V] as one array.
 
+The ModernBERT family has the same classes (`ModernBertModel`, `ModernBertForMaskedLM`,
+`ModernBertForSequenceClassification`, `ModernBertForTokenClassification`,
+`ModernBertForQuestionAnswering`, subclasses of modern_modeling.py's modules) with the same
+call signature and outputs; loading a checkpoint of one family into the other's class is refused
+in one sentence naming the class to use. `BertTokenizer.from_pretrained` also reads a folder
+whose only vocabulary is a `tokenizer.json` (ModernBERT's BPE).
+
 Every loader (these classes' `from_pretrained`, `bert_jax.from_pretrained`, `bert_jax.load_model`)
 returns instances of these classes; `ARCHITECTURES` maps model_info.json's architecture names to
 them. The reading and building itself is `loading.py`.
@@ -21,7 +28,7 @@ from __future__ import annotations
 import inspect
 import pathlib
 
-from bert_jax import errors, heads, modeling, tokenization
+from bert_jax import errors, heads, modeling, modern_modeling, tokenization
 
 _SPECIAL_NAMES = ("unk", "sep", "pad", "cls", "mask")
 
@@ -169,11 +176,37 @@ class BertForQuestionAnswering(PretrainedMixin, heads.BertForQuestionAnswering):
   """`heads.BertForQuestionAnswering` with from_pretrained / save_pretrained."""
 
 
+class ModernBertModel(PretrainedMixin, modern_modeling.ModernBertModel):
+  """`modern_modeling.ModernBertModel` with from_pretrained / save_pretrained."""
+
+
+class ModernBertForMaskedLM(PretrainedMixin, modern_modeling.ModernBertForMaskedLM):
+  """`modern_modeling.ModernBertForMaskedLM` with from_pretrained / save_pretrained."""
+
+
+class ModernBertForSequenceClassification(PretrainedMixin,
+                                          modern_modeling.ModernBertForSequenceClassification):
+  """`modern_modeling.ModernBertForSequenceClassification` with from_pretrained /
+  save_pretrained."""
+
+
+class ModernBertForTokenClassification(PretrainedMixin,
+                                       modern_modeling.ModernBertForTokenClassification):
+  """`modern_modeling.ModernBertForTokenClassification` with from_pretrained / save_pretrained."""
+
+
+class ModernBertForQuestionAnswering(PretrainedMixin,
+                                     modern_modeling.ModernBertForQuestionAnswering):
+  """`modern_modeling.ModernBertForQuestionAnswering` with from_pretrained / save_pretrained."""
+
+
 # ------------------------------------------------------------------ architectures
 # model_info.json's "architecture" names one of these; every loader builds these classes.
 ARCHITECTURES: dict[str, type] = {c.__name__: c for c in (
     BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
-    BertForTokenClassification, BertForQuestionAnswering)}
+    BertForTokenClassification, BertForQuestionAnswering, ModernBertModel, ModernBertForMaskedLM,
+    ModernBertForSequenceClassification, ModernBertForTokenClassification,
+    ModernBertForQuestionAnswering)}
 _BY_BASE = {base: c for c in ARCHITECTURES.values() for base in c.__bases__
             if base is not PretrainedMixin}
 

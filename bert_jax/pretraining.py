@@ -1,6 +1,10 @@
 """Pretraining (MLM + NSP/SOP) as a `train.Task`, and `train_and_evaluate(config, workdir)`,
 the library function behind `bert-jax-pretrain` (bert_jax/cli/pretrain.py), `make demo` and
-the notebooks."""
+the notebooks.
+
+With `model.family=modern` the task trains a ModernBertForMaskedLM on the masked-LM loss alone
+(`mlm_only_loss`: the same MLM terms and metrics, no NSP head; the batches' NSP labels are
+ignored) through the same loop, data and export."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bert_jax import family as family_lib
 from bert_jax import flops as flops_lib
 from bert_jax import train
 from bert_jax.configuration import BertConfig, preset
 from bert_jax.heads import BertForPreTraining
+from bert_jax.modern_modeling import ModernBertForMaskedLM
 
 
 def bert_config_from(model_cfg, vocab_size: int) -> BertConfig:
@@ -29,22 +35,37 @@ def bert_config_from(model_cfg, vocab_size: int) -> BertConfig:
   return preset(model_cfg.preset, vocab_size=vocab_size, **overrides)
 
 
+def _mlm_terms(mlm_logits_BxPxV, batch: dict):
+  """(summed NLL, weight, correct count) of the masked-LM predictions at the masked positions."""
+  ids_BxP = batch["masked_lm_ids"]
+  w_BxP = batch["masked_lm_weights"].astype(jnp.float32)
+  logp_BxPxV = jax.nn.log_softmax(mlm_logits_BxPxV, axis=-1)
+  nll_BxP = -jnp.take_along_axis(logp_BxPxV, ids_BxP[..., None], axis=-1)[..., 0]
+  mlm_sum, mlm_w = jnp.sum(nll_BxP * w_BxP), jnp.sum(w_BxP)
+  # Correct when the label's logit is the maximum (the max is log_softmax's own, so free; an
+  # argmax over the 30,522-way vocabulary costs a variadic reduce). Exact ties count as correct.
+  label_logit_BxP = jnp.take_along_axis(mlm_logits_BxPxV, ids_BxP[..., None], axis=-1)[..., 0]
+  hit_BxP = label_logit_BxP >= jnp.max(mlm_logits_BxPxV, axis=-1)
+  return mlm_sum, mlm_w, jnp.sum(hit_BxP * w_BxP)
+
+
+def mlm_only_loss(model: ModernBertForMaskedLM, batch: dict, dropout_rng):
+  """Masked-LM cross-entropy alone (ModernBERT: no NSP), with pretraining_loss's MLM metrics."""
+  mlm_logits = model(batch["input_ids"], batch["input_mask"], None, batch.get("position_ids"),
+                     masked_positions=batch["masked_lm_positions"],
+                     packed_segment_ids=batch.get("packed_segment_ids"), dropout_rng=dropout_rng)
+  mlm_sum, mlm_w, mlm_correct = _mlm_terms(mlm_logits, batch)
+  loss = mlm_sum / jnp.maximum(mlm_w, 1.0)
+  return loss, {"mlm_loss": (mlm_sum, mlm_w), "mlm_accuracy": (mlm_correct, mlm_w)}
+
+
 def pretraining_loss(model: BertForPreTraining, batch: dict, dropout_rng):
   """Masked-LM cross-entropy at the masked positions plus NSP/SOP cross-entropy."""
   out = model(batch["input_ids"], batch["input_mask"], batch["segment_ids"],
               batch.get("position_ids"), masked_positions=batch["masked_lm_positions"],
               packed_segment_ids=batch.get("packed_segment_ids"),
               cls_positions=batch.get("cls_positions"), dropout_rng=dropout_rng)
-  ids_BxP = batch["masked_lm_ids"]
-  w_BxP = batch["masked_lm_weights"].astype(jnp.float32)
-  logp_BxPxV = jax.nn.log_softmax(out.mlm_logits, axis=-1)
-  nll_BxP = -jnp.take_along_axis(logp_BxPxV, ids_BxP[..., None], axis=-1)[..., 0]
-  mlm_sum, mlm_w = jnp.sum(nll_BxP * w_BxP), jnp.sum(w_BxP)
-  # Correct when the label's logit is the maximum (the max is log_softmax's own, so free; an
-  # argmax over the 30,522-way vocabulary costs a variadic reduce). Exact ties count as correct.
-  label_logit_BxP = jnp.take_along_axis(out.mlm_logits, ids_BxP[..., None], axis=-1)[..., 0]
-  hit_BxP = label_logit_BxP >= jnp.max(out.mlm_logits, axis=-1)
-  mlm_correct = jnp.sum(hit_BxP * w_BxP)
+  mlm_sum, mlm_w, mlm_correct = _mlm_terms(out.mlm_logits, batch)
 
   labels = batch["next_sentence_labels"]
   nsp_w = batch.get("next_sentence_weights", jnp.ones(labels.shape, jnp.float32))
@@ -66,7 +87,8 @@ def pretraining_eval_metrics(model: BertForPreTraining, batch: dict):
   The histogram (summed over the global batch, so over every process) gives the unigram
   baseline in `_summarize`.
   """
-  _, metrics = pretraining_loss(model, batch, None)
+  loss_fn = mlm_only_loss if isinstance(model, ModernBertForMaskedLM) else pretraining_loss
+  _, metrics = loss_fn(model, batch, None)
   ids_BxP = batch["masked_lm_ids"]
   masked_BxP = (batch["masked_lm_weights"] > 0).astype(jnp.float32)
   vocab_size = model.config.vocab_size
@@ -110,7 +132,7 @@ def model_task(config, vocab_size: int) -> train.Task:
 
   `make_task` adds the dataset to it; `bert_jax.aot` compiles its train step for TPU topologies.
   """
-  bert_config = bert_config_from(config.model, vocab_size)
+  bert_config = family_lib.model_config_from(config.model, vocab_size)
   d = config.data
   if d.seq_len > bert_config.max_position_embeddings:
     raise train.TrainingError(
@@ -121,12 +143,14 @@ def model_task(config, vocab_size: int) -> train.Task:
     raise train.TrainingError("This pretraining task has no dataset; build it with "
                               "make_task(config) to train.")
 
+  modern = family_lib.of_config(bert_config) == "modern"
+  model_cls = ModernBertForMaskedLM if modern else BertForPreTraining
   return train.Task(
       name="pretraining",
-      model_factory=lambda rngs: BertForPreTraining(bert_config, rngs=rngs),
-      loss_fn=pretraining_loss,
+      model_factory=lambda rngs: model_cls(bert_config, rngs=rngs),
+      loss_fn=mlm_only_loss if modern else pretraining_loss,
       train_iter=no_data,
-      identity={"bert_config": bert_config.shape_identity()},
+      identity={("modern_config" if modern else "bert_config"): bert_config.shape_identity()},
       tokens_per_example=d.seq_len,
       flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, d.seq_len,
                                                        d.max_predictions),
@@ -147,7 +171,7 @@ def make_task(config) -> train.Task:
   tokenizer = _load_tokenizer(_resolve_vocab(config))
   input_pipeline.check_vocab(data_dir, tokenizer)
   task = model_task(config, tokenizer.vocab_size)
-  bert_config = bert_config_from(config.model, tokenizer.vocab_size)
+  bert_config = family_lib.model_config_from(config.model, tokenizer.vocab_size)
   d = config.data
   shards = data_shards.local_shards(d.num_shards)
   num_shards = d.num_shards or jax.process_count()
@@ -178,6 +202,9 @@ def make_task(config) -> train.Task:
   def init_params():
     return load_init_params(config.init_from, bert_config)
 
+  if config.init_from:  # Refuse another family before train.run writes anything.
+    _check_init_family(config.init_from, bert_config)
+
   return dataclasses.replace(
       task,
       train_iter=train_iter,
@@ -189,19 +216,37 @@ def make_task(config) -> train.Task:
   )
 
 
-def load_init_params(path: str, bert_config: BertConfig) -> dict:
-  """Parameters of a bert_jax model directory for `init_from`, checked against the model."""
+def load_init_params(path: str, bert_config) -> dict:
+  """Parameters of a bert_jax model directory for `init_from`, checked against the model (its
+  family first: a BERT checkpoint cannot start a ModernBERT, nor the reverse)."""
   from bert_jax import model_dir
   if not model_dir.is_model_dir(path):
     raise train.TrainingError(
         f"init_from={path!r} is not a bert_jax model directory (bert_config.json, params/); "
         f"convert a checkpoint with `bert-jax-convert` or point at a pretraining WORKDIR/model.")
+  _check_init_family(path, bert_config)
   src_config, _, params = model_dir.read_model_dir(path)
   if src_config.shape_identity() != bert_config.shape_identity():
     raise train.TrainingError(
         f"init_from={path!r} has model shape {src_config.shape_identity()} but the config asks "
         f"for {bert_config.shape_identity()}; make the model section match the checkpoint.")
   return params
+
+
+def _check_init_family(path: str, bert_config) -> None:
+  """Refuses an init_from of the other model family (reads only its bert_config.json)."""
+  from bert_jax import model_dir
+  cfg_path = os.path.join(path, model_dir.CONFIG_FILE)
+  if not os.path.isfile(cfg_path):
+    return  # load_init_params names what is missing.
+  with open(cfg_path, encoding="utf-8") as f:
+    have = "modern" if json.load(f).get("model_type") == "modernbert" else "bert"
+  want = family_lib.of_config(bert_config)
+  if have != want:
+    raise train.TrainingError(
+        f"init_from={path!r} holds a {family_lib.DISPLAY[have]} checkpoint but the config trains "
+        f"model.family={want}; set --config.model.family={have} or start from a "
+        f"{family_lib.DISPLAY[want]} checkpoint.")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -248,7 +248,9 @@ def embed_checkpoint_file(checkpoint, input_path, output_prefix, *, pooling: str
       raise ExistsError(f"{output_prefix}{suffix} already exists; choose another --output or "
                         "pass --overwrite.")
   st = sentence_transformers_settings(checkpoint)
-  model = bert_jax.BertModel.from_pretrained(checkpoint, dtype=dtype)
+  from bert_jax import loading
+  # The checkpoint's family decides the class (ModernBertModel for a ModernBERT).
+  model = loading.load_pretrained(checkpoint, "BertModel", dtype=dtype, any_family=True)[0]
   tokenizer = bert_jax.BertTokenizer.from_pretrained(checkpoint)
   return embed_file(model, tokenizer, input_path, output_prefix,
                     pooling=pooling or st.get("pooling", "mean"),

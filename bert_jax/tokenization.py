@@ -1,4 +1,5 @@
-"""Tokenizers: BERT WordPiece from a `vocab.txt` and SentencePiece from a `.model` file.
+"""Tokenizers: BERT WordPiece from a `vocab.txt`, SentencePiece from a `.model` file, and any
+Hugging Face `tokenizer.json` (ModernBERT's byte-level BPE) through `tokenizers`.
 
 WordPiece runs in Rust through `tokenizers` with the pipeline BERT uses (clean text, split CJK
 characters, lower-case and strip accents for uncased vocabularies, split on punctuation, greedy
@@ -10,6 +11,12 @@ symbol (`<s>` for [CLS], `</s>` for [SEP], `<pad>` for [PAD]); whatever is still
 new id appended after the model's pieces, so `vocab_size` = pieces + appended specials. For the
 botchan test model (pieces `<unk>`=0, `<s>`=1, `</s>`=2) that gives [CLS]=1, [SEP]=2, [PAD]=1000,
 [MASK]=1001 and vocab_size 1002.
+
+A `tokenizer.json` (kind "tokenizers") is run as the file defines it (normalizer, pre-tokenizer,
+model, decoder), so ids equal `transformers.AutoTokenizer`'s on the same folder; the special
+tokens are those its `tokenizer_config.json` names (`cls_token`, ...), else [CLS] / [SEP] / [PAD]
+/ [UNK] / [MASK], else <s> / </s> / <pad> / <unk> / <mask>. A folder with a vocab.txt keeps
+loading it as WordPiece (BERT's HF folders carry both).
 """
 from __future__ import annotations
 
@@ -28,6 +35,12 @@ WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONFIG_FILE = "tokenizer_config.json"
 VOCAB_FILE = "vocab.txt"
 SPM_FILE = "spiece.model"
+TOKENIZER_JSON = "tokenizer.json"
+SPECIAL_MAP_FILE = "special_tokens_map.json"
+# A special token's names in tokenizer_config.json order of preference after the config's own.
+_SPECIAL_CANDIDATES = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"),
+                       "cls": ("[CLS]", "<s>"), "sep": ("[SEP]", "</s>"),
+                       "mask": ("[MASK]", "<mask>")}
 
 
 def _guess_lower_case(tokens: Sequence[str]) -> bool:
@@ -69,8 +82,11 @@ class Tokenizer:
       self._init_wordpiece()
     elif kind == "sentencepiece":
       self._init_sentencepiece()
+    elif kind == "tokenizers":
+      self._init_tokenizers()
     else:
-      raise ConfigError(f"Unknown tokenizer kind {kind!r}; use 'wordpiece' or 'sentencepiece'.")
+      raise ConfigError(f"Unknown tokenizer kind {kind!r}; use 'wordpiece', 'sentencepiece' or "
+                        "'tokenizers'.")
     self.special_ids = frozenset(
         {self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id})
 
@@ -78,7 +94,7 @@ class Tokenizer:
   @classmethod
   def from_vocab(cls, path, do_lower_case: bool | None = None, *,
                  strip_accents: bool | None = None) -> "Tokenizer":
-    """A WordPiece `vocab.txt` or a SentencePiece `.model` file.
+    """A WordPiece `vocab.txt`, a SentencePiece `.model` file or a HF `tokenizer.json`.
 
     `do_lower_case=None` guesses from a vocab.txt (uncased vocabularies have no upper case) and
     means False for SentencePiece.
@@ -89,6 +105,8 @@ class Tokenizer:
                              "SentencePiece .model file.")
     if path.suffix == ".model":
       return cls(kind="sentencepiece", vocab_path=path, do_lower_case=bool(do_lower_case))
+    if path.suffix == ".json":
+      return cls(kind="tokenizers", vocab_path=path, do_lower_case=False)
     if do_lower_case is None:
       tokens = path.read_text(encoding="utf-8").splitlines()
       do_lower_case = _guess_lower_case(tokens)
@@ -113,8 +131,11 @@ class Tokenizer:
       models = [path / SPM_FILE]
     if models:
       return cls.from_vocab(models[0], lower)
-    raise MissingFileError(f"No vocab.txt or SentencePiece .model in {path}; copy the model's "
-                           "vocabulary there or build the tokenizer with Tokenizer.from_vocab.")
+    if (path / TOKENIZER_JSON).is_file():  # ModernBERT's BPE: no vocab.txt.
+      return cls.from_vocab(path / TOKENIZER_JSON)
+    raise MissingFileError(f"No vocab.txt, SentencePiece .model or tokenizer.json in {path}; copy "
+                           "the model's vocabulary there or build the tokenizer with "
+                           "Tokenizer.from_vocab.")
 
   def _init_wordpiece(self):
     import tokenizers
@@ -170,25 +191,54 @@ class Tokenizer:
     self.vocab_size = n + len(self._added)
     self._sp_size = n
 
+  def _init_tokenizers(self):
+    import tokenizers
+
+    try:
+      tok = tokenizers.Tokenizer.from_file(str(self.vocab_path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for bad files.
+      raise ModelFileError(f"{self.vocab_path} is not a tokenizer.json the tokenizers library "
+                           f"reads ({str(e).splitlines()[0][:120]}).") from None
+    tok.no_padding()  # Padding and truncation are __call__'s, as for the other kinds.
+    tok.no_truncation()
+    cfg_path = self.vocab_path.parent / CONFIG_FILE
+    self._hf_config = (json.loads(cfg_path.read_text(encoding="utf-8"))
+                       if cfg_path.is_file() else {})
+    ids = {}
+    for name, candidates in _SPECIAL_CANDIDATES.items():
+      named = self._hf_config.get(f"{name}_token")
+      named = named.get("content") if isinstance(named, dict) else named
+      found = [tok.token_to_id(t) for t in ((named,) if named else ()) + candidates]
+      found = [i for i in found if i is not None]
+      if not found:
+        raise ModelFileError(f"{self.vocab_path} has no {name} token (tried "
+                             f"{[named] if named else []}{list(candidates)}); a BERT-style model "
+                             "needs [CLS], [SEP], [PAD], [UNK] and [MASK] or their <s> names.")
+      ids[name] = found[0]
+    self._tok = tok
+    self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+        ids[n] for n in ("pad", "unk", "cls", "sep", "mask"))
+
   # ---------------------------------------------------------------- text -> ids
   def _normalize_sp(self, text: str) -> str:
     return text.lower() if self.do_lower_case else text
 
   def tokenize(self, text: str) -> list[str]:
-    if self.kind == "wordpiece":
+    if self.kind != "sentencepiece":
       return self._tok.encode(text, add_special_tokens=False).tokens
     return self._sp.encode(self._normalize_sp(text), out_type=str)
 
   def encode(self, text: str) -> list[int]:
     """Ids of `text` without special tokens."""
-    if self.kind == "wordpiece":
+    if self.kind != "sentencepiece":
       return self._tok.encode(text, add_special_tokens=False).ids
     return self._sp.encode(self._normalize_sp(text))
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     """Ids of many texts without special tokens (parallel in Rust / C++)."""
     texts = list(texts)
-    if self.kind == "wordpiece":
+    if self.kind != "sentencepiece":
       return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
     return self._sp.encode([self._normalize_sp(t) for t in texts])
 
@@ -198,7 +248,7 @@ class Tokenizer:
     return [self._token_to_id(t) for t in tokens]
 
   def _token_to_id(self, token: str) -> int:
-    if self.kind == "wordpiece":
+    if self.kind != "sentencepiece":
       i = self._tok.token_to_id(token)
       return self.unk_id if i is None else i
     for i, name in self._added.items():
@@ -216,11 +266,13 @@ class Tokenizer:
       raise ValueError(f"Token id {i} is outside the vocabulary [0, {self.vocab_size}).")
     if self.kind == "wordpiece":
       return self._id_to_token[i]
+    if self.kind == "tokenizers":
+      return self._tok.id_to_token(i) or ""
     return self._added[i] if i in self._added else self._sp.id_to_piece(i)
 
   def decode(self, ids, skip_special_tokens: bool = True) -> str:
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-    if self.kind == "wordpiece":
+    if self.kind != "sentencepiece":
       return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
     out, pieces = [], []
     for i in ids:
@@ -240,14 +292,17 @@ class Tokenizer:
   def word_start_mask(self) -> np.ndarray:
     """bool [vocab_size]: the token begins a word (for whole-word masking).
 
-    WordPiece: not a `##` continuation; SentencePiece: starts with '▁'. Special tokens count as
-    word starts (each is a word of its own).
+    WordPiece: not a `##` continuation; SentencePiece: starts with '▁'; a tokenizer.json: starts
+    with byte-level BPE's 'Ġ' or '▁'. Special tokens count as word starts (each is a word of its
+    own).
     """
     mask = np.zeros(self.vocab_size, bool)
     for i in range(self.vocab_size):
       tok = self._id_to_token_one(i)
       if self.kind == "wordpiece":
         mask[i] = not tok.startswith("##")
+      elif self.kind == "tokenizers":
+        mask[i] = tok.startswith(("\u0120", "\u2581"))
       else:
         mask[i] = tok.startswith("▁")
     mask[list(self.special_ids)] = True
@@ -332,6 +387,17 @@ class Tokenizer:
                  sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
                  model_max_length=512)
       self._hf_tokenizer().save(str(directory / "tokenizer.json"))
+    elif self.kind == "tokenizers":
+      # The file as it came (transformers reads it as is), with the config it came with.
+      if self.vocab_path.resolve() != (directory / TOKENIZER_JSON).resolve():
+        shutil.copyfile(self.vocab_path, directory / TOKENIZER_JSON)
+      special_map, dst_map = self.vocab_path.parent / SPECIAL_MAP_FILE, directory / SPECIAL_MAP_FILE
+      if special_map.is_file() and special_map.resolve() != dst_map.resolve():
+        shutil.copyfile(special_map, dst_map)
+      names = {n: self.convert_ids_to_tokens(getattr(self, f"{n}_id"))
+               for n in _SPECIAL_CANDIDATES}
+      cfg = {"tokenizer_class": "PreTrainedTokenizerFast",
+             **{f"{n}_token": t for n, t in names.items()}, **self._hf_config, "kind": self.kind}
     else:
       shutil.copyfile(self.vocab_path, directory / SPM_FILE)
       cfg.update(model_file=SPM_FILE,

@@ -56,10 +56,13 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
   c.from_scratch = False  # True: init_from's architecture and vocabulary, random weights.
 
   c.model = ConfigDict(dict(
+      # bert | modern: the family of init_from (another family is refused) or of a fresh model.
+      family="bert",
       # Without init_from: the architecture (as configs/pretrain.py) and data.vocab.
       preset="mini", num_hidden_layers=0, hidden_size=0, num_attention_heads=0,
       intermediate_size=0, max_position_embeddings=512,
-      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,  # also override init_from's
+      # also override init_from's (modern: embedding/mlp and attention dropout)
+      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
       dtype="bfloat16",  # matmul inputs; accumulation and master weights stay f32
       attention_impl="auto", remat=False,
   ))

@@ -1,5 +1,7 @@
 """Pretraining configs: `--config=configs/pretrain.py:VARIANT` with VARIANT in
-tiny | demo | base | base_phase2 | large | large_phase2.
+tiny | demo | base | base_phase2 | large | large_phase2 (BERT: MLM + NSP) or
+modern_tiny | modern_demo | modern_base | modern_large (ModernBERT, model.family=modern: MLM only,
+30% masking as in the ModernBERT recipe, Warner et al. 2024).
 
   tiny  (tests, seconds):   bert-jax-pretrain --config=configs/pretrain.py:tiny \
                               --workdir=/tmp/tiny --config.data.dir=DATA
@@ -14,6 +16,11 @@ tiny | demo | base | base_phase2 | large | large_phase2.
                               --workdir=/gcs/BUCKET/base512 --config.data.dir=/gcs/BUCKET/data \
                               --config.init_from=/gcs/BUCKET/base128/model
   large, large_phase2: the same for BERT-large.
+  modern_demo (the demo's size as a ModernBERT, 2-core CPU, 10 min):
+                            bert-jax-pretrain --config=configs/pretrain.py:modern_demo \
+                              --workdir=/tmp/modern_demo --config.data.dir=DATA
+  modern_base, modern_large: ModernBERT-base (22 layers, 768 wide, GLU 1152, 12 heads) and
+        -large at seq 1024 (the recipe's first phase; the model takes up to 8,192 tokens).
 /gcs/BUCKET is the bucket mounted with gcsfuse (launch/ does this); gs:// URLs are refused.
 Override anything: --config.optimizer.learning_rate=1e-4 --config.mesh.fsdp=8 ...
 """
@@ -22,7 +29,8 @@ from ml_collections import ConfigDict
 from bert_jax import sharding
 from bert_jax.configs import common
 
-VARIANTS = ("tiny", "demo", "base", "base_phase2", "large", "large_phase2")
+VARIANTS = ("tiny", "demo", "base", "base_phase2", "large", "large_phase2", "modern_tiny",
+            "modern_demo", "modern_base", "modern_large")
 
 
 def get_config(variant: str = "demo") -> ConfigDict:
@@ -31,7 +39,10 @@ def get_config(variant: str = "demo") -> ConfigDict:
   c.init_from = ""  # A bert_jax model directory (converted or pretrained) to start from.
 
   c.model = ConfigDict(dict(
-      preset="mini",  # tiny | mini | small | medium | base | large (configuration.PRESETS)
+      family="bert",  # bert | modern (ModernBERT: modern_configuration, MLM-only pretraining)
+      # bert: tiny | mini | small | medium | base | large (configuration.PRESETS);
+      # modern: modern_tiny | modern_demo | modern_base | modern_large (modern_configuration)
+      preset="mini",
       num_hidden_layers=0, hidden_size=0, num_attention_heads=0, intermediate_size=0,  # 0: preset
       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
       max_position_embeddings=512,
@@ -92,7 +103,37 @@ def get_config(variant: str = "demo") -> ConfigDict:
       c.optimizer.update(warmup_steps=1000)
       c.train.update(num_steps=100_000)
     c.checkpoint.every_steps = 5000
+  elif variant.startswith("modern_") and variant in VARIANTS:
+    _modern(c, variant)
   else:
-    raise ValueError(f"Unknown pretrain variant {variant!r}; choose tiny, demo, base, "
-                     f"base_phase2, large or large_phase2.")
+    raise ValueError(f"Unknown pretrain variant {variant!r}; choose one of "
+                     f"{', '.join(VARIANTS)}.")
   return c
+
+
+def _modern(c: ConfigDict, variant: str) -> None:
+  """ModernBERT: MLM only (the loss ignores the data's NSP labels), 30% masking, no dropout."""
+  c.model.update(family="modern", preset=variant, hidden_dropout_prob=0.0,
+                 attention_probs_dropout_prob=0.0)
+  if variant == "modern_tiny":
+    # No position table: the 128-token limit (fine-tuning's SQuAD windows) costs nothing.
+    c.model.update(max_position_embeddings=128, dtype="float32", attention_impl="xla")
+    c.data.update(seq_len=32, max_predictions=10, masked_lm_prob=0.3, eval_batches=2)
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
+    c.checkpoint.update(every_steps=5, async_save=False)
+    c.train.update(batch_size=8, num_steps=2, log_every=1, eval_every=0)
+  elif variant == "modern_demo":
+    # The demo's budget and data (batch 32, seq 128, 10 minutes) for a side-by-side comparison.
+    c.model.update(max_position_embeddings=1024)
+    c.data.update(seq_len=128, max_predictions=40, masked_lm_prob=0.3, eval_batches=16)
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=100, weight_decay=0.01)
+    c.checkpoint.update(every_steps=500, max_to_keep=2)
+    c.train.update(batch_size=32, num_steps=1300, max_train_seconds=600.0, log_every=50,
+                   eval_every=0)
+  else:  # modern_base / modern_large: phase one of the recipe at seq 1024.
+    c.model.update(max_position_embeddings=8192)
+    c.data.update(seq_len=1024, max_predictions=320, masked_lm_prob=0.3)
+    c.optimizer.update(learning_rate=8e-4 if variant == "modern_base" else 5e-4,
+                       warmup_steps=3000, weight_decay=1e-5)
+    c.train.update(batch_size=256, num_steps=900_000, eval_every=10_000)
+    c.checkpoint.every_steps = 5000

@@ -30,7 +30,9 @@ TASKS = {
                       ("exact_match", "f1", "HasAns_exact", "HasAns_f1")),
 }
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-ARCHITECTURE_TASKS = {spec.architecture: name for name, spec in TASKS.items()}
+# Head class -> task, for both families (ModernBertForSequenceClassification, ... as well).
+ARCHITECTURE_TASKS = {arch: name for name, spec in TASKS.items()
+                      for arch in (spec.architecture, "Modern" + spec.architecture)}
 
 
 def task_module(name: str):

@@ -200,8 +200,8 @@ class ClassificationTask:
 
   # ----------------------------------------------------------------- model and metrics
   def make_model(self, bert_config, rngs):
-    from bert_jax.heads import BertForSequenceClassification
-    return BertForSequenceClassification(bert_config, self.num_labels, rngs=rngs)
+    from bert_jax import family  # BertFor... or ModernBertFor..., by the config's family.
+    return family.head_model(bert_config, "BertForSequenceClassification", rngs, self.num_labels)
 
   loss_fn = staticmethod(classification_loss)
 

@@ -180,8 +180,8 @@ class NerTask:
                                              self.max_seq_length)
 
   def make_model(self, bert_config, rngs):
-    from bert_jax.heads import BertForTokenClassification
-    return BertForTokenClassification(bert_config, self.num_labels, rngs=rngs)
+    from bert_jax import family  # BertFor... or ModernBertFor..., by the config's family.
+    return family.head_model(bert_config, "BertForTokenClassification", rngs, self.num_labels)
 
   loss_fn = staticmethod(token_classification_loss)
 

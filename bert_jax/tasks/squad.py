@@ -285,8 +285,8 @@ class SquadTask:
                 max_query_length=d.max_query_length)
 
   def make_model(self, bert_config, rngs):
-    from bert_jax.heads import BertForQuestionAnswering
-    return BertForQuestionAnswering(bert_config, rngs=rngs)
+    from bert_jax import family  # BertFor... or ModernBertFor..., by the config's family.
+    return family.head_model(bert_config, "BertForQuestionAnswering", rngs)
 
   loss_fn = staticmethod(qa_loss)
 
