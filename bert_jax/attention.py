@@ -96,7 +96,7 @@ def dense_mask(spec: MaskSpec, half_window: int | None = None) -> jax.Array:
 def fallback_reason(impl: str, dtype, dropout_active: bool, want_probs: bool,
                     seq_len: int | None = None, backend: str | None = None) -> str:
   """Why `impl` ("cudnn" or "splash") cannot run this call, or "" when it can."""
-  backend = backend or jax.default_backend()
+  backend = backend or target_backend()
   if want_probs:
     return "attention probabilities were requested (output_attentions); only xla returns them"
   if dropout_active:
@@ -116,10 +116,18 @@ def fallback_reason(impl: str, dtype, dropout_active: bool, want_probs: bool,
   return ""
 
 
+def target_backend() -> str:
+  """The platform the computation being traced compiles for: the current mesh's devices (a TPU
+  topology while `bert_jax.aot` compiles on a CPU machine), else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  return getattr(device, "platform", None) or jax.default_backend()
+
+
 def resolve_impl(impl: str, dtype, dropout_active: bool, want_probs: bool,
                  seq_len: int | None = None) -> str:
   """The kernel that will actually run for this call; logs once why an explicit one cannot."""
-  backend = jax.default_backend()
+  backend = target_backend()
   if impl == "auto":
     native = {"gpu": "cudnn", "tpu": "splash"}.get(backend, "xla")
     if native == "xla" or fallback_reason(native, dtype, dropout_active, want_probs, seq_len):

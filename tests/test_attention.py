@@ -6,7 +6,12 @@ with the dense reference; cuDNN and Splash fall back to XLA here with one stated
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +19,8 @@ import numpy as np
 import pytest
 
 from bert_jax import attention as att
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _inputs(b, seq_len, n, h, seed=0):
@@ -123,3 +130,25 @@ def test_kernels_fall_back_on_cpu_with_one_reason(caplog):
   want, _ = att.dot_product_attention(q, k, v, mask, impl="xla", dtype=jnp.bfloat16,
                                       dropout_rate=0.0, dropout_rng=None, half_window=3)
   np.testing.assert_array_equal(got, want)
+
+
+def test_splash_train_step_compiles_for_v5e():
+  """The ModernBERT MLM train step with Splash attention (packed rows, local and global layers),
+  compiled for a v5e:2x2 slice by libtpu on this CPU machine (tests/aot_modern_step.py)."""
+  from bert_jax import tpu_compiler
+  if importlib.util.find_spec("libtpu") is None and not os.path.isdir(
+      os.path.join(tpu_compiler.cache_dir(), "libtpu")):
+    pytest.skip(f"libtpu is not installed; run tests/test_aot.py once or "
+                f"`{tpu_compiler.install_command()}`.")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "aot_modern_step.py"),
+                      "--preset=modern_tiny", "--topology=v5e:2x2", "--seq_len=256",
+                      "--batch_per_chip=1"], capture_output=True, text=True, env=env, cwd=ROOT,
+                     timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  report = json.loads(p.stdout.strip().splitlines()[-1])
+  assert report["device_kind"] == "TPU v5 lite" and report["chips"] == 4
+  assert report["splash_kernel_in_hlo"], report
+  assert 0 < report["memory_per_chip_bytes"] < 16 * 2**30
+  assert report["xla_flops_per_chip"] > 0
