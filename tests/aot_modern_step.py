@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 
@@ -33,6 +34,8 @@ def analytic_train_flops(config, batch: int, seq_len: int, masked: int) -> float
 
 def compile_step(preset: str, topology: str, seq_len: int, batch_per_chip: int, masked: int,
                  impl: str = "splash", fsdp: int = 1) -> dict:
+  # Several compile-only processes may hold libtpu at once (as bert_jax.aot allows).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from bert_jax import tpu_compiler
   tpu_compiler.make_importable(topology)
   import jax
