@@ -94,15 +94,15 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
   shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
   named = lambda: dict(zip(MESH_AXES, shape, strict=True))  # noqa: E731
   if shape.count(-1) > 1:
-    raise ValueError(f"At most one mesh axis may be -1, got {named()}.")
+    raise ConfigError(f"At most one mesh axis may be -1, got {named()}.")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f"Mesh sizes {named()} do not divide the "
+      raise ConfigError(f"Mesh sizes {named()} do not divide the "
                        f"{num_devices} devices; make the fixed axes divide the device count.")
     shape[shape.index(-1)] = num_devices // known
   if math.prod(shape) != num_devices or min(shape) < 1:
-    raise ValueError(f"Mesh {named()} needs {math.prod(shape)} devices but "
+    raise ConfigError(f"Mesh {named()} needs {math.prod(shape)} devices but "
                      f"{num_devices} are available; set one axis to -1 to use the rest.")
   return tuple(shape)
 
