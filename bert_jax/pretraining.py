@@ -190,10 +190,13 @@ def make_task(config) -> train.Task:
         data_dir, "train", batch_size=per_shard, seed=config.train.seed, process_index=s,
         **common)) for s in shards})
 
+  # Held-out rows may be masked at another rate (modern variants: BERT's 15%, for comparison).
+  eval_common = dict(common, masked_lm_prob=d.get("eval_masked_lm_prob", 0.0) or d.masked_lm_prob)
+
   def eval_batches():
     its = data_shards.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(
         data_dir, "validation", batch_size=per_shard, seed=config.train.seed + 1,
-        num_epochs=None, shuffle=False, process_index=s, **common)) for s in shards})
+        num_epochs=None, shuffle=False, process_index=s, **eval_common)) for s in shards})
     # A fixed count on every process (repeating a small split) keeps multi-host evaluation in
     # lockstep; the batches are the same at every evaluation.
     for _ in range(d.eval_batches):

@@ -161,6 +161,9 @@ def test_pretrain_variants_and_family_field():
   for v in ("modern_tiny", "modern_demo", "modern_base", "modern_large"):
     c = pretrain_configs.get_config(v)
     assert c.model.family == "modern" and c.data.masked_lm_prob == 0.3
+    assert c.data.nsp_mode == "none"  # MLM-only rows of contiguous text.
+    assert c.data.eval_masked_lm_prob == 0.15  # Held-out accuracy comparable with BERT's.
+  assert pretrain_configs.get_config("demo").data.eval_masked_lm_prob == 0.0  # As trained.
   assert pretrain_configs.get_config("tiny").model.family == "bert"
   assert finetune_configs.get_config("task=ner,tiny").model.family == "bert"
   with pytest.raises(UserError, match="model.family='gpt'"):
@@ -302,6 +305,29 @@ def test_pretrain_modern_tiny_mlm_only_two_steps(pretrained_modern):
       "modernbert"
 
 
+def test_pretrain_on_a_dataset_prepared_with_tokenizer_json(bpe_dir, mobydick_path, tmp_path):
+  """The data pipeline tokenises with ModernBERT's kind of tokenizer.json and stores it."""
+  from bert_jax.data import prepare
+  lines = mobydick_path.read_text(encoding="utf-8-sig").splitlines()[2000:3500]
+  src = tmp_path / "moby.txt"
+  src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  prepare(str(src), tmp_path / "ds", bpe_dir / "tokenizer.json", layout="lines", doc_lines=20,
+          validation_fraction=0.1, progress=False)
+  assert Tokenizer.from_dir(tmp_path / "ds" / "tokenizer").kind == "tokenizers"
+  config = pretrain_configs.get_config("modern_tiny")
+  config.data.dir = str(tmp_path / "ds")
+  summary = pretraining.train_and_evaluate(config, str(tmp_path / "w"))
+  assert summary["step"] == 2 and np.isfinite(summary["train"]["loss"])
+  model, tokenizer = bert_jax.from_pretrained(tmp_path / "w" / "model")
+  assert tokenizer.kind == "tokenizers" and model.config.vocab_size == tokenizer.vocab_size
+  # Training rows are masked at 30%, held-out rows at 15% (eval_masked_lm_prob).
+  task = pretraining.make_task(config)
+  rate = {name: np.mean(b["masked_lm_weights"].sum(1) / b["input_mask"].sum(1))
+          for name, b in (("train", next(task.train_iter())),
+                          ("eval", next(iter(task.eval_batches()))))}
+  assert 0.25 < rate["train"] < 0.32 and 0.12 < rate["eval"] < 0.17, rate
+
+
 def test_pretrain_cli_refuses_the_other_family_and_a_long_context(pretrain_dataset, vocab_path,
                                                                     bert_dir, tmp_path):
   workdir = tmp_path / "w"
@@ -333,10 +359,13 @@ def _finetune_config(task: str, init_from):
   return c
 
 
-@pytest.mark.parametrize("task", ["classification", "regression", "ner", "squad"])
-def test_finetune_and_predict_from_a_modern_checkpoint(task, pretrained_modern, tmp_path,
+@pytest.mark.parametrize("task", ["classification", "regression", "ner", "squad",
+                                  "classification_from_hf_bpe"])
+def test_finetune_and_predict_from_a_modern_checkpoint(task, pretrained_modern, hf_mlm, tmp_path,
                                                        bible_path, mobydick_path):
   init = pretrained_modern[0] / "model"
+  if task == "classification_from_hf_bpe":  # The HF folder itself, with its tokenizer.json.
+    init, task = hf_mlm[1], "classification"
   if task in ("classification", "regression"):
     lines = (corpus_sentences(bible_path, 16, min_words=5)
              + corpus_sentences(mobydick_path, 16, min_words=5))
@@ -378,17 +407,23 @@ def test_finetune_refuses_the_other_family(pretrained_modern, bert_dir, tmp_path
 
 
 # ------------------------------------------------------------------ fill_mask and embed
-def test_fill_mask_and_embed_on_modern_checkpoints(pretrained_modern, hf_mlm, texts, tmp_path):
-  from bert_jax import mask_filling, sentence_embedding
+def test_fill_mask_on_modern_checkpoints(pretrained_modern, hf_mlm, texts):
+  from bert_jax import mask_filling
   ckpt = pretrained_modern[0] / "model"
   out = mask_filling.fill_mask_checkpoint(ckpt, "In the beginning God [MASK] the heaven.", 3)
   assert len(out) == 3 and all(0 <= c["score"] <= 1 for c in out)
   # A BPE folder: [MASK] written in the text is the tokenizer's mask token.
   model, tokenizer = bert_jax.from_pretrained(hf_mlm[1])
-  out = bert_jax.fill_mask(model, tokenizer, ["Call me [MASK].", texts[0] + " [MASK]"], top_k=2)
+  out = bert_jax.fill_mask(model, tokenizer, ["Call me [MASK].", texts[1] + " [MASK]"], top_k=2)
   assert [len(o) for o in out] == [2, 2]
   with pytest.raises(DataError, match="accepts at most 128"):
     bert_jax.fill_mask(model, tokenizer, " ".join(texts * 3) + " [MASK]")
+
+
+def test_embed_on_modern_checkpoints(pretrained_modern, hf_mlm, texts, tmp_path):
+  from bert_jax import sentence_embedding
+  ckpt = pretrained_modern[0] / "model"
+  model, tokenizer = bert_jax.from_pretrained(hf_mlm[1])
   # embed: mean and cls pooling equal the encoder's outputs computed here.
   ids, mask = _inputs(tokenizer, texts)
   x = np.asarray(model.model(ids, mask).last_hidden_state)

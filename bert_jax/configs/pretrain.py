@@ -56,6 +56,7 @@ def get_config(variant: str = "demo") -> ConfigDict:
       seq_len=128,
       max_predictions=20,
       masked_lm_prob=0.15,
+      eval_masked_lm_prob=0.0,  # Held-out masking rate; 0: masked_lm_prob.
       short_seq_prob=0.1,
       whole_word_mask=False,
       nsp_mode="nsp",  # nsp | sop
@@ -112,9 +113,12 @@ def get_config(variant: str = "demo") -> ConfigDict:
 
 
 def _modern(c: ConfigDict, variant: str) -> None:
-  """ModernBERT: MLM only (the loss ignores the data's NSP labels), 30% masking, no dropout."""
+  """ModernBERT: MLM only (nsp_mode none: rows of contiguous text across sentence and document
+  boundaries, no NSP head or loss), 30% masking, no dropout."""
   c.model.update(family="modern", preset=variant, hidden_dropout_prob=0.0,
                  attention_probs_dropout_prob=0.0)
+  # Evaluated at BERT's 15% so held-out MLM accuracy compares with the BERT variants'.
+  c.data.update(nsp_mode="none", eval_masked_lm_prob=0.15)
   if variant == "modern_tiny":
     # No position table: the 128-token limit (fine-tuning's SQuAD windows) costs nothing.
     c.model.update(max_position_embeddings=128, dtype="float32", attention_impl="xla")
