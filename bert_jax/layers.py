@@ -207,19 +207,23 @@ class Dense(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-  """LayerNorm over the last axis, computed in f32."""
+  """LayerNorm over the last axis, computed in f32; `use_bias=False` drops the bias (ModernBERT's
+  `norm_bias: false`)."""
 
   def __init__(self, size: int, eps: float, *, param_dtype, rngs: nnx.Rngs,
-               axis_name: str = "embed"):
+               axis_name: str = "embed", use_bias: bool = True):
     self.eps = eps
     self.scale = param(rngs, nnx.initializers.ones, (size,), (axis_name,), param_dtype)
-    self.bias = param(rngs, nnx.initializers.zeros, (size,), (axis_name,), param_dtype)
+    self.bias = (param(rngs, nnx.initializers.zeros, (size,), (axis_name,), param_dtype)
+                 if use_bias else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.bias is None:
+      return y * self.scale[...].astype(jnp.float32)
     return y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
 
 

@@ -27,7 +27,7 @@ from flax import nnx
 
 from bert_jax import attention as attention_lib
 from bert_jax.errors import DataError
-from bert_jax.layers import Dense, Embed, activation, dropout, param
+from bert_jax.layers import Dense, Embed, LayerNorm, activation, dropout, param
 from bert_jax.modern_configuration import ModernBertConfig
 
 
@@ -42,27 +42,10 @@ class ModernBertOutput(NamedTuple):
   attentions: tuple[jax.Array, ...] | None = None  # each layer, [B, N, L, M]
 
 
-class Norm(nnx.Module):
-  """LayerNorm over the last axis in f32, with an optional bias (ModernBERT's `norm_bias`)."""
-
-  def __init__(self, size: int, eps: float, *, use_bias: bool, param_dtype, rngs: nnx.Rngs,
-               axis_name: str = "embed"):
-    self.eps = eps
-    self.scale = param(rngs, nnx.initializers.ones, (size,), (axis_name,), param_dtype)
-    self.bias = (param(rngs, nnx.initializers.zeros, (size,), (axis_name,), param_dtype)
-                 if use_bias else None)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
-    return y if self.bias is None else y + self.bias[...].astype(jnp.float32)
-
-
-def _norm(config: ModernBertConfig, rngs, axis_name: str = "embed") -> Norm:
-  return Norm(config.hidden_size, config.norm_eps, use_bias=config.norm_bias,
-              param_dtype=config.param_dtype, rngs=rngs, axis_name=axis_name)
+def _norm(config: ModernBertConfig, rngs, axis_name: str = "embed") -> LayerNorm:
+  """layers.LayerNorm, with a bias only when `norm_bias` (ModernBERT's default has none)."""
+  return LayerNorm(config.hidden_size, config.norm_eps, use_bias=config.norm_bias,
+                   param_dtype=config.param_dtype, rngs=rngs, axis_name=axis_name)
 
 
 def _stds(config: ModernBertConfig) -> dict[str, float]:
