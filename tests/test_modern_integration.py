@@ -239,6 +239,17 @@ def test_convert_both_ways_with_and_without_head(hf_mlm, hf_encoder, tmp_path):
   assert p.returncode == 0, p.stderr
   assert "ModernBertForMaskedLM" in p.stdout + p.stderr
   assert bert_jax.load_model(tmp_path / "cli").__class__ is bert_jax.ModernBertForMaskedLM
+  # An option bert_jax does not compute: one sentence naming it, nothing written.
+  import shutil
+  odd = tmp_path / "odd"
+  shutil.copytree(hf_mlm[1], odd)
+  cfg = json.loads((odd / "config.json").read_text())
+  (odd / "config.json").write_text(json.dumps({**cfg, "hidden_activation": "mish"}))
+  with pytest.raises(convert.ConversionError, match="hidden_activation='mish'"):
+    convert.convert(odd, tmp_path / "never")
+  with pytest.raises(convert.ConversionError, match="hidden_activation='mish'"):
+    bert_jax.ModernBertModel.from_pretrained(odd)
+  assert not (tmp_path / "never").exists()
 
 
 def test_encoder_into_heads_and_head_into_encoder(hf_mlm, hf_encoder, texts, capsys):
