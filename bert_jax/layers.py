@@ -114,9 +114,22 @@ def _matmul_bwd(dtype, transpose_b, res, g):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def truncated_normal(stddev: float):
-  # BERT initialises every weight with a normal truncated at two standard deviations.
-  return nnx.initializers.truncated_normal(stddev=stddev, lower=-2.0, upper=2.0)
+def truncated_normal(stddev: float, cutoff: float | None = None):
+  """BERT's initialiser (cutoff None), or ModernBERT's (`initializer_cutoff_factor`).
+
+  BERT initialises every weight with a normal truncated at two standard deviations (flax's
+  initializer, which scales `stddev` to the truncated distribution's). ModernBERT uses
+  torch's `trunc_normal_(std=stddev, a=-cutoff * stddev, b=cutoff * stddev)`: `stddev` is the
+  untruncated normal's, cut at `cutoff` of them.
+  """
+  if cutoff is None:
+    return nnx.initializers.truncated_normal(stddev=stddev, lower=-2.0, upper=2.0)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.truncated_normal(key, -cutoff, cutoff, shape, dtype) * jnp.asarray(
+        stddev, dtype)
+
+  return init
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -186,10 +199,11 @@ class Dense(nnx.Module):
 
   def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
                in_axes: Sequence[str | None], out_axes: Sequence[str | None], *,
-               init_std: float, dtype, param_dtype, rngs: nnx.Rngs, use_bias: bool = True):
+               init_std: float, dtype, param_dtype, rngs: nnx.Rngs, use_bias: bool = True,
+               init_cutoff: float | None = None):
     self.n_in = len(in_shape)
     self.dtype = dtype
-    self.kernel = param(rngs, truncated_normal(init_std), (*in_shape, *out_shape),
+    self.kernel = param(rngs, truncated_normal(init_std, init_cutoff), (*in_shape, *out_shape),
                         (*in_axes, *out_axes), param_dtype)
     self.bias = (param(rngs, nnx.initializers.zeros, tuple(out_shape), tuple(out_axes),
                        param_dtype) if use_bias else None)
@@ -231,9 +245,10 @@ class Embed(nnx.Module):
   """A lookup table [num, features]; `attend` multiplies by its transpose (tied decoders)."""
 
   def __init__(self, num: int, features: int, axes: tuple[str, str], *, init_std: float, dtype,
-               param_dtype, rngs: nnx.Rngs):
+               param_dtype, rngs: nnx.Rngs, init_cutoff: float | None = None):
     self.dtype = dtype
-    self.embedding = param(rngs, truncated_normal(init_std), (num, features), axes, param_dtype)
+    self.embedding = param(rngs, truncated_normal(init_std, init_cutoff), (num, features), axes,
+                           param_dtype)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     return jnp.take(self.embedding[...], ids, axis=0).astype(jnp.float32)

@@ -56,8 +56,10 @@ def _stds(config: ModernBertConfig) -> dict[str, float]:
 
 
 def _dense(config, in_shape, out_shape, in_axes, out_axes, std, use_bias, rngs) -> Dense:
+  # Initialised as transformers does: trunc_normal_ cut at initializer_cutoff_factor stds.
   return Dense(in_shape, out_shape, in_axes, out_axes, init_std=std, dtype=config.compute_dtype,
-               param_dtype=config.param_dtype, rngs=rngs, use_bias=use_bias)
+               param_dtype=config.param_dtype, rngs=rngs, use_bias=use_bias,
+               init_cutoff=config.initializer_cutoff_factor)
 
 
 # ------------------------------------------------------------------ rotary position embeddings
@@ -88,7 +90,8 @@ class ModernBertEmbeddings(nnx.Module):
   def __init__(self, config: ModernBertConfig, *, rngs: nnx.Rngs):
     self.tok_embeddings = Embed(config.vocab_size, config.hidden_size, ("vocab", "embed"),
                                 init_std=config.initializer_range, dtype=config.compute_dtype,
-                                param_dtype=config.param_dtype, rngs=rngs)
+                                param_dtype=config.param_dtype, rngs=rngs,
+                                init_cutoff=config.initializer_cutoff_factor)
     self.norm = _norm(config, rngs)
     self.rate = config.embedding_dropout
 

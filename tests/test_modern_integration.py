@@ -11,6 +11,7 @@ as ModernBERT's is (tokenizer.json + tokenizer_config.json, specials after the l
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -478,3 +479,22 @@ def test_aot_compiles_the_modern_tiny_train_step_for_tpu(tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   report = json.loads(p.stdout.strip().splitlines()[-1])
   assert report["config"] == "ModernBertConfig" and report["flops"] > 0
+
+
+# ------------------------------------------------------------------ initialisation
+@pytest.mark.parametrize("cutoff", [1.0, 2.0])
+def test_fresh_init_follows_initializer_cutoff_factor(cutoff):
+  """As transformers' trunc_normal_(std, -cutoff * std, cutoff * std): std of the untruncated."""
+  from bert_jax import modern_modeling
+  from bert_jax.modern_configuration import preset
+  cfg = preset("modern_tiny", hidden_size=256, num_attention_heads=4, num_hidden_layers=1,
+               initializer_cutoff_factor=cutoff)
+  model = modern_modeling.create_model(modern_modeling.ModernBertModel, cfg, seed=1)
+  w = np.asarray(model.layers[0].attn.Wqkv.kernel[...]).ravel()
+  emb = np.asarray(model.embeddings.tok_embeddings.embedding[...]).ravel()
+  # The standard normal cut at +-c has variance 1 - 2 c phi(c) / (2 Phi(c) - 1).
+  phi, mass = math.exp(-cutoff ** 2 / 2) / math.sqrt(2 * math.pi), math.erf(cutoff / math.sqrt(2))
+  want = math.sqrt(1 - 2 * cutoff * phi / mass) * cfg.initializer_range
+  for x in (w, emb):
+    assert np.abs(x).max() <= cutoff * cfg.initializer_range + 1e-7
+    assert abs(x.std() / want - 1) < 0.02
