@@ -3,8 +3,10 @@ r"""Compile the real sharded train step for a TPU pod topology on any machine (`
   bert-jax-aot --config=configs/pretrain.py:base --topology=v5e:16x16 \
       --config.mesh.data=16 --config.mesh.fsdp=16 --batch_per_chip=64 [--json]
 
-Needs libtpu (`pip install 'bert_jax[tpu]'`), not a TPU. Prints per-chip memory against HBM,
-FLOPs, collectives and a step-time bound; exit status 1 when the configuration does not fit.
+Needs libtpu, not a TPU: installed once into ~/.cache/bert_jax/libtpu-VERSION, outside the venv
+(`tpu_compiler.install_command()` prints the command; see docs/scaling.md), so other JAX
+processes do not print TPU start-up errors. Prints per-chip memory against HBM, FLOPs,
+collectives and a step-time bound; exit status 1 when the configuration does not fit.
 """
 from __future__ import annotations
 
