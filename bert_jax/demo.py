@@ -41,12 +41,15 @@ def plot_curves(workdir: str) -> str | None:
     return None
   steps = [r["step"] for r in train]
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+  has_nsp = "train/nsp_loss" in train[0]  # MLM-only runs (modern_demo) have no NSP head.
   ax1.plot(steps, [r["train/mlm_loss"] for r in train], label="MLM loss")
-  ax1.plot(steps, [r["train/nsp_loss"] for r in train], label="NSP loss")
+  if has_nsp:
+    ax1.plot(steps, [r["train/nsp_loss"] for r in train], label="NSP loss")
   ax1.set_xlabel("step")
   ax1.legend()
   ax2.plot(steps, [r["train/mlm_accuracy"] for r in train], label="MLM accuracy (train)")
-  ax2.plot(steps, [r["train/nsp_accuracy"] for r in train], label="NSP accuracy (train)")
+  if has_nsp:
+    ax2.plot(steps, [r["train/nsp_accuracy"] for r in train], label="NSP accuracy (train)")
   evals = [r for r in rows if "eval/mlm_accuracy" in r]
   if evals:
     ax2.scatter([r["step"] for r in evals], [r["eval/mlm_accuracy"] for r in evals],
@@ -81,6 +84,7 @@ def run_demo(config, workdir: str, doc_lines: int = 32) -> dict:
       "train_steps": summary["step"],
       "train_seconds": round(summary["train_seconds"], 1),
       "train_tokens_per_sec": summary["train"].get("tokens_per_sec"),
+      "eval_masked_lm_prob": config.data.get("eval_masked_lm_prob") or config.data.masked_lm_prob,
       "status": summary["status"],
   }
   with open(os.path.join(workdir, "eval_results.json"), "w") as f:

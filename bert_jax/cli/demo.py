@@ -33,9 +33,10 @@ def main(argv):
           f"same command again to resume.")
     return
   print(f"\nTrained {r['train_steps']} steps in {r['train_seconds']} s.")
+  nsp = "" if r["nsp_accuracy"] is None else f"; NSP accuracy {r['nsp_accuracy']:.4f} vs 0.5"
   print(f"Held-out MLM accuracy {r['mlm_accuracy']:.4f} vs unigram baseline "
-        f"{r['unigram_baseline_mlm_accuracy']:.4f} (always the most frequent masked token); "
-        f"NSP accuracy {r['nsp_accuracy']:.4f} vs 0.5.")
+        f"{r['unigram_baseline_mlm_accuracy']:.4f} (always the most frequent masked token, "
+        f"{r['eval_masked_lm_prob']:.0%} of tokens masked){nsp}.")
   print(f"Results: {wd}/eval_results.json  curves: {r['curves']}  "
         f"TensorBoard: tensorboard --logdir {wd}/run/tensorboard  model: {wd}/run/model")
 
