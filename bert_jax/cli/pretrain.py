@@ -4,6 +4,8 @@ r"""Pretrain BERT (MLM + NSP) with `pretraining.train_and_evaluate`.
   python -m bert_jax.cli.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/tiny \
       --config.data.dir=DATASET
 
+The whole update is `train.make_train_step` (bert_jax/train.py), driven by `train.run`; the
+loss is `pretraining.pretraining_loss` (`mlm_only_loss` for model.family=modern).
 Resumes from WORKDIR's latest checkpoint, else starts from --config.init_from, else fresh.
 SIGTERM saves and exits 0.
 """
