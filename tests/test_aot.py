@@ -1,15 +1,13 @@
 """bert_jax.aot: the real train step compiled for TPU topologies on this CPU machine.
 
-libtpu (what the `[tpu]` extra brings, at the version jax pins) is installed once with
-`pip install --no-deps --target` into a cache directory outside the venv, and put on PYTHONPATH of
+libtpu (at the version jax pins) is installed once with `pip install --no-deps --target` into
+tpu_compiler's cache directory outside the venv, as users do for bert-jax-aot, and put on PYTHONPATH of
 the subprocesses only: installed in the shared venv it would make every JAX process of the suite
 print TPU start-up warnings. Tests skip with the reason when it cannot be installed.
 """
-import importlib.metadata
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -17,17 +15,10 @@ import time
 
 import pytest
 
+from bert_jax import tpu_compiler
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.xdist_group("aot")
-
-
-def _libtpu_requirement() -> str:
-  """The libtpu that `jax[tpu]` (and so `bert_jax[tpu]`) installs with this jax."""
-  for req in importlib.metadata.requires("jax") or []:
-    name, _, marker = req.partition(";")
-    if name.strip().startswith("libtpu") and "tpu" in marker:
-      return name.strip().replace(" ", "")
-  return "libtpu"
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +28,8 @@ def libtpu_env():
   env.pop("XLA_FLAGS", None)
   if importlib.util.find_spec("libtpu") is not None:
     return env
-  req = _libtpu_requirement()
-  slug = re.sub(r"[^A-Za-z0-9.]+", "-", req).strip("-.")
-  target = os.environ.get("BERT_JAX_LIBTPU_DIR",
-                          os.path.join(os.path.expanduser("~"), ".cache", "bert_jax", slug))
+  # The requirement and the folder bert_jax.aot itself reads libtpu from.
+  req, target = tpu_compiler.requirement(), tpu_compiler.cache_dir()
   if not os.path.isdir(os.path.join(target, "libtpu")):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".libtpu-", dir=os.path.dirname(target))
@@ -48,7 +37,7 @@ def libtpu_env():
                         tmp, req], capture_output=True, text=True)
     if p.returncode != 0:
       pytest.skip(f"{req} could not be installed ({p.stderr.strip().splitlines()[-1:]}); "
-                  f"the AOT tests need it (pip install 'bert_jax[tpu]').")
+                  f"the AOT tests need it ({tpu_compiler.install_command()}).")
     try:
       os.rename(tmp, target)
     except OSError:  # Another worker installed it first.
