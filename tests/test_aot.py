@@ -1,9 +1,10 @@
 """bert_jax.aot: the real train step compiled for TPU topologies on this CPU machine.
 
 libtpu (at the version jax pins) is installed once with `pip install --no-deps --target` into
-tpu_compiler's cache directory outside the venv, as users do for bert-jax-aot, and put on PYTHONPATH of
-the subprocesses only: installed in the shared venv it would make every JAX process of the suite
-print TPU start-up warnings. Tests skip with the reason when it cannot be installed.
+tpu_compiler's cache directory outside the venv, as users do for bert-jax-aot, and put on
+PYTHONPATH of the subprocesses only: installed in the shared venv it would make every JAX
+process of the suite print TPU start-up warnings. Tests skip with the reason when it cannot be
+installed.
 """
 import importlib.util
 import json
