@@ -20,11 +20,10 @@ import pathlib
 import shutil
 import tempfile
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bert_jax import model_dir
 from bert_jax.errors import ConfigError, ModelFileError
 from bert_jax.modern_configuration import ACTIVATIONS, LAYER_TYPES, POOLINGS, ModernBertConfig
 from bert_jax.modern_modeling import ARCHITECTURES
@@ -174,7 +173,7 @@ def _expected_shapes(config: ModernBertConfig, architecture: str, num_labels: in
   kwargs = {"num_labels": num_labels} if architecture in _LABELLED else {}
   abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), **kwargs))
   pure = nnx.state(abstract, nnx.Param).to_pure_dict()
-  return {k: tuple(v.shape) for k, v in _flatten(pure).items()}
+  return {k: tuple(v.shape) for k, v in model_dir.flatten(pure).items()}
 
 
 def hf_to_params(tensors: dict[str, np.ndarray], config: ModernBertConfig, architecture: str,
@@ -315,42 +314,13 @@ def write_hf_folder(folder, m: HFModernBert, overwrite: bool = False) -> pathlib
 
 
 # ------------------------------------------------------------------ params <-> nnx modules
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def model_params(model: nnx.Module) -> dict[str, np.ndarray]:
-  """A module's parameters as {dotted name: numpy array} (their own dtype)."""
-  return {k: np.asarray(jax.device_get(v))
-          for k, v in _flatten(nnx.state(model, nnx.Param).to_pure_dict()).items()}
-
-
-def _key_in(tree: dict, part: str):
-  """nnx.List children are keyed by int in pure dicts; dotted names hold them as text."""
-  return int(part) if part not in tree and part.isdigit() else part
-
-
 def build_model(m: HFModernBert) -> nnx.Module:
   """The modern_modeling module for `m.architecture` holding `m.params` (cast to param_dtype)."""
+  from bert_jax import loading  # loading -> convert -> (lazily) this module.
   cls = ARCHITECTURES[m.architecture]
   kwargs = {"num_labels": m.num_labels} if m.architecture in _LABELLED else {}
   model = nnx.eval_shape(lambda: cls(m.config, rngs=nnx.Rngs(0), **kwargs))
-  state = nnx.state(model, nnx.Param)
-  pure = state.to_pure_dict()
-  for name, shape_dtype in _flatten(pure).items():
-    node = pure
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node[_key_in(node, p)]
-    node[_key_in(node, leaf)] = jnp.asarray(m.params[name], dtype=shape_dtype.dtype)
-  state.replace_by_pure_dict(pure)
-  nnx.update(model, state)
+  loading.merge_params(model, m.params)  # read_hf_folder checked every name and shape.
   return model
 
 
@@ -359,6 +329,6 @@ def from_model(model: nnx.Module, architecture: str | None = None,
   """Wraps a modern_modeling module for write_hf_folder."""
   architecture = architecture or type(model).__name__
   num_labels = getattr(model, "num_labels", None) if architecture in _LABELLED else None
-  params = {k: np.asarray(v, np.float32) for k, v in model_params(model).items()}
+  params = model_dir.model_params(model)  # f32, as HF folders store them.
   return HFModernBert(model.config, params, architecture, num_labels, label_names,
                       sorted(params), [])

@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bert_jax import attention, loading, multihost, optim, sharding
+from bert_jax import attention, loading, model_dir, multihost, optim, sharding
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import flops as flops_lib
 from bert_jax.errors import TrainingError
@@ -464,22 +464,11 @@ def _diff(old: dict | None, new: dict) -> str:
   """The fields that differ between two identities (nested dicts compared leaf by leaf)."""
   if not isinstance(old, dict):
     return "no identity recorded"
-  old_flat, new_flat = _flatten(old), _flatten(new)
+  old_flat, new_flat = model_dir.flatten(old), model_dir.flatten(new)
   keys = sorted(set(old_flat) | set(new_flat))
   diffs = [f"{k}: {old_flat.get(k)!r} vs {new_flat.get(k)!r}" for k in keys
            if old_flat.get(k) != new_flat.get(k)]
   return "; ".join(diffs[:4]) + (f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else "")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-  """{"a": {"b": 1}} -> {"a.b": 1}."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict) and v:
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def param_count(abstract_params) -> int:

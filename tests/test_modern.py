@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
+from bert_jax import model_dir
 from bert_jax import modern_convert as mc
 from bert_jax import modern_modeling as mm
 from bert_jax.errors import ConfigError, ModelFileError
@@ -218,7 +219,7 @@ def test_preset_parameters_match_transformers(name):
         cfg.to_hf_dict()))
   hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items() if k != "decoder.weight"}
   abstract = nnx.eval_shape(lambda: mm.ModernBertForMaskedLM(cfg, rngs=nnx.Rngs(0)))
-  ours = {k: tuple(v.shape) for k, v in mc._flatten(
+  ours = {k: tuple(v.shape) for k, v in model_dir.flatten(
       nnx.state(abstract, nnx.Param).to_pure_dict()).items()}
   assert sorted(mc.jax_to_hf_name(k) for k in ours) == sorted(hf_shapes)
   for k, shape in ours.items():
