@@ -18,12 +18,16 @@ NUM_STEPS = 40
 
 
 def tiny_config(data_dir, vocab, num_steps=NUM_STEPS):
-  """The config FAULT_RUN gives on the command line, for runs in this process."""
+  """The tiny config with FAULT_RUN's overrides applied, for the same run in this process."""
   from bert_jax.configs import pretrain as pretrain_configs
   c = pretrain_configs.get_config("tiny")
-  c.data.update(dir=str(data_dir), vocab=str(vocab), eval_batches=8)
-  c.train.update(num_steps=num_steps, eval_every=10, log_every=1)
-  c.checkpoint.update(every_steps=5, async_save=True, max_to_keep=100)
+  c.data.update(dir=str(data_dir), vocab=str(vocab))
+  for override in FAULT_RUN:
+    key, value = override[len("--config."):].split("=", 1)
+    section, name = key.split(".")
+    old = c[section][name]
+    c[section][name] = value == "True" if isinstance(old, bool) else type(old)(value)
+  c.train.num_steps = num_steps
   return c
 
 
