@@ -20,6 +20,7 @@ from bert_jax import family as family_lib
 from bert_jax import flops as flops_lib
 from bert_jax import train
 from bert_jax.configuration import BertConfig, preset
+from bert_jax.errors import ConfigError
 from bert_jax.heads import BertForPreTraining
 from bert_jax.modern_modeling import ModernBertForMaskedLM
 
@@ -191,7 +192,11 @@ def make_task(config) -> train.Task:
         **common)) for s in shards})
 
   # Held-out rows may be masked at another rate (modern variants: BERT's 15%, for comparison).
-  eval_common = dict(common, masked_lm_prob=d.get("eval_masked_lm_prob", 0.0) or d.masked_lm_prob)
+  eval_prob = d.get("eval_masked_lm_prob", 0.0)
+  if not 0.0 <= eval_prob < 1.0:  # Checked here: the held-out rows are first built at evaluation.
+    raise ConfigError(f"data.eval_masked_lm_prob={eval_prob} must be in [0, 1) (0: evaluate at "
+                      f"data.masked_lm_prob, e.g. 0.15 for BERT's rate).")
+  eval_common = dict(common, masked_lm_prob=eval_prob or d.masked_lm_prob)
 
   def eval_batches():
     its = data_shards.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(

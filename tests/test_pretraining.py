@@ -11,7 +11,7 @@ import pytest
 from bert_jax import pretraining
 from bert_jax.configs import pretrain as pretrain_configs
 from bert_jax.data import shards
-from bert_jax.errors import TrainingError
+from bert_jax.errors import ConfigError, TrainingError
 
 
 def _tiny(pretrain_dataset, vocab_path):
@@ -56,3 +56,13 @@ def test_sharded_iterator_concatenates_and_resumes_per_shard(pretrain_dataset, v
   np.testing.assert_array_equal(next(again)["input_ids"], expected["input_ids"])
   with pytest.raises(TrainingError, match="no data position for shards"):
     again.set_state({"shards": {"0": state["shards"]["0"]}})
+
+
+@pytest.mark.parametrize("prob", [1.5, -0.1])
+def test_bad_eval_masking_rate_is_refused_before_training(tmp_path, pretrain_dataset, vocab_path,
+                                                          prob):
+  config = _tiny(pretrain_dataset, vocab_path)
+  config.data.eval_masked_lm_prob = prob
+  with pytest.raises(ConfigError, match=r"data\.eval_masked_lm_prob=.* must be in \[0, 1\)"):
+    pretraining.train_and_evaluate(config, str(tmp_path))
+  assert not any(tmp_path.iterdir())  # Refused before the workdir got anything.
