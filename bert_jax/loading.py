@@ -83,7 +83,8 @@ def _build(config: BertConfig, info: dict, params: dict, cls, seed: int, model_k
 
   abstract = nnx.eval_shape(make)
   wanted = set(model_dir.flatten(nnx.state(abstract, nnx.Param).to_pure_dict()))
-  flat = model_dir.flatten(params)
+  src = model_dir.flatten(params)
+  flat = src
   # An encoder checkpoint fits a head model's `bert`, and a head model's `bert` an encoder.
   has_bert = any(k.startswith(enc) for k in flat)
   wants_bert = any(k.startswith(enc) for k in wanted)
@@ -95,7 +96,7 @@ def _build(config: BertConfig, info: dict, params: dict, cls, seed: int, model_k
   model = abstract if wanted <= set(flat) else make()
   merge_params(model, flat)
   # Reported relative to the encoder, whichever side has the `bert.` prefix.
-  have = {_strip_bert(k) for k in model_dir.flatten(params)}
+  have = {_strip_bert(k) for k in src}
   missing = sorted(n for n in wanted if _strip_bert(n) not in have)
   unexpected = sorted(have - {_strip_bert(n) for n in wanted})
   return model, missing, unexpected
