@@ -61,6 +61,19 @@ def check_config_family(model_cfg) -> str:
   return family
 
 
+def compute_settings(model_cfg) -> dict:
+  """The `model` section's dropout and compute settings under its family's config names: what
+  a fine-tuning run applies over a checkpoint's own config as well."""
+  common = dict(dtype=model_cfg.dtype, attention_impl=model_cfg.attention_impl,
+                remat=model_cfg.remat)
+  if check_config_family(model_cfg) == "modern":
+    return dict(common, embedding_dropout=model_cfg.hidden_dropout_prob,
+                mlp_dropout=model_cfg.hidden_dropout_prob,
+                attention_dropout=model_cfg.attention_probs_dropout_prob)
+  return dict(common, hidden_dropout_prob=model_cfg.hidden_dropout_prob,
+              attention_probs_dropout_prob=model_cfg.attention_probs_dropout_prob)
+
+
 def model_config_from(model_cfg, vocab_size: int):
   """The config a `model` section asks for: BertConfig (pretraining.bert_config_from) or, with
   `family: modern`, a ModernBertConfig from `preset` (modern_tiny | modern_demo | modern_base |
@@ -78,11 +91,8 @@ def model_config_from(model_cfg, vocab_size: int):
   overrides = {k: model_cfg[k] for k in ("num_hidden_layers", "hidden_size",
                                           "num_attention_heads", "intermediate_size")
                if model_cfg[k]}
-  for k in ("max_position_embeddings", "dtype", "attention_impl", "remat"):
-    overrides[k] = model_cfg[k]
-  overrides.update(embedding_dropout=model_cfg.hidden_dropout_prob,
-                   mlp_dropout=model_cfg.hidden_dropout_prob,
-                   attention_dropout=model_cfg.attention_probs_dropout_prob)
+  overrides.update(compute_settings(model_cfg),
+                   max_position_embeddings=model_cfg.max_position_embeddings)
   for k in ("local_attention", "global_attn_every_n_layers"):
     if model_cfg.get(k):
       overrides[k] = model_cfg[k]

@@ -31,17 +31,10 @@ DEFAULT_VOCAB = pathlib.Path(__file__).parent / "resources" / "bert-base-uncased
 def load_source(config):
   """(bert_config, tokenizer, converted checkpoint or None) for init_from or a fresh model."""
   from bert_jax import convert as convert_lib
-  from bert_jax import pretraining
   from bert_jax.tokenization import Tokenizer
   m = config.model
   want = family_lib.check_config_family(m)
-  compute = dict(hidden_dropout_prob=m.hidden_dropout_prob,
-                 attention_probs_dropout_prob=m.attention_probs_dropout_prob, dtype=m.dtype,
-                 attention_impl=m.attention_impl, remat=m.remat)
-  if want == "modern":  # The same settings under ModernBERT's names.
-    compute = dict(embedding_dropout=m.hidden_dropout_prob, mlp_dropout=m.hidden_dropout_prob,
-                   attention_dropout=m.attention_probs_dropout_prob, dtype=m.dtype,
-                   attention_impl=m.attention_impl, remat=m.remat)
+  compute = family_lib.compute_settings(m)  # Applied over init_from's config too.
   if config.init_from:
     if not os.path.exists(config.init_from):
       raise train.TrainingError(f"init_from={config.init_from!r} does not exist; point it at a "
@@ -68,8 +61,6 @@ def load_source(config):
     raise train.TrainingError("from_scratch=True takes the architecture from init_from; set "
                               "--config.init_from too, or drop from_scratch.")
   tokenizer = Tokenizer.from_vocab(config.data.vocab or DEFAULT_VOCAB)
-  if want == "bert":
-    return pretraining.bert_config_from(m, tokenizer.vocab_size), tokenizer, None
   return family_lib.model_config_from(m, tokenizer.vocab_size), tokenizer, None
 
 
