@@ -54,10 +54,11 @@ def venv(wheel, tmp_path_factory) -> pathlib.Path:
   subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True,
                  timeout=120)
   python = root / "bin" / "python"
-  # Installed before the .pth exists, so pip sees no bert_jax there to replace.
+  # Installed before the .pth exists, and without PYTHONPATH (CI may name the checkout there,
+  # whose bert_jax.egg-info pip would take for an installed bert_jax and skip the wheel).
   p = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                      "--no-deps", "--no-index", str(wheel)],
-                     capture_output=True, text=True, timeout=300)
+                      "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
+                     capture_output=True, text=True, timeout=300, env=clean_env())
   assert p.returncode == 0, p.stderr[-3000:]
   site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                         capture_output=True, text=True, check=True).stdout.strip()
@@ -74,8 +75,13 @@ def elsewhere(tmp_path) -> pathlib.Path:
   return cwd
 
 
+def clean_env() -> dict[str, str]:
+  """This environment without the variables that would show the checkout to another Python."""
+  return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+
+
 def run_in(venv, cwd, program, *args, timeout=300):
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  env = clean_env()
   env.update(JAX_PLATFORMS="cpu", VIRTUAL_ENV=str(venv))
   return subprocess.run([str(venv / "bin" / program), *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
