@@ -35,7 +35,7 @@ import threading
 import grain
 import numpy as np
 
-from bert_jax.data import instances, masking, writer
+from bert_jax.data import instances, mask_schedule, masking, writer
 from bert_jax.data.packing import ContiguousIterDataset, PackIterDataset
 from bert_jax.errors import ConfigError, DataError, MissingFileError
 
@@ -250,7 +250,8 @@ def create_pretraining_dataset(
     process_index: int | None = None, process_count: int | None = None,
     num_epochs: int | None = None, shuffle: bool = True, drop_remainder: bool = True,
     num_threads: int = 4, prefetch_batches: int = 2,
-    with_document_index: bool = False) -> grain.IterDataset:
+    with_document_index: bool = False,
+    masking_schedule: mask_schedule.MaskingSchedule | None = None) -> grain.IterDataset:
   """A grain IterDataset of numpy batch dicts (this process's `batch_size` rows); see module doc.
 
   `tokenizer=None` takes the special ids, vocabulary size and word starts stored with the data;
@@ -259,6 +260,8 @@ def create_pretraining_dataset(
   disjoint share of the documents. `num_epochs=None` repeats forever. `num_threads` threads
   build pairs, `prefetch_batches` batches are made ahead in a thread. `with_document_index` adds
   "document_index" [B] ([B, K] packed, -1 = empty slot): the split index of segment A's document.
+  `masking_schedule` (data/mask_schedule.py) replaces `masked_lm_prob`: batch n of the iterator
+  (the train step n) is masked at its rate_at(n).
   """
   data_dir = os.fspath(data_dir)
   if nsp_mode not in (*instances.NSP_MODES, "none"):
@@ -275,8 +278,13 @@ def create_pretraining_dataset(
   if process_index is None or process_count is None:
     import jax
     process_index, process_count = jax.process_index(), jax.process_count()
+  if masking_schedule is not None:  # Rows are masked at the highest rate, then thinned per step.
+    masked_lm_prob = masking_schedule.max_rate
   spec, cls_id, sep_id, meta = _masking_spec(data_dir, tokenizer, masked_lm_prob,
                                              max_predictions, whole_word_mask)
+  thin = None if masking_schedule is None else functools.partial(
+      mask_schedule.ScheduledMaskingIterDataset, schedule=masking_schedule, spec=spec, seed=seed,
+      process_index=process_index)
   num_docs = meta["splits"].get(split, 0)
   if num_docs < process_count:
     raise DataError(f"Split {split!r} of {data_dir} has {num_docs} documents, fewer than the "
@@ -295,7 +303,7 @@ def create_pretraining_dataset(
         _contiguous_row, seq_len=seq_len, max_predictions=max_predictions, spec=spec,
         cls_id=cls_id, sep_id=sep_id, seed=seed, process_index=process_index, pack=pack,
         with_document_index=with_document_index))
-    return _batched(ds, batch_size, drop_remainder, prefetch_batches)
+    return _batched(ds, batch_size, drop_remainder, prefetch_batches, thin)
   ds = ds.map_with_index(_MakeInstances(docs, num_docs, seed, seq_len, short_seq_prob, nsp_mode,
                                         spec, cls_id, sep_id))
   ds = ds.to_iter_dataset(read)
@@ -309,12 +317,14 @@ def create_pretraining_dataset(
   else:
     ds = ds.map(functools.partial(_row, seq_len=seq_len, max_predictions=max_predictions,
                                   with_document_index=with_document_index))
-  return _batched(ds, batch_size, drop_remainder, prefetch_batches)
+  return _batched(ds, batch_size, drop_remainder, prefetch_batches, thin)
 
 
 def _batched(ds: grain.IterDataset, batch_size: int, drop_remainder: bool,
-             prefetch_batches: int) -> grain.IterDataset:
+             prefetch_batches: int, thin=None) -> grain.IterDataset:
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if thin is not None:  # Inside the prefetch thread, off the train loop's path.
+    ds = thin(ds)
   if prefetch_batches:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch_batches)
   return ds

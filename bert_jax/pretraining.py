@@ -161,6 +161,7 @@ def model_task(config, vocab_size: int) -> train.Task:
 def make_task(config) -> train.Task:
   """The pretraining Task for `config` (reads the dataset's metadata, checks the vocabulary)."""
   from bert_jax import input_pipeline
+  from bert_jax.data import mask_schedule
   from bert_jax.data import shards as data_shards
 
   data_dir = config.data.dir
@@ -185,13 +186,18 @@ def make_task(config) -> train.Task:
                 masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob,
                 whole_word_mask=d.whole_word_mask, nsp_mode=d.nsp_mode, pack=d.pack,
                 tokenizer=tokenizer, process_count=num_shards)
+  # The training rate: constant (masked_lm_prob) or a schedule ending at it; checked up front.
+  schedule = mask_schedule.from_config(d, config.train.num_steps)
+  mask_schedule.check_capacity(schedule, d.seq_len, d.max_predictions, d.nsp_mode)
+  scheduled = None if schedule.kind == "constant" else schedule
 
   def train_iter():
     return data_shards.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(
         data_dir, "train", batch_size=per_shard, seed=config.train.seed, process_index=s,
-        **common)) for s in shards})
+        masking_schedule=scheduled, **common)) for s in shards})
 
-  # Held-out rows may be masked at another rate (modern variants: BERT's 15%, for comparison).
+  # Held-out rows may be masked at another rate (modern variants: BERT's 15%, for comparison),
+  # never on the training schedule: the same rows at every evaluation of every recipe.
   eval_prob = d.get("eval_masked_lm_prob", 0.0)
   if not 0.0 <= eval_prob < 1.0:  # Checked here: the held-out rows are first built at evaluation.
     raise ConfigError(f"data.eval_masked_lm_prob={eval_prob} must be in [0, 1) (0: evaluate at "

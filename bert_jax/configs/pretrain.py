@@ -55,7 +55,10 @@ def get_config(variant: str = "demo") -> ConfigDict:
       vocab="",  # Default: the vocabulary stored with the dataset.
       seq_len=128,
       max_predictions=20,
-      masked_lm_prob=0.15,
+      masked_lm_prob=0.15,  # The training rate (a schedule's final rate).
+      # constant | linear: from masked_lm_prob_start (0: masked_lm_prob) at step 0 to
+      # masked_lm_prob at masking_schedule_steps (0: train.num_steps), e.g. 0.3 -> 0.15.
+      masking_schedule="constant", masked_lm_prob_start=0.0, masking_schedule_steps=0,
       eval_masked_lm_prob=0.0,  # Held-out masking rate; 0: masked_lm_prob.
       short_seq_prob=0.1,
       whole_word_mask=False,
