@@ -29,7 +29,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bert_jax import family, optim, sharding, tpu_compiler, train  # noqa: E402
+from bert_jax import device_dtype, family, optim, sharding, tpu_compiler, train  # noqa: E402
 from bert_jax import flops as flops_lib  # noqa: E402
 from bert_jax.errors import ConfigError  # noqa: E402
 from bert_jax.tpu_compiler import CompilerMissingError  # noqa: E402, F401 (aot.CompilerMissingError)
@@ -144,6 +144,8 @@ def prepare(config, topology: str, vocab_size: int = 30522, batch_per_chip: int 
   devices = topology_devices(topology)
   mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
   with _config_rules(config):
+    # "auto" would choose for this compiling host's CPU; the target is a TPU.
+    config.model.dtype = device_dtype.resolve(config.model.dtype, platform="tpu")
     if batch_per_chip:
       config.train.batch_size = batch_per_chip * sharding.batch_axis_size(mesh)
     train.validate_batch(config, mesh)

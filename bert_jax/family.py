@@ -8,6 +8,7 @@ MLM-only ModernBERT has no NSP head, so BertForPreTraining's counterpart is Mode
 """
 from __future__ import annotations
 
+from bert_jax import device_dtype
 from bert_jax.configuration import BertConfig
 from bert_jax.errors import ConfigError, ModelFileError
 from bert_jax.modern_configuration import PRESETS as MODERN_PRESETS
@@ -63,9 +64,10 @@ def check_config_family(model_cfg) -> str:
 
 def compute_settings(model_cfg) -> dict:
   """The `model` section's dropout and compute settings under its family's config names: what
-  a fine-tuning run applies over a checkpoint's own config as well."""
-  common = dict(dtype=model_cfg.dtype, attention_impl=model_cfg.attention_impl,
-                remat=model_cfg.remat)
+  a fine-tuning run applies over a checkpoint's own config as well. `dtype="auto"` becomes the
+  dtype fast on this device (device_dtype)."""
+  common = dict(dtype=device_dtype.resolve(model_cfg.dtype),
+                attention_impl=model_cfg.attention_impl, remat=model_cfg.remat)
   if check_config_family(model_cfg) == "modern":
     return dict(common, embedding_dropout=model_cfg.hidden_dropout_prob,
                 mlp_dropout=model_cfg.hidden_dropout_prob,

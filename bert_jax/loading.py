@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from bert_jax import convert, errors, family, model_dir, pretrained
+from bert_jax import convert, device_dtype, errors, family, model_dir, pretrained
 from bert_jax.configuration import BertConfig
 
 
@@ -117,6 +117,7 @@ def build_model(config: BertConfig, info: dict, params: dict, cls=None, *, seed:
 
 # ------------------------------------------------------------------ any source -> model
 def _with_dtypes(config: BertConfig, dtype, param_dtype) -> BertConfig:
+  dtype = device_dtype.resolve(dtype)  # "auto": the dtype fast on this device
   changes = {k: (v if isinstance(v, str) else np.dtype(v).name)
              for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
   return config.replace(**changes) if changes else config
@@ -130,8 +131,9 @@ def load_pretrained(path, cls=None, *, dtype=None, param_dtype=None, seed: int =
   HF and TF1 weights are converted in memory. `cls`: see `build_model`; with `any_family=True`
   it names a role, built in the checkpoint's family (BertForMaskedLM gives ModernBertForMaskedLM
   for a ModernBERT checkpoint), as the command-line tools load. `dtype` is the compute dtype
-  (e.g. "bfloat16"), `param_dtype` the parameters' (f32 unless given). Weights the checkpoint
-  lacks are initialised randomly and named in a warning on stderr.
+  (e.g. "bfloat16"; "auto": the fast one on this device), `param_dtype` the parameters' (f32
+  unless given). Weights the checkpoint lacks are initialised randomly and named in a warning on
+  stderr.
   """
   conv = convert.read_any(path)
   if any_family and cls is not None:

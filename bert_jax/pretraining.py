@@ -30,9 +30,8 @@ def bert_config_from(model_cfg, vocab_size: int) -> BertConfig:
   overrides = {k: model_cfg[k] for k in ("num_hidden_layers", "hidden_size",
                                           "num_attention_heads", "intermediate_size")
                if model_cfg[k]}
-  for k in ("hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-            "dtype", "attention_impl", "remat"):
-    overrides[k] = model_cfg[k]
+  overrides["max_position_embeddings"] = model_cfg.max_position_embeddings
+  overrides.update(family_lib.compute_settings(model_cfg))  # dropout, dtype ("auto" resolved)
   return preset(model_cfg.preset, vocab_size=vocab_size, **overrides)
 
 

@@ -27,7 +27,8 @@ _MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Truncation length in tok
                                    "the checkpoint's max_seq_length, else the model's limit).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
 _DTYPE = flags.DEFINE_string("dtype", None,
-                             "Compute dtype, e.g. bfloat16 (default: the checkpoint's).")
+                             "Compute dtype: bfloat16, float32 or auto (bf16 where this device "
+                             "computes it natively, else f32); default: the checkpoint's.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 flags.declare_key_flag(common.VERBOSE)
 

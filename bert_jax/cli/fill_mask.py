@@ -17,7 +17,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "bert_jax directory, HF fo
                                   "checkpoint with the masked-LM head.")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Candidates per [MASK].")
 _DTYPE = flags.DEFINE_string("dtype", None,
-                             "Compute dtype, e.g. bfloat16 (default: the checkpoint's).")
+                             "Compute dtype: bfloat16, float32 or auto (bf16 where this device "
+                             "computes it natively, else f32); default: the checkpoint's.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per text instead of a table.")
 flags.declare_key_flag(common.VERBOSE)
 

@@ -63,7 +63,9 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       intermediate_size=0, max_position_embeddings=512,
       # also override init_from's (modern: embedding/mlp and attention dropout)
       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-      dtype="bfloat16",  # matmul inputs; accumulation and master weights stay f32
+      # Matmul inputs; auto: bf16 where the device computes it natively, else f32 (device_dtype).
+      # Accumulation and master weights stay f32.
+      dtype="auto",
       attention_impl="auto", remat=False,
   ))
   c.data = ConfigDict(dict(

@@ -46,7 +46,9 @@ def get_config(variant: str = "demo") -> ConfigDict:
       num_hidden_layers=0, hidden_size=0, num_attention_heads=0, intermediate_size=0,  # 0: preset
       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
       max_position_embeddings=512,
-      dtype="bfloat16",  # matmul inputs; accumulation and master weights stay f32
+      # Matmul inputs; auto: bf16 where the device computes it natively, else f32 (device_dtype).
+      # Accumulation and master weights stay f32.
+      dtype="auto",
       attention_impl="auto",
       remat=False,
   ))
