@@ -78,8 +78,9 @@ _OPEN_LOCK = threading.Lock()
 class _Documents:
   """Random access to a split's documents as lists of sentence id arrays."""
 
-  def __init__(self, data_dir: str, split: str):
-    self._data_dir, self._split = data_dir, split
+  def __init__(self, data_dir: str, split: str, word_starts: bool = False):
+    """`word_starts`: sentences carry the stored word-start flags in masking.WORD_START_BIT."""
+    self._data_dir, self._split, self._word_starts = data_dir, split, word_starts
     self._source = None
 
   @property
@@ -95,14 +96,18 @@ class _Documents:
     return self._source
 
   def __getstate__(self):
-    return {"_data_dir": self._data_dir, "_split": self._split, "_source": None}
+    return {"_data_dir": self._data_dir, "_split": self._split,
+            "_word_starts": self._word_starts, "_source": None}
 
   def __len__(self):
     return len(self.source)
 
   def __getitem__(self, i: int) -> list[np.ndarray]:
     rec = self.source[i]
-    return instances.split_document(rec["ids"], rec["sentence_lengths"])
+    ids = rec["ids"]
+    if self._word_starts:
+      ids = ids | (rec["word_starts"].astype(np.int32) * masking.WORD_START_BIT)
+    return instances.split_document(ids, rec["sentence_lengths"])
 
 
 class _MakeInstances:
@@ -126,11 +131,19 @@ class _MakeInstances:
       tokens = np.concatenate([[self.cls_id], a, [self.sep_id], b, [self.sep_id]]).astype(np.int32)
       types = np.zeros(len(tokens), np.int32)
       types[len(a) + 2:] = 1
-      ids, positions, labels = masking.mask_tokens(tokens, self.spec, rng)
+      ids, positions, labels = _mask(tokens, self.spec, rng)
       out.append({"input_ids": ids, "segment_ids": types, "masked_lm_positions": positions,
                   "masked_lm_ids": labels, "next_sentence_labels": label,
                   "document_index": int(doc_index)})
     return out
+
+
+def _mask(tokens: np.ndarray, spec: masking.MaskingSpec, rng):
+  """masking.mask_tokens, with the segmenter's word starts when the ids carry them."""
+  if spec.word_start is not None and np.any(tokens >= masking.WORD_START_BIT):
+    tokens, starts = masking.unpack_word_starts(tokens)
+    return masking.mask_tokens(tokens, spec, rng, word_start=starts)
+  return masking.mask_tokens(tokens & (masking.WORD_START_BIT - 1), spec, rng)
 
 
 class _Flatten(grain.experimental.FlatMapTransform):
@@ -208,7 +221,7 @@ def _contiguous_row(elem: dict, *, seq_len: int, max_predictions: int, spec, cls
   pieces = elem["pieces"]
   tokens = np.concatenate([[cls_id], *(ids for _, ids in pieces), [sep_id]]).astype(np.int32)
   rng = np.random.default_rng([seed, process_index, elem["row"]])
-  ids, positions, labels = masking.mask_tokens(tokens, spec, rng)
+  ids, positions, labels = _mask(tokens, spec, rng)
   row = _row({"input_ids": ids, "segment_ids": np.zeros(len(tokens), np.int32),
               "masked_lm_positions": positions, "masked_lm_ids": labels,
               "next_sentence_labels": 0, "document_index": pieces[0][0]},
@@ -290,7 +303,8 @@ def create_pretraining_dataset(
     raise DataError(f"Split {split!r} of {data_dir} has {num_docs} documents, fewer than the "
                     f"{process_count} processes (splits: {meta['splits']}); prepare more data "
                     "or a larger validation_fraction.")
-  docs = _Documents(data_dir, split)
+  docs = _Documents(data_dir, split, word_starts=whole_word_mask and bool(
+      meta.get("options", {}).get("whole_word_segmenter")))
   ds = grain.MapDataset.range(num_docs)[process_index::process_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)

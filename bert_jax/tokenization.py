@@ -242,6 +242,14 @@ class Tokenizer:
       return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
     return self._sp.encode([self._normalize_sp(t) for t in texts])
 
+  def encode_batch_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list]]:
+    """(ids, [(start, end) character offsets in the text]) per text, without special tokens."""
+    if self.kind == "sentencepiece":
+      raise ConfigError("Character offsets (whole-word segmentation) need a WordPiece or "
+                        "tokenizer.json vocabulary, not a SentencePiece model.")
+    return [(e.ids, e.offsets) for e in self._tok.encode_batch(list(texts),
+                                                               add_special_tokens=False)]
+
   def convert_tokens_to_ids(self, tokens):
     if isinstance(tokens, str):
       return self._token_to_id(tokens)

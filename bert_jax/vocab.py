@@ -4,6 +4,8 @@
       --vocab_size=30522
   bert-jax-vocab --input=bible --output=/tmp/spm.model --kind=unigram --vocab_size=8000
 
+WordPiece on Chinese text gives a bert-base-chinese-style vocabulary: every CJK character of the
+corpus a token of its own, `##` pieces for the Latin words and numbers in it.
 SentencePiece models get <pad>=0, <unk>=1 and control pieces [CLS]=2, [SEP]=3, [MASK]=4, which
 `tokenization.Tokenizer` picks up by name. Lower-casing defaults to on for WordPiece (the tokenizer
 guesses it back from the vocabulary) and off for SentencePiece (the tokenizer's default there); a
@@ -53,9 +55,15 @@ def train_vocab(inputs, output: str, *, kind: str = "wordpiece", vocab_size: int
   if kind == "wordpiece":
     from tokenizers import BertWordPieceTokenizer
     tok = BertWordPieceTokenizer(lowercase=lowercase, clean_text=True, handle_chinese_chars=True)
+    # As bert-base-chinese: every CJK character of the corpus is a token (the tokenizer splits
+    # them one by one, so they are words of their own), whatever limit_alphabet keeps of the rest.
+    cjk = sorted({c for line in _lines(files, max_lines) for c in line if reading.is_cjk(c)})
+    if len(cjk) + len(WORDPIECE_SPECIALS) >= vocab_size:
+      raise DataError(f"The corpus holds {len(cjk)} distinct CJK characters, more than "
+                      f"vocab_size={vocab_size} leaves room for; raise --vocab_size.")
     tok.train_from_iterator(_lines(files, max_lines), vocab_size=vocab_size, min_frequency=2,
-                            special_tokens=WORDPIECE_SPECIALS, limit_alphabet=1000,
-                            wordpieces_prefix="##", show_progress=False)
+                            special_tokens=WORDPIECE_SPECIALS, limit_alphabet=1000 + len(cjk),
+                            initial_alphabet=cjk, wordpieces_prefix="##", show_progress=False)
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     tmp = output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

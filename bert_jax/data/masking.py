@@ -3,7 +3,9 @@
 `masked_lm_prob` of the non-special tokens (at least 1, at most `max_predictions`) are chosen;
 80% become [MASK], 10% a random non-special token, 10% stay. With whole-word masking a word (a
 word-start token and its continuations: WordPiece `##`, SentencePiece pieces without `▁`) is
-chosen or skipped as a whole, never pushing the count over the limit.
+chosen or skipped as a whole, never pushing the count over the limit. Word starts stored with the
+data by a segmenter (`data.segmentation`, e.g. jieba for Chinese) ride through pair building in bit
+`WORD_START_BIT` of the ids (`unpack_word_starts`) and replace the vocabulary's per-id rule.
 """
 from __future__ import annotations
 
@@ -32,19 +34,31 @@ class MaskingSpec:
                masked_lm_prob=masked_lm_prob, max_predictions=max_predictions)
 
 
+WORD_START_BIT = 1 << 30  # above any vocabulary id
+
+
+def unpack_word_starts(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, per-position word-start flags) of tokens carrying stored flags in WORD_START_BIT."""
+  return tokens & (WORD_START_BIT - 1), (tokens & WORD_START_BIT) != 0
+
+
 def num_to_predict(num_candidates: int, spec: MaskingSpec) -> int:
   return min(spec.max_predictions, max(1, int(round(num_candidates * spec.masked_lm_prob))))
 
 
-def mask_tokens(tokens: np.ndarray, spec: MaskingSpec, rng):
-  """Returns (masked input ids, sorted positions, original ids at those positions)."""
+def mask_tokens(tokens: np.ndarray, spec: MaskingSpec, rng, word_start=None):
+  """Returns (masked input ids, sorted positions, original ids at those positions).
+
+  `word_start`: bool per position (stored by a segmenter); it overrides `spec.word_start`.
+  """
   cand = np.flatnonzero(~spec.is_special[tokens])
   limit = num_to_predict(len(cand), spec)
-  if spec.word_start is None:
+  if spec.word_start is None and word_start is None:
     chosen = np.sort(rng.permutation(cand)[:limit])
   else:
     # A new word starts at a word-start token or after a gap (a special token in between).
-    starts = spec.word_start[tokens[cand]] | (np.diff(cand, prepend=-2) != 1)
+    first = word_start[cand] if word_start is not None else spec.word_start[tokens[cand]]
+    starts = first | (np.diff(cand, prepend=-2) != 1)
     bounds = np.append(np.flatnonzero(starts), len(cand))
     picked, total = [], 0
     for w in rng.permutation(len(bounds) - 1):

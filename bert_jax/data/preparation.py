@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from bert_jax.data import reading, storage, worker, writer
+from bert_jax.data import reading, segmentation, storage, worker, writer
 from bert_jax.errors import DataError
 
 FORMAT_VERSION = 1
@@ -93,7 +93,8 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
             num_workers: int = 1, host_index: int = 0, host_count: int = 1,
             overwrite: bool = False, do_lower_case: bool | None = None, chunk_mb: float = 32,
             progress: bool = True, host_wait_s: float = 86400.0, engine: str = "local",
-            beam_options: str | Sequence[str] | None = None, on_bad_file: str = "skip") -> dict:
+            beam_options: str | Sequence[str] | None = None, on_bad_file: str = "skip",
+            whole_word_segmenter: str = "", max_unk_rate: float = 0.5) -> dict:
   """Tokenizes text files into a TFDS dataset of documents; returns the statistics.
 
   Args:
@@ -114,6 +115,10 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
     on_bad_file: a file that breaks while being read (a gzip file cut short): "skip" leaves its
       unit out and lists it in the statistics; "fail" stops before writing the dataset (finished
       units are kept for a rerun).
+    whole_word_segmenter: "jieba": segment each sentence into words and store per-token word
+      starts for `data.whole_word_mask` (Chinese; see `segmentation`); "" stores none.
+    max_unk_rate: refuse (before any work) when a sample of the inputs tokenizes to more [UNK]
+      than this share, e.g. Chinese text with a vocabulary without CJK characters.
   Returns:
     dict of statistics (documents, sentences, tokens, unk_rate, skipped lines and files, per-split
     documents / tokens, seconds); on hosts other than 0 the statistics of the units done so far.
@@ -154,9 +159,17 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
     raise DataError("No usable input: " + "; ".join(f"{s['path']} is {s['reason']}"
                                                    for s in skipped[:5]) +
                     ". Pass UTF-8 text files (.txt or .gz).")
+  if whole_word_segmenter:
+    segmentation.get(whole_word_segmenter)  # refused here when unknown or not installed
+    if tok.kind == "sentencepiece":
+      raise DataError("--whole_word_segmenter needs a WordPiece vocab.txt (or a tokenizer.json); "
+                      "a SentencePiece model marks word starts itself (whole_word_mask alone).")
+  _check_unk_rate(good, tok, max_unk_rate)
   units = reading.plan_units(good, int(chunk_mb * 2**20))
   options = {"layout": layout, "doc_lines": doc_lines, "validation_fraction": validation_fraction,
              "do_lower_case": tok.do_lower_case}
+  if whole_word_segmenter:  # only then: plans of datasets without one stay as they were
+    options["whole_word_segmenter"] = whole_word_segmenter
   plan = {"format_version": FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
           "options": options, "skipped_files": skipped,
           "inputs": [[f, storage.size(f), int(storage.mtime(f))] for f in good],
@@ -187,9 +200,11 @@ def prepare(inputs: str | Sequence[str], output_dir: str, vocab, *, layout: str 
   if beam_opts is not None:
     if todo:
       from bert_jax.data import beam_engine
-      beam_engine.run_units(todo, work, tok, layout, doc_lines, validation_fraction, beam_opts)
+      beam_engine.run_units(todo, work, tok, layout, doc_lines, validation_fraction, beam_opts,
+                            whole_word_segmenter)
   else:
-    _run_units(todo, work, tok, layout, doc_lines, validation_fraction, num_workers, progress)
+    _run_units(todo, work, tok, layout, doc_lines, validation_fraction, num_workers, progress,
+               whole_word_segmenter)
   if host_index != 0:
     return _aggregate([storage.read_json(marker_path(u)) for u in units[host_index::host_count]],
                       skipped, t0)
@@ -238,13 +253,32 @@ def _beam_options(engine, beam_options, host_count):
   return beam_engine.pipeline_options(beam_options)
 
 
-def _run_units(todo, work, tok, layout, doc_lines, fraction, num_workers, progress):
+def _check_unk_rate(files, tok, max_unk_rate: float) -> None:
+  """Refuses a vocabulary that maps a sample of the text (up to 64 KiB of each of the first
+  files) to mostly [UNK]: the dataset would teach nothing."""
+  sample = [line for f in files[:4] for line in reading.head_lines(f)]
+  ids = [i for row in tok.encode_batch(sample) for i in row] if sample else []
+  if len(ids) < 100:
+    return
+  rate = sum(i == tok.unk_id for i in ids) / len(ids)
+  if rate > max_unk_rate:
+    cjk = sum(map(reading.is_cjk, "".join(sample))) > len("".join(sample)) // 4
+    raise DataError(
+        f"The vocabulary {tok.vocab_path.name} turns {rate:.0%} of a sample of the inputs into "
+        f"[UNK] (more than max_unk_rate={max_unk_rate:.0%}); "
+        + ("the text is Chinese and the vocabulary lacks its characters: train one on it "
+           "(bert-jax-vocab --kind=wordpiece) or use a Chinese vocab.txt (bert-base-chinese)."
+           if cjk else "use a vocabulary made for this text (bert-jax-vocab trains one)."))
+
+
+def _run_units(todo, work, tok, layout, doc_lines, fraction, num_workers, progress,
+               segmenter=""):
   if not todo:
     return
   from tqdm.auto import tqdm
   bar = tqdm(total=sum(u.size for u in todo), unit="B", unit_scale=True, desc="prepare",
              disable=not progress)
-  args = (work, layout, doc_lines, fraction)
+  args = (work, layout, doc_lines, fraction, segmenter)
   if num_workers == 1 or len(todo) == 1:
     worker.use_tokenizer(tok)
     for u in todo:
@@ -279,6 +313,7 @@ def _aggregate(markers: list[dict], skipped: list[dict], t0: float) -> dict:
 def _finish(output_dir, work, markers, stats, tok, options, files):
   parts = {s: [(storage.join(work, m["parts"][s][0]), m["parts"][s][1])
                for m in markers if s in m["parts"]] for s in writer.SPLITS}
+  segmenter = options.get("whole_word_segmenter", "")
   metadata = {
       "format_version": FORMAT_VERSION, "vocab_fingerprint": tok.fingerprint,
       "vocab_size": tok.vocab_size, "tokenizer_kind": tok.kind,
@@ -287,18 +322,20 @@ def _finish(output_dir, work, markers, stats, tok, options, files):
                   "sep_id": tok.sep_id, "mask_id": tok.mask_id},
       "special_ids": sorted(int(i) for i in tok.special_ids),
       "options": options, "inputs": files,
+      **({"segmenter_version": segmentation.version(segmenter)} if segmenter else {}),
       "stats": {k: v for k, v in stats.items() if k != "seconds"},
   }
   if storage.is_url(output_dir):
     with tempfile.TemporaryDirectory(prefix="bert_jax_dataset") as staging:
-      _finish_url(output_dir, staging, parts, metadata, tok)
+      _finish_url(output_dir, staging, parts, metadata, tok, bool(segmenter))
     storage.rmtree(work)
     return
   staging = os.path.join(work, "final")
   if os.path.isdir(staging):
     shutil.rmtree(staging)
   os.makedirs(staging)
-  writer.write_dataset(staging, parts, metadata, tok.word_start_mask(), description=_DESCRIPTION)
+  writer.write_dataset(staging, parts, metadata, tok.word_start_mask(), description=_DESCRIPTION,
+                       word_starts=bool(segmenter))
   tok.save(os.path.join(staging, writer.TOKENIZER_DIR))  # Training finds the vocabulary here.
   _remove_dataset(output_dir)
   for name in os.listdir(staging):
@@ -312,7 +349,7 @@ def _remove_dataset(output_dir):
       storage.rmtree(storage.join(output_dir, name))
 
 
-def _finish_url(output_dir, staging, parts, metadata, tok):
+def _finish_url(output_dir, staging, parts, metadata, tok, word_starts=False):
   """Copies the parts to their shard names next to the work folder (on the object store, so a
   rerun after an interruption still finds them), then uploads the metadata made in `staging`."""
   _remove_dataset(output_dir)  # first: the copies take the same names
@@ -322,7 +359,7 @@ def _finish_url(output_dir, staging, parts, metadata, tok):
     return storage.size(storage.join(output_dir, name))
 
   writer.write_dataset(staging, parts, metadata, tok.word_start_mask(), description=_DESCRIPTION,
-                       place=place)
+                       place=place, word_starts=word_starts)
   tok.save(os.path.join(staging, writer.TOKENIZER_DIR))
   files = [os.path.relpath(os.path.join(d, f), staging) for d, _, names in os.walk(staging)
            for f in names]

@@ -118,8 +118,37 @@ def check_file(path: str) -> str | None:
     except UnicodeDecodeError:
       bad += 1
   if bad > len(lines) // 2:
-    return f"not UTF-8 ({bad} of the first {len(lines)} lines)"
+    return f"not UTF-8 ({bad} of the first {len(lines)} lines){encoding_hint(head, path)}"
   return None
+
+
+def encoding_hint(raw: bytes, path: str) -> str:
+  """'; it reads as GB18030: convert it with iconv ...' when the bytes are Chinese GB18030 text."""
+  try:
+    text = raw[:_HEAD_BYTES].decode("gb18030")
+  except UnicodeDecodeError:
+    return ""
+  if sum(map(is_cjk, text)) < len(text) // 10:
+    return ""
+  return (f"; it reads as GB18030 (GBK) Chinese text: convert it first, e.g. "
+          f"iconv -f GB18030 -t UTF-8 {path} > {os.path.basename(path)}.utf8.txt")
+
+
+def is_cjk(ch: str) -> bool:
+  """A CJK ideograph (the ranges BERT's tokenizer splits into single characters)."""
+  cp = ord(ch)
+  return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+          or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def head_lines(path: str, num_bytes: int = _HEAD_BYTES) -> list[str]:
+  """The UTF-8 lines within the first `num_bytes` of a file (a sample, e.g. for the UNK rate)."""
+  with _open(path) as f:
+    raw = f.read(num_bytes)
+  lines = raw.split(b"\n")
+  if len(lines) > 1:
+    lines = lines[:-1]  # the last may be cut in the middle
+  return [t for t in (l.decode("utf-8", "ignore").strip() for l in lines) if t]
 
 
 def plan_units(files: Sequence[str], chunk_bytes: int) -> list[Unit]:

