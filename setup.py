@@ -82,6 +82,7 @@ setup(
             "bert-jax-fill-mask=bert_jax.cli.fill_mask:run",
             "bert-jax-aot=bert_jax.cli.aot:run",
             "bert-jax-demo=bert_jax.cli.demo:run",
+            "bert-jax-explain=bert_jax.cli.explain:run",
         ],
     },
     license="Apache-2.0",

@@ -268,9 +268,9 @@ def records(examples: dict, logits_BxK: np.ndarray, label_names: list[str], regr
   return out
 
 
-def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict) -> list[dict]:
-  """Prediction records for a table file, with the columns the model was trained on (or
-  `overrides` such as {"text_column": "sentence"})."""
+def read_for_predict(path, info: dict, overrides: dict) -> dict[str, list]:
+  """{"text": [...], "pair": [...]?} of a table file, with the columns the model was trained on
+  (model_info `info`) or `overrides` such as {"text_column": "sentence"}."""
   import ml_collections
   d = ml_collections.ConfigDict({
       "text_column": info.get("text_column", "text"),
@@ -278,7 +278,12 @@ def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict
       "label_column": "", "format": info.get("data_format", "auto"),
       "header": info.get("header", "auto")})
   d.update({k: v for k, v in overrides.items() if v is not None})
-  ex, _ = read_examples(path, d, need_labels=False)
+  return read_examples(path, d, need_labels=False)[0]
+
+
+def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict) -> list[dict]:
+  """Prediction records for a table file (columns as `read_for_predict` reads them)."""
+  ex = read_for_predict(path, info, overrides)
   arrays = encode(tokenizer, ex["text"], ex.get("pair"), int(info.get("max_seq_length", 128)))
   logits = common.run_model(model, _logits, arrays, batch_size)
   return records(ex, logits, list(info.get("label_names") or []), bool(info.get("regression")))
