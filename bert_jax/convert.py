@@ -480,6 +480,9 @@ def write_hf(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
   from safetensors.numpy import save_file
   if family.of_config(conv.config) == "modern":
     tensors, cfg = _modern_hf_files(conv)
+  elif conv.info.get("architecture") == "ElectraForPreTraining":  # An RTD discriminator.
+    from bert_jax import electra
+    tensors, cfg = electra.hf_files(conv)
   else:
     tensors = bert_jax_to_hf_tensors(conv.params, conv.info)
     cfg = hf_config_dict(conv.config, conv.info)

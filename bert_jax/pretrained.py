@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import pathlib
 
-from bert_jax import errors, heads, modeling, modern_modeling, tokenization
+from bert_jax import electra, errors, heads, modeling, modern_modeling, tokenization
 
 _SPECIAL_NAMES = ("unk", "sep", "pad", "cls", "mask")
 
@@ -176,6 +176,11 @@ class BertForQuestionAnswering(PretrainedMixin, heads.BertForQuestionAnswering):
   """`heads.BertForQuestionAnswering` with from_pretrained / save_pretrained."""
 
 
+class ElectraForPreTraining(PretrainedMixin, electra.ElectraForPreTraining):
+  """`electra.ElectraForPreTraining` (an RTD discriminator) with from_pretrained /
+  save_pretrained."""
+
+
 class ModernBertModel(PretrainedMixin, modern_modeling.ModernBertModel):
   """`modern_modeling.ModernBertModel` with from_pretrained / save_pretrained."""
 
@@ -204,7 +209,8 @@ class ModernBertForQuestionAnswering(PretrainedMixin,
 # model_info.json's "architecture" names one of these; every loader builds these classes.
 ARCHITECTURES: dict[str, type] = {c.__name__: c for c in (
     BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
-    BertForTokenClassification, BertForQuestionAnswering, ModernBertModel, ModernBertForMaskedLM,
+    BertForTokenClassification, BertForQuestionAnswering, ElectraForPreTraining, ModernBertModel,
+    ModernBertForMaskedLM,
     ModernBertForSequenceClassification, ModernBertForTokenClassification,
     ModernBertForQuestionAnswering)}
 _BY_BASE = {base: c for c in ARCHITECTURES.values() for base in c.__bases__

@@ -1,6 +1,7 @@
 """Pretraining (MLM + NSP/SOP) as a `train.Task`, and `train_and_evaluate(config, workdir)`,
 the library function behind `bert-jax-pretrain` (bert_jax/cli/pretrain.py), `make demo` and
-the notebooks.
+the notebooks. `model.objective=rtd` trains ELECTRA's replaced-token detection instead
+(electra.py) on the same data and loop, and exports the discriminator.
 
 With `model.family=modern` the task trains a ModernBertForMaskedLM on the masked-LM loss alone
 (`mlm_only_loss`: the same MLM terms and metrics, no NSP head; the batches' NSP labels are
@@ -87,7 +88,13 @@ def pretraining_eval_metrics(model: BertForPreTraining, batch: dict):
   The histogram (summed over the global batch, so over every process) gives the unigram
   baseline in `_summarize`.
   """
-  loss_fn = mlm_only_loss if isinstance(model, ModernBertForMaskedLM) else pretraining_loss
+  from bert_jax import electra
+  if isinstance(model, electra.ElectraForRTD):
+    loss_fn = electra.rtd_loss
+  elif isinstance(model, ModernBertForMaskedLM):
+    loss_fn = mlm_only_loss
+  else:
+    loss_fn = pretraining_loss
   _, metrics = loss_fn(model, batch, None)
   ids_BxP = batch["masked_lm_ids"]
   masked_BxP = (batch["masked_lm_weights"] > 0).astype(jnp.float32)
@@ -104,6 +111,8 @@ def _summarize(means: dict, sums: dict) -> dict:
   if hist is not None and np.sum(hist) > 0:
     means["unigram_baseline_mlm_accuracy"] = float(np.max(hist) / np.sum(hist))
     means["unigram_baseline_token_id"] = int(np.argmax(hist))
+  if "replaced_fraction" in means:  # RTD: the always-"original" accuracy to beat.
+    means["disc_original_baseline_accuracy"] = 1.0 - means["replaced_fraction"]
   return means
 
 
@@ -144,6 +153,8 @@ def model_task(config, vocab_size: int) -> train.Task:
                               "make_task(config) to train.")
 
   modern = family_lib.of_config(bert_config) == "modern"
+  if objective_of(config) == "rtd":
+    return _rtd_model_task(config, bert_config, modern, no_data)
   model_cls = ModernBertForMaskedLM if modern else BertForPreTraining
   return train.Task(
       name="pretraining",
@@ -154,6 +165,40 @@ def model_task(config, vocab_size: int) -> train.Task:
       tokens_per_example=d.seq_len,
       flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, d.seq_len,
                                                        d.max_predictions),
+  )
+
+
+def objective_of(config) -> str:
+  """model.objective: "mlm" (BERT's MLM + NSP/SOP, ModernBERT's MLM) or "rtd" (ELECTRA)."""
+  from bert_jax import electra
+  objective = config.model.get("objective", "mlm") or "mlm"
+  if objective not in electra.OBJECTIVES:
+    raise ConfigError(f"model.objective={objective!r}; use one of {', '.join(electra.OBJECTIVES)}.")
+  return objective
+
+
+def _rtd_model_task(config, bert_config, modern: bool, no_data) -> train.Task:
+  """ELECTRA replaced-token detection (electra.py): generator + discriminator, one step."""
+  import functools
+
+  from bert_jax import electra
+  if modern:
+    raise ConfigError("model.objective=rtd trains a BERT discriminator; set model.family=bert "
+                      "(ModernBERT is trained with objective=mlm).")
+  m, d = config.model, config.data
+  gen_config = electra.generator_config(bert_config, m.get("generator_fraction", 0.25),
+                                        m.get("generator_layers", 0))
+  seq_flops = (flops_lib.train_flops_per_step(bert_config, 1, d.seq_len, 0)
+               + flops_lib.train_flops_per_step(gen_config, 1, d.seq_len, d.max_predictions))
+  return train.Task(
+      name="pretraining_rtd",
+      model_factory=lambda rngs: electra.ElectraForRTD(bert_config, gen_config, rngs=rngs),
+      loss_fn=functools.partial(electra.rtd_loss, rtd_weight=m.get("rtd_weight", 50.0)),
+      train_iter=no_data,
+      identity={"bert_config": bert_config.shape_identity(), "objective": "rtd",
+                "generator_config": gen_config.shape_identity()},
+      tokens_per_example=d.seq_len,
+      flops_per_example=seq_flops,
   )
 
 
@@ -278,8 +323,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def export_model(summary: dict, config, workdir: str) -> str:
   """Writes the trained parameters as a bert_jax model directory WORKDIR/model."""
   from bert_jax import model_dir
-  model = nnx.merge(summary["graphdef"], jax.device_get(summary["state"].params))
+  params = jax.device_get(summary["state"].params)
   path = os.path.join(workdir, "model")
-  model_dir.save_model_dir(path, model, _load_tokenizer(_resolve_vocab(config)),
-                           overwrite=True)
+  tokenizer = _load_tokenizer(_resolve_vocab(config))
+  if objective_of(config) == "rtd":  # The discriminator alone: an ElectraForPreTraining.
+    model = nnx.merge(summary["graphdef"], params)
+    flat = {k: v for k, v in model_dir.model_params(model).items()
+            if not k.startswith("generator.")}
+    model_dir.write_model_dir(path, model.config, {"architecture": "ElectraForPreTraining",
+                                                   "objective": "rtd"}, flat, tokenizer,
+                              overwrite=True)
+    return path
+  model = nnx.merge(summary["graphdef"], params)
+  model_dir.save_model_dir(path, model, tokenizer, overwrite=True)
   return path

@@ -51,6 +51,11 @@ def get_config(variant: str = "demo") -> ConfigDict:
       dtype="auto",
       attention_impl="auto",
       remat=False,
+      # mlm: BERT's MLM (+ NSP/SOP), ModernBERT's MLM. rtd: ELECTRA's replaced-token detection
+      # (bert_jax/electra.py, BERT family): a generator of generator_fraction of the width
+      # (generator_layers deep, 0: as deep) and the discriminator sharing its embeddings;
+      # loss = generator MLM + rtd_weight * discriminator BCE. WORKDIR/model is the discriminator.
+      objective="mlm", generator_fraction=0.25, generator_layers=0, rtd_weight=50.0,
   ))
   c.data = ConfigDict(dict(
       dir="",  # A dataset from `bert-jax-prepare` (required except in bert_jax.demo).
