@@ -475,8 +475,9 @@ def write_bert_jax(conv: Converted, dst, overwrite: bool = False) -> pathlib.Pat
                                    overwrite=overwrite)
 
 
-def write_hf(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
-  """Writes config.json, model.safetensors (f32), and the tokenizer files."""
+def write_hf(conv: Converted, dst, overwrite: bool = False, extra_files=None) -> pathlib.Path:
+  """Writes config.json, model.safetensors (f32), and the tokenizer files; extra_files(tmp_dir)
+  adds more (the sentence-transformers modules) inside the same atomic write."""
   from safetensors.numpy import save_file
   if family.of_config(conv.config) == "modern":
     tensors, cfg = _modern_hf_files(conv)
@@ -493,6 +494,8 @@ def write_hf(conv: Converted, dst, overwrite: bool = False) -> pathlib.Path:
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     if conv.tokenizer is not None:
       conv.tokenizer.save(tmp)
+    if extra_files is not None:
+      extra_files(tmp)
 
   return model_dir.atomic_write_dir(dst, write, overwrite)
 

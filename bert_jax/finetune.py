@@ -1,4 +1,5 @@
-"""Fine-tune BERT on classification / regression (incl. GLUE), NER or SQuAD with the one train loop.
+"""Fine-tune BERT on classification / regression (incl. GLUE), NER, SQuAD or retrieval (sentence
+embeddings) with the one train loop.
 
 `finetune_and_evaluate(config, workdir)` is the library function behind `bert-jax-finetune`
 (bert_jax/cli/finetune.py) and the notebooks. It builds a `train.Task` from the task's data,
@@ -130,9 +131,11 @@ def make_task(config, workdir: str):
       and not data.metric.startswith("f1_"):
     raise train.TrainingError(f"train.metric={data.metric!r} is not a {config.task} metric; "
                               f"use one of {', '.join(known)}.")
-  n_train = len(data.train_arrays["input_ids"])
+  n_train = len(next(iter(data.train_arrays.values())))
   config = resolve_schedule(config, n_train)
-  seq_len = int(data.train_arrays["input_ids"].shape[1])
+  arrays = data.train_arrays
+  seq_len = int(arrays["input_ids"].shape[1] if "input_ids" in arrays else data.max_seq_length)
+  sequences = getattr(data, "sequences_per_example", 1)  # retrieval: query, positive, negatives
   if seq_len > bert_config.max_position_embeddings:
     raise train.TrainingError(f"data.max_seq_length={seq_len} exceeds the model's "
                               f"max_position_embeddings={bert_config.max_position_embeddings}.")
@@ -155,10 +158,12 @@ def make_task(config, workdir: str):
       return results  # NaN or no better than the best so far.
     best["value"] = value
     if jax.process_index() == 0:
-      model_dir.save_model_dir(
-          best_dir, model, tokenizer, overwrite=True,
-          extra_info={**data.info(), "metric": metric, "metric_value": value,
-                      "step": int(step), "eval": results, "init_from": config.init_from})
+      extra = {**data.info(), "metric": metric, "metric_value": value, "step": int(step),
+               "eval": results, "init_from": config.init_from}
+      if hasattr(data, "save_best"):  # retrieval: a sentence-transformers folder
+        data.save_best(model, tokenizer, best_dir, extra)
+      else:
+        model_dir.save_model_dir(best_dir, model, tokenizer, overwrite=True, extra_info=extra)
       common.write_jsonl(pathlib.Path(workdir) / "dev_predictions.jsonl", records)
     return results
 
@@ -176,8 +181,8 @@ def make_task(config, workdir: str):
       train_iter=train_iter,
       init_params=(lambda: init) if init is not None else None,
       identity=identity,
-      tokens_per_example=seq_len,
-      flops_per_example=flops_lib.train_flops_per_step(bert_config, 1, seq_len, 0),
+      tokens_per_example=seq_len * sequences,
+      flops_per_example=sequences * flops_lib.train_flops_per_step(bert_config, 1, seq_len, 0),
       evaluate=evaluate,
   )
   return task, config, data
@@ -193,7 +198,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
   best_dir = pathlib.Path(workdir) / "best"
   summary["best"] = {"metric": data.metric, "value": _best_value(best_dir),
                      "path": str(best_dir)}
-  summary["num_train_examples"] = int(len(data.train_arrays["input_ids"]))
+  summary["num_train_examples"] = int(len(next(iter(data.train_arrays.values()))))
   summary["config"] = config
   if jax.process_index() == 0:
     keys = ("status", "step", "train_seconds", "train", "eval", "best", "num_train_examples")

@@ -72,10 +72,25 @@ def encode(graphdef, state, input_ids, attention_mask, token_type_ids, *, poolin
   x_BxLxD = out.last_hidden_state.astype(jnp.float32)
   if pooling == "tokens":
     return x_BxLxD
-  if pooling == "cls":
-    return x_BxLxD[:, 0]
   if pooling == "pooler":
     return out.pooler_output.astype(jnp.float32)
-  # sentence-transformers' mean pooling: sum over real tokens / max(count, 1e-9).
-  mask_BxLx1 = attention_mask[:, :, None].astype(jnp.float32)
+  return pool_tokens(x_BxLxD, attention_mask, pooling)
+
+
+def pool_tokens(x_BxLxD: jax.Array, attention_mask_BxL: jax.Array, pooling: str) -> jax.Array:
+  """sentence-transformers' Pooling module: [B, D] f32 from the last layer's [B, L, D].
+
+  "mean": sum over real tokens / max(count, 1e-9); "cls": the first token; "lasttoken": the
+  last real token (right padding, as its pooling_mode_lasttoken).
+  """
+  x_BxLxD = x_BxLxD.astype(jnp.float32)
+  if pooling == "cls":
+    return x_BxLxD[:, 0]
+  mask_BxL = attention_mask_BxL.astype(jnp.float32)
+  if pooling == "lasttoken":
+    last_B = jnp.maximum(jnp.sum(mask_BxL, axis=1).astype(jnp.int32) - 1, 0)
+    return jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0]
+  if pooling != "mean":
+    raise ValueError(f"pooling={pooling!r} is not one of mean, cls, lasttoken.")
+  mask_BxLx1 = mask_BxL[:, :, None]
   return (x_BxLxD * mask_BxLx1).sum(1) / jnp.maximum(mask_BxLx1.sum(1), 1e-9)

@@ -166,15 +166,38 @@ def load_model(path, cls=None, *, dtype=None, param_dtype=None, **model_kwargs) 
 
 
 # ------------------------------------------------------------------ model -> disk
+FORMATS = ("bert_jax", "hf", "sentence-transformers")
+
+
 def save_pretrained(model: nnx.Module, tokenizer, path, format: str = "bert_jax",
-                    overwrite: bool = False, *, extra_info: dict | None = None) -> pathlib.Path:
-  """Saves as a bert_jax directory or (format="hf") a folder transformers loads (f32 weights)."""
+                    overwrite: bool = False, *, extra_info: dict | None = None,
+                    pooling: str = "mean", normalize: bool = True,
+                    max_seq_length: int | None = None) -> pathlib.Path:
+  """Saves as a bert_jax directory, (format="hf") a folder transformers loads (f32 weights) or
+  (format="sentence-transformers") that folder plus modules.json, 1_Pooling/config.json and
+  sentence_bert_config.json, which `sentence_transformers.SentenceTransformer(path)` loads.
+
+  `pooling` (mean | cls | lasttoken), `normalize` (a Normalize module) and `max_seq_length`
+  (default: max_position_embeddings) describe the sentence-transformers pipeline; a head
+  model's encoder is what is saved in that format.
+  """
   if format == "bert_jax":
     return model_dir.save_model_dir(path, model, tokenizer, extra_info=extra_info,
                                     overwrite=overwrite)
-  if format != "hf":
-    raise errors.ConfigError(f"format={format!r} is not 'bert_jax' or 'hf'.")
+  if format not in FORMATS:
+    raise errors.ConfigError(f"format={format!r} is not one of {', '.join(FORMATS)}.")
   model_dir.check_writable(path, overwrite)  # Fail before pulling parameters to the host.
+  if format == "sentence-transformers":
+    from bert_jax import inference, sentence_embedding
+    if tokenizer is None:
+      raise errors.ConfigError("format='sentence-transformers' needs tokenizer=...: "
+                               "SentenceTransformer loads the vocabulary from the folder.")
+    model = inference.encoder_of(model)
+    st = dict(dim=model.config.hidden_size, pooling=pooling, normalize=normalize,
+              max_seq_length=max_seq_length or model.config.max_position_embeddings)
   conv = convert.Converted(model.config, model_dir.model_info(model, extra_info),
                            model_dir.model_params(model), tokenizer, [], [])
-  return convert.write_hf(conv, path, overwrite)
+  if format == "hf":
+    return convert.write_hf(conv, path, overwrite)
+  return convert.write_hf(conv, path, overwrite, extra_files=lambda tmp: (
+      sentence_embedding.write_sentence_transformers_files(tmp, **st)))

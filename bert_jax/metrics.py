@@ -5,6 +5,8 @@
   which reads IO, IOB1, IOB2 (BIO) and IOBES tag sequences.
 - SQuAD: `normalize_answer`, exact match and token F1 exactly as `evaluate-v2.0.py` (which equals
   v1.1 on answerable questions), scores in percent as that script prints them.
+- Retrieval: recall@k, MRR@k and nDCG@k as BEIR reports them (pytrec_eval / trec_eval: recall
+  over all relevant documents, nDCG with the judgement as the linear gain).
 """
 from __future__ import annotations
 
@@ -201,4 +203,31 @@ def squad_scores(gold_answers: dict[str, list[str]], predictions: dict[str, str]
     out.update(HasAns_exact=mean(em, has_ids), HasAns_f1=mean(f1, has_ids),
                HasAns_total=len(has_ids), NoAns_exact=mean(em, no_ids),
                NoAns_f1=mean(f1, no_ids), NoAns_total=len(no_ids))
+  return out
+
+
+# ----------------------------------------------------------------------------- retrieval
+def ranking_scores(ranked: Sequence[Sequence[str]], qrels: Sequence[dict[str, float]],
+                   recall_at: Sequence[int] = (1, 10), cutoff: int = 10) -> dict[str, float]:
+  """recall@k for k in recall_at, mrr@cutoff and ndcg@cutoff averaged over queries.
+
+  ranked[i]: query i's document ids, best first (at least max(recall_at, cutoff) of them);
+  qrels[i]: {document id: relevance > 0} of query i.
+  """
+  if not ranked:
+    return {}
+  rec = {k: [] for k in recall_at}
+  rr, ndcg = [], []
+  for docs, rel in zip(ranked, qrels, strict=True):
+    for k in recall_at:
+      rec[k].append(sum(1 for d in docs[:k] if d in rel) / len(rel))
+    first = next((r for r, d in enumerate(docs[:cutoff]) if d in rel), None)
+    rr.append(0.0 if first is None else 1.0 / (first + 1))
+    dcg = sum(rel.get(d, 0.0) / np.log2(r + 2) for r, d in enumerate(docs[:cutoff]))
+    ideal = sorted(rel.values(), reverse=True)[:cutoff]
+    idcg = sum(g / np.log2(r + 2) for r, g in enumerate(ideal))
+    ndcg.append(dcg / idcg)
+  out = {f"recall@{k}": float(np.mean(v)) for k, v in rec.items()}
+  out[f"mrr@{cutoff}"] = float(np.mean(rr))
+  out[f"ndcg@{cutoff}"] = float(np.mean(ndcg))
   return out

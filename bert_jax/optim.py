@@ -31,11 +31,12 @@ def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-  """True where weight decay applies: not LayerNorm parameters, not biases."""
+  """True where weight decay applies: not LayerNorm parameters, not biases, not a contrastive
+  loss's learnable logit scale."""
 
   def wants_decay(path, _):
     names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-    return not (names[-1] == "bias" or "LayerNorm" in names)
+    return not (names[-1] in ("bias", "logit_scale") or "LayerNorm" in names)
 
   return jax.tree_util.tree_map_with_path(wants_decay, params)
 

@@ -142,14 +142,17 @@ class PretrainedMixin:
     return (model, loading_info) if output_loading_info else model
 
   def save_pretrained(self, path, format: str = "bert_jax", *, tokenizer=None,
-                      overwrite: bool = False) -> pathlib.Path:
-    """Writes a bert_jax directory or (format="hf") a folder transformers loads.
+                      overwrite: bool = False, **sentence_transformers) -> pathlib.Path:
+    """Writes a bert_jax directory, (format="hf") a folder transformers loads, or
+    (format="sentence-transformers") a folder `SentenceTransformer(path)` loads; that format
+    takes pooling="mean" | "cls" | "lasttoken", normalize=True and max_seq_length=...
 
     Pass `tokenizer=` to store the vocabulary beside the weights (or call
-    `tokenizer.save_pretrained(path)` afterwards).
+    `tokenizer.save_pretrained(path)` afterwards); sentence-transformers needs it.
     """
     from bert_jax import loading
-    return loading.save_pretrained(self, tokenizer, path, format, overwrite)
+    return loading.save_pretrained(self, tokenizer, path, format, overwrite,
+                                   **sentence_transformers)
 
 
 class BertModel(PretrainedMixin, modeling.BertModel):

