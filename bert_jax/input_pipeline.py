@@ -295,16 +295,16 @@ def create_pretraining_dataset(
     masked_lm_prob = masking_schedule.max_rate
   spec, cls_id, sep_id, meta = _masking_spec(data_dir, tokenizer, masked_lm_prob,
                                              max_predictions, whole_word_mask)
+  segmenter_words = whole_word_mask and bool(meta.get("options", {}).get("whole_word_segmenter"))
   thin = None if masking_schedule is None else functools.partial(
       mask_schedule.ScheduledMaskingIterDataset, schedule=masking_schedule, spec=spec, seed=seed,
-      process_index=process_index)
+      process_index=process_index, segmenter_words=segmenter_words)
   num_docs = meta["splits"].get(split, 0)
   if num_docs < process_count:
     raise DataError(f"Split {split!r} of {data_dir} has {num_docs} documents, fewer than the "
                     f"{process_count} processes (splits: {meta['splits']}); prepare more data "
                     "or a larger validation_fraction.")
-  docs = _Documents(data_dir, split, word_starts=whole_word_mask and bool(
-      meta.get("options", {}).get("whole_word_segmenter")))
+  docs = _Documents(data_dir, split, word_starts=segmenter_words)
   ds = grain.MapDataset.range(num_docs)[process_index::process_count]
   if shuffle:
     ds = ds.shuffle(seed=seed)

@@ -160,3 +160,36 @@ def test_eval_rows_ignore_the_training_schedule(data_dir):
   for a, b in zip(plain, scheduled, strict=True):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _runs(positions):
+  positions = sorted(positions)
+  return {tuple(r) for r in np.split(np.asarray(positions, int),
+                                     np.flatnonzero(np.diff(positions) != 1) + 1) if len(r)}
+
+
+def test_segmenter_words_stay_whole(tmp_path):
+  """Chinese words from jieba are not in the rows: thinning keeps or drops each masked run whole,
+  so every masked run of a thinned row is one of the rows' runs at the highest rate."""
+  pytest.importorskip("jieba")
+  from test_segmentation import zh_corpus
+
+  from bert_jax.vocab import train_vocab
+  corpus = zh_corpus(tmp_path / "zh.txt", reviews=300, paragraphs=100)
+  vocab = train_vocab(corpus, str(tmp_path / "vocab.txt"), vocab_size=3000)
+  prepare(corpus, tmp_path / "ds", vocab, layout="documents", validation_fraction=0.05,
+          whole_word_segmenter="jieba", progress=False)
+  kw = dict(whole_word_mask=True, tokenizer=Tokenizer.from_vocab(vocab))
+  scheduled, plain = _it(tmp_path / "ds", **kw), _it(tmp_path / "ds", masking_schedule=None,
+                                                     masked_lm_prob=0.3, **kw)
+  kept = total = 0
+  for step in range(5):
+    b, full = next(scheduled), next(plain)
+    for r in range(len(b["input_ids"])):
+      runs = _runs(b["masked_lm_positions"][r][b["masked_lm_weights"][r] > 0].tolist())
+      full_runs = _runs(full["masked_lm_positions"][r][full["masked_lm_weights"][r] > 0].tolist())
+      assert runs <= full_runs, (step, r)
+      kept, total = kept + len(runs), total + len(full_runs)
+    if step == 4:
+      assert b["masked_lm_weights"].sum() < 0.85 * full["masked_lm_weights"].sum()
+  assert 0.5 * total < kept < total

@@ -76,22 +76,30 @@ def check_capacity(schedule: MaskingSchedule, seq_len: int, max_predictions: int
         f"data.max_predictions to at least {need} or lower the rate.")
 
 
-def _word_ids(original_L, valid_L, spec: masking.MaskingSpec):
-  """Word index of every token (as mask_tokens groups them), -1 outside candidates."""
+def _word_ids(original_L, valid_L, pos, spec: masking.MaskingSpec, runs: bool):
+  """Word index of every token (as mask_tokens groups them), -1 outside candidates.
+
+  `runs`: the word starts came from a segmenter and are not in the rows, so each run of adjacent
+  masked positions counts as one word (whole words stay whole; neighbours go together).
+  """
   cand = np.flatnonzero(~spec.is_special[original_L] & valid_L)
   out = np.full(len(original_L), -1, np.int64)
   if spec.word_start is None:
     out[cand] = np.arange(len(cand))
+  elif runs:
+    out[cand] = np.arange(len(cand))
+    out[pos] = len(original_L) + np.cumsum(np.diff(pos, prepend=-2) != 1)
   else:
     starts = spec.word_start[original_L[cand]] | (np.diff(cand, prepend=-2) != 1)
     out[cand] = np.cumsum(starts) - 1
   return out
 
 
-def thin_row(row: dict, rate: float, spec: masking.MaskingSpec, rng) -> None:
+def thin_row(row: dict, rate: float, spec: masking.MaskingSpec, rng, runs: bool = False) -> None:
   """Unmasks whole words of one row (in place) until each unit is masked at `rate`.
 
   A unit is a packed pair (rows with "cls_positions": masked pair by pair) or else the row.
+  `runs`: see `_word_ids`.
   """
   w_P = row["masked_lm_weights"]
   n = int(np.count_nonzero(w_P))
@@ -99,7 +107,7 @@ def thin_row(row: dict, rate: float, spec: masking.MaskingSpec, rng) -> None:
   original_L = row["input_ids"].copy()
   original_L[pos] = labels
   valid_L = row["input_mask"] > 0
-  words_L = _word_ids(original_L, valid_L, spec)
+  words_L = _word_ids(original_L, valid_L, pos, spec, runs)
   unit_L = row["packed_segment_ids"] if "cls_positions" in row else valid_L.astype(np.int32)
   limit = dataclasses.replace(spec, masked_lm_prob=rate)
   keep = np.zeros(n, bool)
@@ -128,9 +136,10 @@ class ScheduledMaskingIterDataset(grain.IterDataset):
   """Batches masked at `schedule.max_rate` -> batches masked at the rate of their step."""
 
   def __init__(self, parent: grain.IterDataset, *, schedule: MaskingSchedule,
-               spec: masking.MaskingSpec, seed: int, process_index: int):
+               spec: masking.MaskingSpec, seed: int, process_index: int,
+               segmenter_words: bool = False):
     super().__init__(parent)
-    self._args = (schedule, spec, seed, process_index)
+    self._args = (schedule, spec, seed, process_index, segmenter_words)
 
   def __iter__(self):
     return _ScheduledMaskingIterator(self._parent.__iter__(), *self._args)
@@ -141,9 +150,9 @@ class ScheduledMaskingIterDataset(grain.IterDataset):
 
 class _ScheduledMaskingIterator(grain.DatasetIterator):
 
-  def __init__(self, parent, schedule, spec, seed, process_index):
+  def __init__(self, parent, schedule, spec, seed, process_index, segmenter_words):
     super().__init__(parent)
-    self._schedule, self._spec = schedule, spec
+    self._schedule, self._spec, self._runs = schedule, spec, segmenter_words
     self._seed, self._process_index = seed, process_index
     self._step = 0
 
@@ -156,7 +165,7 @@ class _ScheduledMaskingIterator(grain.DatasetIterator):
     rng = np.random.default_rng([self._seed, self._process_index, step])
     batch = {k: np.array(v) for k, v in batch.items()}
     for r in range(len(batch["input_ids"])):
-      thin_row({k: v[r] for k, v in batch.items()}, rate, self._spec, rng)
+      thin_row({k: v[r] for k, v in batch.items()}, rate, self._spec, rng, self._runs)
     return batch
 
   def get_state(self) -> dict[str, Any]:
