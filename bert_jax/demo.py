@@ -41,15 +41,16 @@ def plot_curves(workdir: str) -> str | None:
     return None
   steps = [r["step"] for r in train]
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-  has_nsp = "train/nsp_loss" in train[0]  # MLM-only runs (modern_demo) have no NSP head.
-  ax1.plot(steps, [r["train/mlm_loss"] for r in train], label="MLM loss")
-  if has_nsp:
-    ax1.plot(steps, [r["train/nsp_loss"] for r in train], label="NSP loss")
+  # Whichever heads the run has: MLM-only runs (modern_demo) no NSP; RTD (objective=rtd) a
+  # generator MLM and a discriminator.
+  for key, label in (("mlm", "MLM"), ("nsp", "NSP"), ("gen_mlm", "generator MLM"),
+                     ("disc", "discriminator")):
+    if f"train/{key}_loss" in train[0]:
+      ax1.plot(steps, [r[f"train/{key}_loss"] for r in train], label=f"{label} loss")
+      ax2.plot(steps, [r[f"train/{key}_accuracy"] for r in train],
+               label=f"{label} accuracy (train)")
   ax1.set_xlabel("step")
   ax1.legend()
-  ax2.plot(steps, [r["train/mlm_accuracy"] for r in train], label="MLM accuracy (train)")
-  if has_nsp:
-    ax2.plot(steps, [r["train/nsp_accuracy"] for r in train], label="NSP accuracy (train)")
   evals = [r for r in rows if "eval/mlm_accuracy" in r]
   if evals:
     ax2.scatter([r["step"] for r in evals], [r["eval/mlm_accuracy"] for r in evals],

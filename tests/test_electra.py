@@ -16,7 +16,7 @@ from conftest import corpus_sentences
 from flax import nnx
 from test_tasks_classification import finetune_config
 
-from bert_jax import convert, electra, finetune, pretrained, pretraining
+from bert_jax import convert, demo, electra, finetune, pretrained, pretraining
 from bert_jax.configs import pretrain as pretrain_configs
 from bert_jax.configuration import BertConfig
 from bert_jax.errors import ConfigError
@@ -86,6 +86,7 @@ def test_rtd_trains(rtd_run):
   assert 0 < ev["replaced_fraction"] < 0.3
   info = json.loads((workdir / "model" / "model_info.json").read_text())
   assert info["architecture"] == "ElectraForPreTraining"
+  assert demo.plot_curves(str(workdir)).endswith("curves.png")  # The demo's plot knows RTD.
 
 
 @pytest.mark.slow

@@ -21,6 +21,14 @@ modern_tiny | modern_demo | modern_base | modern_large (ModernBERT, model.family
                               --workdir=/tmp/modern_demo --config.data.dir=DATA
   modern_base, modern_large: ModernBERT-base (22 layers, 768 wide, GLU 1152, 12 heads) and
         -large at seq 1024 (the recipe's first phase; the model takes up to 8,192 tokens).
+Recipe options on any BERT variant: ELECTRA's replaced-token detection (bert_jax/electra.py;
+WORKDIR/model is the discriminator, `bert-jax-convert --to=hf` makes it a transformers
+ElectraForPreTraining) and a falling training masking rate (held-out rows keep theirs):
+                            bert-jax-pretrain --config=configs/pretrain.py:demo \
+                              --workdir=/tmp/rtd --config.data.dir=DATA \
+                              --config.model.objective=rtd --config.data.max_predictions=38 \
+                              --config.data.masking_schedule=linear \
+                              --config.data.masked_lm_prob_start=0.3
 /gcs/BUCKET is the bucket mounted with gcsfuse (launch/ does this); gs:// URLs are refused.
 Override anything: --config.optimizer.learning_rate=1e-4 --config.mesh.fsdp=8 ...
 """
