@@ -124,8 +124,10 @@ def build_pairs(book_list, version_pairs=TRAIN_VERSION_PAIRS, hard_negative: boo
     for k, i in enumerate(ids):
       if i not in text_a or i not in text_b:
         continue
-      nxt = ids[k + 1] if k + 1 < len(ids) else ids[k - 1]
-      negs = [text_b[nxt]] if hard_negative and nxt in text_b and text_b[nxt] != text_b[i] else []
+      # The next verse (else the previous one) with another text in B.
+      near = [j for j in ids[k + 1:k + 3] + ids[max(k - 2, 0):k][::-1]
+              if j in text_b and text_b[j] != text_b[i]]
+      negs = [text_b[near[0]]] if hard_negative and near else []
       pairs.queries.append(first_half(text_a[i]))
       pairs.positives.append(text_b[i])
       pairs.negatives.append(negs)

@@ -176,6 +176,7 @@ print(json.dumps({"devices": jax.device_count(), "one": float(one_l), "eight": f
 """
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_one_device_loss_with_global_negatives(data_dir):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
@@ -245,6 +246,7 @@ def test_bad_input_is_one_sentence_naming_file_and_line(tmp_path, case, pattern)
 
 
 # ------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_two_steps_keep_a_best_model_sentence_transformers_loads(data_dir, tmp_path):
   import sentence_transformers
 
@@ -288,3 +290,20 @@ def test_minilm_export_encodes_like_bert_jax_embed(minilm_dir, tmp_path):
   got = bert_jax.embed(model, tok, texts, normalize=True, max_length=128)
   assert np.abs(got - want).max() <= 1e-5
   assert st.max_seq_length == 128
+
+
+@pytest.mark.slow
+def test_modern_family_trains_with_the_same_loss(data_dir):
+  from flax import nnx
+  c = _config(data_dir, pooling="cls", matryoshka_dims="32,16")
+  c.model.update(family="modern", preset="modern_tiny")
+  task = _task(c)
+  bert_config = finetune.load_source(c)[0]
+  model = task.make_model(bert_config, nnx.Rngs(params=0))
+  assert type(model.model).__name__ == "ModernBertModel"
+  graphdef, params = nnx.split(model)
+  batch = {k: jnp.asarray(v[:4]) for k, v in task.train_arrays.items()}
+  f = lambda p: task.loss_fn(nnx.merge(graphdef, p), batch, jax.random.key(0))  # noqa: E731
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+  assert np.isfinite(float(loss)) and "in_batch_accuracy_16" in metrics
+  assert float(jnp.abs(grads["model"]["layers"][0]["attn"]["Wqkv"]["kernel"]).max()) > 0
