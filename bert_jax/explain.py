@@ -349,7 +349,8 @@ def explain_file(checkpoint, input_path, output, *, overwrite: bool = False,
   texts, pairs = read_inputs(task, info, input_path, overrides)
   if max_examples:
     texts, pairs = texts[:max_examples], pairs[:max_examples] if pairs else None
-  model = loading.load_model(checkpoint)
+  # f32 whatever the checkpoint trained in: bf16 rounding would blur the completeness check.
+  model = loading.load_model(checkpoint, dtype="float32")
   tokenizer = Tokenizer.from_dir(checkpoint)
   explanations = explain_texts(model, tokenizer, texts, pairs=pairs,
                                label_names=list(info.get("label_names") or []),

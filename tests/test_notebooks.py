@@ -40,6 +40,8 @@ assert summary["best"]["metric"] == "accuracy"
 assert hf_model.config.num_labels == 2
 rows = predict.predict_file(f"{WORKDIR}/run/best", f"{data_dir}/dev.tsv")
 assert len(rows) == 32 and {r["label"] for r in rows} <= {"0", "1"}
+assert len(explained) == 2 and all(r["completeness_ok"] for r in explained)
+assert [r["label"] for r in explained] == [r["label"] for r in rows[:2]]
 """,
     "convert_and_embed": """
 assert notebook.transformers_max_diff(hf_dir, model, tokenizer, SENTENCES) < 1e-4
