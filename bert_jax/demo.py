@@ -92,3 +92,8 @@ def run_demo(config, workdir: str, doc_lines: int = 32) -> dict:
     json.dump(results, f, indent=2)
   results["curves"] = plot_curves(os.path.join(workdir, "run"))
   return results
+
+
+if __name__ == "__main__":  # python -m bert_jax.demo [--lang=zh]: the CLI (bert_jax/cli/demo.py)
+  from bert_jax.cli import demo as _cli
+  _cli.run()

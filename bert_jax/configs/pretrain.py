@@ -19,6 +19,8 @@ modern_tiny | modern_demo | modern_base | modern_large (ModernBERT, model.family
   modern_demo (the demo's size as a ModernBERT, 2-core CPU, 10 min):
                             bert-jax-pretrain --config=configs/pretrain.py:modern_demo \
                               --workdir=/tmp/modern_demo --config.data.dir=DATA
+  demo_zh (Chinese, what `make demo-zh` runs through bert_jax.demo_zh): modern_demo with
+        whole-word masking over jieba words stored by bert-jax-prepare --whole_word_segmenter.
   modern_base, modern_large: ModernBERT-base (22 layers, 768 wide, GLU 1152, 12 heads) and
         -large at seq 1024 (the recipe's first phase; the model takes up to 8,192 tokens).
 Recipe options on any BERT variant: ELECTRA's replaced-token detection (bert_jax/electra.py;
@@ -38,7 +40,7 @@ from bert_jax import sharding
 from bert_jax.configs import common
 
 VARIANTS = ("tiny", "demo", "base", "base_phase2", "large", "large_phase2", "modern_tiny",
-            "modern_demo", "modern_base", "modern_large")
+            "modern_demo", "modern_base", "modern_large", "demo_zh")
 
 
 def get_config(variant: str = "demo") -> ConfigDict:
@@ -124,6 +126,10 @@ def get_config(variant: str = "demo") -> ConfigDict:
     c.checkpoint.every_steps = 5000
   elif variant.startswith("modern_") and variant in VARIANTS:
     _modern(c, variant)
+  elif variant == "demo_zh":
+    # `make demo-zh` (bert_jax/demo_zh.py): modern_demo on Chinese text with jieba whole words.
+    _modern(c, "modern_demo")
+    c.data.whole_word_mask = True
   else:
     raise ValueError(f"Unknown pretrain variant {variant!r}; choose one of "
                      f"{', '.join(VARIANTS)}.")

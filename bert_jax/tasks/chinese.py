@@ -116,9 +116,13 @@ def to_char_bio(words: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
   return chars, tags
 
 
-def read_peoples_daily(path="", encoding: str = "utf-8", max_lines: int = 0
+def read_peoples_daily(path="", encoding: str = "utf-8", max_lines: int = 0, max_chars: int = 0
                        ) -> list[tuple[list[str], list[str]]]:
-  """[(characters, BIO tags)] per sentence of a People's Daily `word/POS` file (module doc)."""
+  """[(characters, BIO tags)] per sentence of a People's Daily `word/POS` file (module doc).
+
+  `max_chars`: sentences longer than this are cut after the last `，` or `、` that keeps a piece
+  within it (else at a word boundary, else anywhere), so that nothing is lost to truncation.
+  """
   path = path or peoples_daily_path()
   sentences = []
   for n, line in enumerate(read_lines(path, encoding), 1):
@@ -136,10 +140,26 @@ def read_peoples_daily(path="", encoding: str = "utf-8", max_lines: int = 0
       ended = word[0] in SENTENCE_ENDS or (ended and word[0] in CLOSING)
     if current:
       sentences.append(to_char_bio(current))
+  if max_chars:
+    sentences = [p for s in sentences for p in _cut(*s, max_chars)]
   sentences = [s for s in sentences if s[0]]
   if not sentences:
     raise DataError(f"{path} holds no `word/TAG` sentences.")
   return sentences
+
+
+def _cut(chars: list[str], tags: list[str], limit: int) -> list[tuple[list[str], list[str]]]:
+  out = []
+  while len(chars) > limit:
+    window = range(limit, limit // 3, -1)  # a cut before position k
+    cut = next((k for k in window if chars[k - 1] in "，、,"), None)
+    cut = cut or next((k for k in window if not tags[k].startswith("I-")), limit)
+    out.append((chars[:cut], tags[:cut]))
+    chars, tags = chars[cut:], tags[cut:]
+    if tags and tags[0].startswith("I-"):  # an entity cut in two: its second part starts anew
+      tags = ["B-" + tags[0][2:]] + tags[1:]
+  out.append((chars, tags))
+  return out
 
 
 def read_sentiment(folder="", encoding: str = "utf-8") -> dict[str, list[str]]:

@@ -50,7 +50,9 @@ def read_tagged(path, d) -> list[tuple[list[str], list[str]]]:
   fmt = d.get("format", "auto")
   if fmt == "peoples_daily":
     from bert_jax.tasks import chinese
-    return chinese.read_peoples_daily(path, d.get("encoding", "utf-8"))
+    # Sentences longer than the model's rows are cut at commas, not truncated.
+    return chinese.read_peoples_daily(path, d.get("encoding", "utf-8"),
+                                      max_chars=d.max_seq_length - 2)
   if fmt not in ("auto", "conll"):
     raise DataError(f"data.format={fmt!r} is not a NER format; use auto (CoNLL) or "
                     "peoples_daily.")
