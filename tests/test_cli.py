@@ -29,7 +29,9 @@ TOOLS = {
                                        "--num_processes": "Number of processes"}),
     "prepare": ("bert-jax-prepare", {"--input": "Text files, folders or globs",
                                      "--output_dir": "Dataset folder to create",
-                                     "--vocab": "WordPiece vocab.txt", "--engine": "Apache Beam"}),
+                                     "--vocab": "WordPiece vocab.txt", "--engine": "Apache Beam",
+                                     "--whole_word_segmenter": "Segment each sentence into words",
+                                     "--max_unk_rate": "Refuse a vocabulary"}),
     "vocab": ("bert-jax-vocab", {"--input": "Text files or globs", "--output": "vocab.txt",
                                  "--kind": "Vocabulary type", "--vocab_size": "Vocabulary size"}),
     "predict": ("bert-jax-predict", {"--checkpoint": "fine-tuned bert_jax model directory",
@@ -49,7 +51,8 @@ TOOLS = {
                              "--[no]force": "analytical estimate"}),
     "demo": ("bert-jax-demo", {"--workdir": "data, checkpoints and results",
                                "--doc_lines": "Bible verses per document",
-                               "--config": "Pretraining config"}),
+                               "--config": "Pretraining config",
+                               "--lang": "zh: Chinese"}),
 }
 
 
