@@ -255,6 +255,8 @@ def _guess_architecture(names: set[str], hf_config: dict) -> tuple[str, dict]:
   has_nsp = any(k.startswith("cls.seq_relationship.") for k in names)
   if any(k.startswith("qa_outputs.") for k in names):
     return "BertForQuestionAnswering", {}
+  if any(k.startswith("discriminator_predictions.") for k in names):
+    return "ElectraForPreTraining", {}
   if any(k.startswith("classifier.") for k in names):
     arch = declared if declared in ("BertForSequenceClassification",
                                     "BertForTokenClassification") else (
@@ -284,7 +286,8 @@ def hf_tensors_to_bert_jax(tensors: dict[str, np.ndarray], config: BertConfig,
       local[k] = v
     elif not has_prefix and k.startswith(("embeddings.", "encoder.", "pooler.")):
       local["bert." + k] = v
-    elif k.startswith("cls.") or k.startswith(("classifier.", "qa_outputs.")):
+    elif k.startswith("cls.") or k.startswith(("classifier.", "qa_outputs.",
+                                               "discriminator_predictions.")):
       local[k] = v
     else:
       ignored.append(k)
@@ -396,9 +399,12 @@ def read_hf(folder) -> Converted:
   model_type = hf_config.get("model_type", "bert")
   if model_type == "modernbert":
     return read_modern_hf(folder)
+  if model_type == "electra":
+    from bert_jax import electra
+    return electra.read_hf(folder, hf_config)
   if model_type != "bert":
     raise ConversionError(f"{folder}/config.json has model_type {model_type!r}; bert_jax converts "
-                          "only BERT ('bert') checkpoints.")
+                          "BERT ('bert'), ModernBERT and ELECTRA discriminator checkpoints.")
   if hf_config.get("position_embedding_type", "absolute") != "absolute":
     raise ConversionError(f"{folder} uses position_embedding_type "
                           f"{hf_config['position_embedding_type']!r}; bert_jax supports only "

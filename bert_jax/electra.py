@@ -12,10 +12,12 @@ replaces the original; the discriminator classifies every real token as original
 A sample equal to the original counts as original, as in the paper. The discriminator is a
 `BertModel` (no pooler) plus HF's `discriminator_predictions` head, so WORKDIR/model is an
 `ElectraForPreTraining` bert_jax directory: fine-tuning's init_from takes its BERT encoder, and
-`bert-jax-convert --to=hf` writes a transformers `ElectraForPreTraining` folder (`hf_files`).
+`bert-jax-convert --to=hf` writes a transformers `ElectraForPreTraining` folder (`hf_files`);
+such a folder also reads back (`read_hf`), so HF ELECTRA discriminators fine-tune too.
 Its embeddings are hidden_size wide (HF `embedding_size == hidden_size`, no projection); the
 generator projects them to its own width (HF ElectraForMaskedLM's `embeddings_project`). A
-discriminator with narrower embeddings (ELECTRA-small's 128) is not offered.
+discriminator with narrower embeddings (ELECTRA-small's 128) is not offered, and such HF folders
+are refused in one sentence.
 
 Dimension letters as in modeling.py; G the generator's width.
 """
@@ -177,3 +179,31 @@ def hf_files(conv) -> tuple[dict[str, np.ndarray], dict]:
              architectures=["ElectraForPreTraining"], summary_type="first",
              summary_use_proj=True, summary_activation="gelu", summary_last_dropout=0.1)
   return tensors, cfg
+
+
+def read_hf(folder, hf_config: dict):
+  """A transformers ElectraForPreTraining folder (embedding_size == hidden_size) as a
+  `convert.Converted` ElectraForPreTraining; convert.read_hf calls it for model_type electra."""
+  import pathlib
+
+  from bert_jax import convert
+  folder = pathlib.Path(folder)
+  width, emb = hf_config.get("hidden_size"), hf_config.get("embedding_size")
+  if emb not in (None, width):
+    raise convert.ConversionError(
+        f"{folder} is an ELECTRA with embedding_size {emb} and hidden_size {width}; bert_jax's "
+        "discriminator has no embedding projection, so it reads only ELECTRAs whose embeddings "
+        "are as wide as the model.")
+  if hf_config.get("position_embedding_type", "absolute") != "absolute":
+    raise convert.ConversionError(f"{folder} uses position_embedding_type "
+                                  f"{hf_config['position_embedding_type']!r}; bert_jax supports "
+                                  "only absolute position embeddings.")
+  tensors = {("bert." + k[len("electra."):] if k.startswith("electra.") else k): v
+             for k, v in convert.read_hf_tensors(folder).items()}
+  conv = convert.hf_tensors_to_bert_jax(tensors, BertConfig.from_dict(hf_config), hf_config,
+                                        str(folder))
+  if conv.info["architecture"] != "ElectraForPreTraining":
+    raise convert.ConversionError(f"{folder} holds no ELECTRA discriminator head "
+                                  "(discriminator_predictions); bert_jax reads discriminators.")
+  conv.tokenizer = convert._tokenizer_or_none(folder)
+  return conv

@@ -16,7 +16,7 @@ from conftest import corpus_sentences
 from flax import nnx
 from test_tasks_classification import finetune_config
 
-from bert_jax import convert, demo, electra, finetune, pretrained, pretraining
+from bert_jax import convert, demo, electra, finetune, model_dir, pretrained, pretraining
 from bert_jax.configs import pretrain as pretrain_configs
 from bert_jax.configuration import BertConfig
 from bert_jax.errors import ConfigError
@@ -130,6 +130,29 @@ def test_random_discriminator_converts_to_hf_electra(tmp_path):
   mask[1, 13:] = 0
   types = (np.arange(20) >= 9).astype(np.int32)[None].repeat(3, 0)
   _logits_close(model, folder, ids, mask, types)
+  # ...and back: the HF folder converts to the same bert_jax parameters.
+  back = convert.convert(folder, tmp_path / "back")
+  assert back.info["architecture"] == "ElectraForPreTraining" and not back.ignored
+  for name, x in model_dir.model_params(model).items():
+    np.testing.assert_array_equal(back.params[name], x, err_msg=name)
+
+
+def test_transformers_discriminator_reads_and_narrow_embeddings_are_refused(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  kw = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=48, max_position_embeddings=40)
+  hf = transformers.ElectraForPreTraining(transformers.ElectraConfig(embedding_size=32, **kw))
+  hf.save_pretrained(tmp_path / "hf")
+  model = pretrained.ElectraForPreTraining.from_pretrained(tmp_path / "hf")
+  ids = np.random.default_rng(1).integers(1, 120, (2, 16)).astype(np.int32)
+  _logits_close(model, tmp_path / "hf", ids, np.ones_like(ids), np.zeros_like(ids))
+  narrow = transformers.ElectraForPreTraining(transformers.ElectraConfig(embedding_size=16, **kw))
+  narrow.save_pretrained(tmp_path / "narrow")
+  with pytest.raises(convert.ConversionError, match="embedding_size 16 and hidden_size 32"):
+    convert.convert(tmp_path / "narrow", tmp_path / "out")
+  assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
