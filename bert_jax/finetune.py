@@ -112,13 +112,49 @@ def _best_value(path: pathlib.Path):
     return None
 
 
+def best_keeper(data, config, workdir: str, tokenizer, extra_info: dict | None = None):
+  """evaluate(model, mesh, step) -> dev metrics; a model better than the best so far (by
+  data.metric) becomes WORKDIR/best, with its dev predictions in WORKDIR/dev_predictions.jsonl."""
+  from bert_jax import model_dir
+  from bert_jax.tasks import common
+  metric, tc = data.metric, config.train
+  best_dir = pathlib.Path(workdir) / "best"
+  best = {"value": _best_value(best_dir)}
+
+  def evaluate(model, mesh, step):
+    results, records = data.evaluate(model, mesh, tc.eval_batch_size)
+    if metric not in results:
+      raise train.TrainingError(f"train.metric={metric!r} is not among this task's metrics "
+                                f"{sorted(results)}.")
+    value = results[metric]
+    lower = metric in LOWER_IS_BETTER
+    old = best["value"]
+    if value != value or (old is not None and (value >= old if lower else value <= old)):
+      return results  # NaN or no better than the best so far.
+    best["value"] = value
+    if jax.process_index() == 0:
+      extra = {**data.info(), "metric": metric, "metric_value": value, "step": int(step),
+               "eval": results, "init_from": config.init_from, **(extra_info or {})}
+      if hasattr(data, "save_best"):  # retrieval: a sentence-transformers folder
+        data.save_best(model, tokenizer, best_dir, extra)
+      else:
+        model_dir.save_model_dir(best_dir, model, tokenizer, overwrite=True, extra_info=extra)
+      common.write_jsonl(pathlib.Path(workdir) / "dev_predictions.jsonl", records)
+    return results
+
+  return evaluate
+
+
 def make_task(config, workdir: str):
   """(train.Task, resolved config, task data) for `config`."""
   from bert_jax import flops as flops_lib
-  from bert_jax import model_dir, tasks
+  from bert_jax import tasks
   from bert_jax.errors import DataError
   from bert_jax.tasks import common
 
+  builder = tasks.TASKS[config.task].builder  # A task that builds its own train.Task (distill).
+  if builder:
+    return tasks.task_builder(config.task)(config, workdir)
   bert_config, tokenizer, conv = load_source(config)
   try:
     data = tasks.task_class(config.task)(config, tokenizer)
@@ -141,31 +177,7 @@ def make_task(config, workdir: str):
                               f"max_position_embeddings={bert_config.max_position_embeddings}.")
   init = init_params_from(conv, arch, data, config.new_head) if conv is not None else None
   tc = config.train
-  metric = data.metric
-  best_dir = pathlib.Path(workdir) / "best"
-  best = {"value": _best_value(best_dir)}
-
-  def evaluate(model, mesh, step):
-    """The dev metrics; a model better than the best so far becomes WORKDIR/best."""
-    results, records = data.evaluate(model, mesh, tc.eval_batch_size)
-    if metric not in results:
-      raise train.TrainingError(f"train.metric={metric!r} is not among this task's metrics "
-                                f"{sorted(results)}.")
-    value = results[metric]
-    lower = metric in LOWER_IS_BETTER
-    old = best["value"]
-    if value != value or (old is not None and (value >= old if lower else value <= old)):
-      return results  # NaN or no better than the best so far.
-    best["value"] = value
-    if jax.process_index() == 0:
-      extra = {**data.info(), "metric": metric, "metric_value": value, "step": int(step),
-               "eval": results, "init_from": config.init_from}
-      if hasattr(data, "save_best"):  # retrieval: a sentence-transformers folder
-        data.save_best(model, tokenizer, best_dir, extra)
-      else:
-        model_dir.save_model_dir(best_dir, model, tokenizer, overwrite=True, extra_info=extra)
-      common.write_jsonl(pathlib.Path(workdir) / "dev_predictions.jsonl", records)
-    return results
+  evaluate = best_keeper(data, config, workdir, tokenizer)
 
   def train_iter():
     return common.EpochIterator(data.train_arrays, tc.batch_size, tc.seed,

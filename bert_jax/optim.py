@@ -68,3 +68,17 @@ def create_optimizer(cfg, num_steps: int) -> tuple[optax.GradientTransformation,
                       weight_decay=cfg.weight_decay, mask=decay_mask)
   parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
   return optax.chain(*parts, core), schedule
+
+
+def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]
+           ) -> optax.GradientTransformation:
+  """`tx` for every top-level parameter subtree but those named in `frozen`, which get zero
+  updates (no weight decay, no optimizer state, no share in the clipping norm)."""
+  if not frozen:
+    return tx
+
+  def mask(train: bool):
+    return lambda params: {k: jax.tree.map(lambda _, k=k: (k in frozen) != train, v)
+                           for k, v in params.items()}
+
+  return optax.chain(optax.masked(tx, mask(True)), optax.masked(optax.set_to_zero(), mask(False)))

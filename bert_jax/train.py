@@ -69,6 +69,8 @@ class Task:
   summarize: Callable[[dict[str, float], dict], dict[str, float]] | None = None
   evaluate: Callable[[nnx.Module, Any, int], dict[str, float]] | None = None
   init_params: Callable[[], dict] | None = None  # Params merged into a fresh init by name.
+  # Top-level parameter subtrees the optimizer never changes (distillation's teacher).
+  frozen: tuple[str, ...] = ()
   identity: dict = dataclasses.field(default_factory=dict)
   tokens_per_example: int = 0
   flops_per_example: float = 0.0
@@ -79,10 +81,13 @@ class Task:
 
 def _opt_state_shardings(tx, abstract_opt_state, param_shardings, mesh):
   """Each parameter-shaped part of the optimizer state (AdamW's mu, nu) is sharded like the
-  parameters (optax finds those parts); counts and other leaves are replicated."""
+  parameters (optax finds those parts); counts and other leaves are replicated. Parameters
+  without state (optax.masked's MaskedNode: Task.frozen) stay without."""
   replicated = NamedSharding(mesh, P())
-  return optax.tree_map_params(tx, lambda _, s: s, abstract_opt_state, param_shardings,
-                               transform_non_params=lambda _: replicated)
+  masked = lambda v: isinstance(v, optax.MaskedNode)
+  return optax.tree_map_params(tx, lambda v, s: v if masked(v) else s, abstract_opt_state,
+                               param_shardings, transform_non_params=lambda _: replicated,
+                               is_leaf=masked)
 
 
 def abstract_train_state(task: Task, tx, mesh, rules=None, seed: int = 0):
@@ -318,6 +323,7 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
   mesh = sharding.make_mesh(dict(config.mesh))
   validate_batch(config, mesh)
   tx, schedule = optim.create_optimizer(config.optimizer, tc.num_steps)
+  tx = optim.freeze(tx, task.frozen)
   graphdef, abstract, shardings = abstract_train_state(task, tx, mesh, seed=tc.seed)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)

@@ -1,9 +1,11 @@
 """Fine-tuning configs: `--config=configs/finetune.py:task=NAME[,tiny]`.
 
 NAME: classification (CSV / TSV / JSONL, any columns), ner (CoNLL), squad (SQuAD v1.1 / v2.0),
-retrieval (sentence embeddings from query/positive pairs, evaluated on a BEIR folder), or a GLUE
-task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli: set data.dir to the GLUE
-folder with train.tsv / dev.tsv). `tiny` shrinks everything to a 1-layer model and 2 steps (tests).
+retrieval (sentence embeddings from query/positive pairs, evaluated on a BEIR folder), distill
+(a smaller classifier learns a fine-tuned one's outputs; init_from is the teacher, the `distill`
+section says how: bert_jax/tasks/distill.py), or a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli,
+qnli, rte, wnli: set data.dir to the GLUE folder with train.tsv / dev.tsv). `tiny` shrinks
+everything to a 1-layer model and 2 steps (tests).
 
   # Sentiment from a headerless CSV `label,text`, 80/20 seeded split, from a converted checkpoint:
   python -m bert_jax.cli.finetune --config=configs/finetune.py:task=classification \
@@ -33,6 +35,11 @@ folder with train.tsv / dev.tsv). `tiny` shrinks everything to a 1-layer model a
   python -m bert_jax.cli.finetune --config=configs/finetune.py:task=retrieval \
     --workdir=/tmp/ret --config.init_from=MINILM_DIR \
     --config.data.train_file=/tmp/bible/train.jsonl --config.data.dev_dir=/tmp/bible/eval
+
+  # A 3-layer student of that sentiment model, from its layers 1, 3 and 5, on the same split:
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=distill --workdir=/tmp/s3 \
+    --config.init_from=/tmp/sent/best --config.data.train_file=polarity-en.csv \
+    --config.data.label_column=0 --config.data.text_column=1 --config.distill.layers=1,3,5
 
 WORKDIR/best is the best model by train.metric (a bert_jax model directory with its tokenizer and
 label names, what `python -m bert_jax.cli.predict --checkpoint=WORKDIR/best` reads; for
@@ -68,7 +75,8 @@ def _parse(arg: str) -> tuple[str, bool]:
 def get_config(arg: str = "task=classification") -> ConfigDict:
   task, tiny = _parse(arg)
   c = ConfigDict()
-  c.task = "classification" if task in GLUE_TASKS else task  # classification|ner|squad|retrieval
+  # classification | ner | squad | retrieval | distill
+  c.task = "classification" if task in GLUE_TASKS else task
   c.init_from = ""  # bert_jax model directory, HF folder or TF1 checkpoint to start from.
   c.new_head = False  # True: keep only init_from's encoder even if it has this task's head.
   c.from_scratch = False  # True: init_from's architecture and vocabulary, random weights.
@@ -150,6 +158,23 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
     c.data.update(max_seq_length=64)
     c.optimizer.update(learning_rate=5e-5)
     c.train.update(batch_size=32, num_epochs=1.0, metric="ndcg@10", eval_batch_size=128)
+  elif task == "distill":
+    # model.num_hidden_layers / hidden_size / num_attention_heads / intermediate_size: the
+    # student's (0: the teacher's; layers: len(distill.layers)).
+    c.distill = ConfigDict(dict(
+        # Teacher layers (0-based) the student's layers start from, in order, e.g. "0,2,5", and
+        # whose outputs its layers learn (hidden / attention losses). "": evenly spaced, ending
+        # at the teacher's last layer.
+        layers="",
+        # Copy the teacher's embeddings, layers and head where the shapes allow.
+        init_from_teacher=True,
+        temperature=2.0,  # Softens both distributions; the KL is scaled by T^2.
+        logit_weight=1.0,  # KL(teacher || student) of the temperature-scaled label distributions
+        label_weight=0.0,  # + cross-entropy with the gold labels (labelled rows only)
+        hidden_weight=0.0,  # + MSE of the mapped hidden states (projected when narrower)
+        attention_weight=0.0,  # + KL of the mapped layers' attention distributions
+        unlabeled_file="",  # More texts for the teacher to label, one per line (UTF-8).
+    ))
 
   if tiny:
     c.model.update(common.tiny_model(max_position_embeddings=128))

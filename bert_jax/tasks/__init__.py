@@ -1,5 +1,5 @@
-"""Fine-tuning tasks: classification / regression (incl. GLUE), NER, SQuAD and retrieval
-(sentence embeddings).
+"""Fine-tuning tasks: classification / regression (incl. GLUE), NER, SQuAD, retrieval
+(sentence embeddings) and distillation.
 
 `TASKS` is the one registry of them: `bert_jax.finetune` builds a task from it, `bert_jax.predict`
 finds a checkpoint's task by its head architecture, and configs/finetune.py takes its task names
@@ -19,6 +19,10 @@ class TaskSpec:
   class_name: str  # built as cls(config, tokenizer)
   architecture: str  # the head class of its fine-tuned models (model_info.json)
   metrics: tuple[str, ...]  # what train.metric may name (GLUE's prefixes and f1_TYPE aside)
+  # A function of `module`, builder(config, workdir) -> (train.Task, config, data), for a task
+  # that is not a fine-tune of init_from (distill); its checkpoints are of the task that owns
+  # `architecture`, so it is not that head's task in ARCHITECTURE_TASKS.
+  builder: str = ""
 
 
 TASKS = {
@@ -31,10 +35,14 @@ TASKS = {
                       ("exact_match", "f1", "HasAns_exact", "HasAns_f1")),
     "retrieval": TaskSpec("bert_jax.tasks.retrieval", "RetrievalTask", "SentenceEncoder",
                           ("ndcg@10", "recall@1", "recall@10", "mrr@10")),
+    # A smaller classifier learns a fine-tuned one's outputs (init_from is the teacher); it
+    # saves a classification checkpoint.
+    "distill": TaskSpec("bert_jax.tasks.distill", "DistillData", "BertForSequenceClassification",
+                        ("accuracy", "f1", "matthews"), builder="make_task"),
 }
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 # Head class -> task, for both families (ModernBertForSequenceClassification, ... as well).
-ARCHITECTURE_TASKS = {arch: name for name, spec in TASKS.items()
+ARCHITECTURE_TASKS = {arch: name for name, spec in TASKS.items() if not spec.builder
                       for arch in (spec.architecture, "Modern" + spec.architecture)}
 
 
@@ -48,3 +56,8 @@ def task_module(name: str):
 def task_class(name: str):
   """The class that reads, encodes and scores task `name`'s data."""
   return getattr(task_module(name), TASKS[name].class_name)
+
+
+def task_builder(name: str):
+  """builder(config, workdir) of a task that builds its own train.Task (TaskSpec.builder)."""
+  return getattr(task_module(name), TASKS[name].builder)
