@@ -31,8 +31,12 @@ _STEPS = flags.DEFINE_integer("steps", 300, "Training steps for both trainers.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Global batch size (queries per step).")
 _SEQ = flags.DEFINE_integer("seq", 64, "max_seq_length in training.")
 _LR = flags.DEFINE_float("lr", 5e-5, "Peak learning rate.")
-_WHICH = flags.DEFINE_enum("which", "all", ["all", "zeroshot", "bert_jax", "st"], "What to run.")
+_WHICH = flags.DEFINE_enum("which", "all", ["all", "zeroshot", "bert_jax", "st", "steptime"],
+                           "What to run (steptime: bert_jax's step alone, wall and CPU time).")
 _MAX_SECONDS = flags.DEFINE_float("max_seconds", 900.0, "bert_jax's training time budget.")
+_STOP_AT = flags.DEFINE_integer("stop_at", 0, "sentence-transformers: stop after this many of the "
+                                "--steps (the schedule stays that of --steps), e.g. the step "
+                                "bert_jax's time budget stopped at.")
 EVAL_MAX_LENGTH = 128
 
 
@@ -105,6 +109,40 @@ def run_bert_jax(out: pathlib.Path, d: pathlib.Path) -> dict:
           "in_run_eval": summary["eval"], "model": str(work / "best")}
 
 
+def bert_jax_step_time(out: pathlib.Path, d: pathlib.Path, n: int = 8) -> dict:
+  """Wall and process-CPU seconds of bert_jax's jitted retrieval step (as train.run builds it),
+  median of n steps after 2 warm-up steps; to run in the same minutes as the peer."""
+  import jax
+
+  from bert_jax import finetune, optim, sharding, train
+  from bert_jax.configs import finetune as configs
+  c = configs.get_config("task=retrieval")
+  c.init_from = str(_minilm())
+  c.data.update(train_file=str(d / "train.jsonl"), dev_dir=str(d / "eval"),
+                max_seq_length=_SEQ.value, num_hard_negatives=1)
+  c.optimizer.update(learning_rate=_LR.value)
+  c.train.update(batch_size=_BATCH.value, num_steps=_STEPS.value)
+  task, c, _ = finetune.make_task(c, str(out / "steptime"))
+  with sharding.use_rules(sharding.rules_of(c.mesh)):
+    mesh = sharding.make_mesh(dict(c.mesh))
+    tx, schedule = optim.create_optimizer(c.optimizer, c.train.num_steps)
+    graphdef, _, shardings = train.abstract_train_state(task, tx, mesh)
+    with jax.set_mesh(mesh):
+      state = train.init_train_state(task, tx, shardings, 0, task.init_params())
+      step = train.jit_train_step(task, c, graphdef, tx, schedule, shardings)
+      it, rng, wall, cpu = task.train_iter(), jax.random.key(0), [], []
+      for _ in range(n + 2):
+        batch = train.to_global(next(it), mesh)
+        t, p = time.perf_counter(), time.process_time()
+        state, metrics = step(state, batch, rng)
+        jax.block_until_ready(metrics)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - p)
+        print(f"bert_jax step wall={wall[-1]:.2f} cpu={cpu[-1]:.2f}", flush=True)
+  return {"median_step_seconds": round(statistics.median(wall[2:]), 4),
+          "median_step_cpu_seconds": round(statistics.median(cpu[2:]), 4), "steps_timed": n}
+
+
 def run_st(out: pathlib.Path, d: pathlib.Path) -> dict:
   import torch
   import transformers
@@ -125,9 +163,10 @@ def run_st(out: pathlib.Path, d: pathlib.Path) -> dict:
   steps = _STEPS.value
   sched = transformers.get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
   model.train()
-  times, t0 = [], time.time()
-  for rows in _order(len(pairs.queries), steps, _BATCH.value):
-    t = time.perf_counter()
+  times, cpu, t0 = [], [], time.time()
+  order = _order(len(pairs.queries), steps, _BATCH.value)[:_STOP_AT.value or steps]
+  for rows in order:
+    t, c = time.perf_counter(), time.process_time()
     feats = [model.tokenize([texts[i] for i in rows])
              for texts in (pairs.queries, pairs.positives, [n[0] for n in pairs.negatives])]
     loss = loss_fn(feats, None)
@@ -137,14 +176,17 @@ def run_st(out: pathlib.Path, d: pathlib.Path) -> dict:
     sched.step()
     opt.zero_grad()
     times.append(time.perf_counter() - t)
-    if len(times) % 10 == 0:
+    cpu.append(time.process_time() - c)
+    if len(times) % 5 == 0:
       print(f"st step {len(times)}/{steps} loss={float(loss):.4f} "
-            f"step_s={statistics.median(times[-10:]):.2f}", flush=True)
+            f"step_s={statistics.median(times[-5:]):.2f} cpu_s={statistics.median(cpu[-5:]):.2f}",
+            flush=True)
   train_seconds = time.time() - t0
   path = out / "st_model"
   model.save(str(path))
-  return {"steps": steps, "train_seconds": round(train_seconds, 1),
+  return {"steps": len(order), "train_seconds": round(train_seconds, 1),
           "median_step_seconds": round(statistics.median(times[3:]), 4),
+          "median_step_cpu_seconds": round(statistics.median(cpu[3:]), 4),
           "final_train_loss": float(loss), "torch_threads": torch.get_num_threads(),
           "model": str(path)}
 
@@ -162,6 +204,12 @@ def main(argv):
   todo = ["zeroshot", "bert_jax", "st"] if _WHICH.value == "all" else [_WHICH.value]
   for which in todo:
     load_start, t = _load(), time.strftime("%H:%M:%S", time.gmtime())
+    if which == "steptime":
+      results[which] = dict(bert_jax_step_time(out, d), started_utc=t, loadavg_start=load_start,
+                            loadavg_end=_load())
+      results_path.write_text(json.dumps(results, indent=2, default=float))
+      print(which, json.dumps(results[which]), flush=True)
+      continue
     if which == "zeroshot":
       r = {"model": str(_minilm())}
     else:
