@@ -216,6 +216,14 @@ def test_cli_refuses_a_checkpoint_without_a_head(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def test_cli_refuses_an_existing_output(pages):
+  out, records = pages
+  before = {f.name: f.read_bytes() for f in out.iterdir()}
+  r = _cli(f"--checkpoint={out}", f"--input={out / records[0]['html']}", f"--output={out}")
+  assert r.returncode == 2 and "already exists" in r.stderr and "--overwrite" in r.stderr
+  assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
 def _chromium() -> str:
   for name in ("chromium", "chromium-browser", "google-chrome"):
     if shutil.which(name):
