@@ -12,6 +12,8 @@ import jax
 
 
 def _fmt_seconds(s: float) -> str:
+  if not math.isfinite(s):
+    return "?"
   s = int(max(s, 0))
   return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
@@ -54,15 +56,16 @@ class MetricWriter:
       return
     elapsed = time.time() - self.t0 if elapsed_s is None else elapsed_s
     done = max(step - start_step, 1)
-    eta = elapsed / done * (self.total_steps - step)
+    # total_steps 0: a wall-clock run that has not fixed its step count yet.
+    eta = elapsed / done * (self.total_steps - step) if self.total_steps else math.inf
     if time_budget_s:
       eta = min(eta, time_budget_s - elapsed)
-    frac = step / max(self.total_steps, 1)
+    frac = min(step / self.total_steps if self.total_steps else 0.0, 1.0)
     bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                      if k in ("loss", "mlm_accuracy", "nsp_accuracy", "accuracy",
                               "tokens_per_sec", "mfu", "learning_rate"))
-    print(f"[{bar}] step {step}/{self.total_steps} {shown} eta {_fmt_seconds(eta)}",
+    print(f"[{bar}] step {step}/{self.total_steps or '?'} {shown} eta {_fmt_seconds(eta)}",
           file=self.stream, flush=True)
 
   def info(self, msg: str) -> None:

@@ -1,27 +1,58 @@
 """Optimisers and learning-rate schedules as BERT trains them (optax).
 
 AdamW or LAMB with BERT's weight-decay mask (no decay on LayerNorm parameters and biases),
-linear warm-up then linear or polynomial decay, and global-norm clipping. Gradient accumulation
-lives in the train step (train.py), not here, so one micro-batch's activations are in memory.
+linear warm-up then linear or polynomial decay, or warmup-stable-decay (WSD: the peak until the
+last `decay_fraction` of the steps, then a linear or 1-sqrt decay, Hu et al. 2024 / Hägele et al.
+2024), and global-norm clipping. Gradient accumulation lives in the train step (train.py), not
+here, so one micro-batch's activations are in memory.
+
+A wall-clock run (train.num_steps=0 with train.max_train_seconds) learns num_steps from its
+measured step time (`wall_clock_steps`); until then it trains inside the warm-up, whose learning
+rates do not depend on num_steps (`steps_before_num_steps_matters`).
 """
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from bert_jax.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "lamb")
-SCHEDULES = ("linear", "polynomial", "constant")
+SCHEDULES = ("linear", "polynomial", "constant", "wsd")
+DECAY_SHAPES = ("linear", "1-sqrt", "cosine")  # WSD's decay phase
+
+
+def _wsd_decay(cfg, peak: float, end: float, stable_steps: int, decay_steps: int):
+  """The peak for `stable_steps`, then `decay_shape` from peak to end over `decay_steps`."""
+  shape = cfg.get("decay_shape", "linear")
+
+  def schedule(count):
+    t = jnp.clip((count - stable_steps) / decay_steps, 0.0, 1.0)  # progress through the decay
+    if shape == "1-sqrt":
+      left = 1.0 - jnp.sqrt(t)
+    elif shape == "cosine":
+      left = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+    else:
+      left = 1.0 - t
+    return end + (peak - end) * left
+
+  return schedule
 
 
 def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
-  """Linear warm-up to `cfg.learning_rate`, then decay to `cfg.end_learning_rate` at num_steps."""
+  """Linear warm-up to `cfg.learning_rate`, then decay to `cfg.end_learning_rate` at num_steps
+  (WSD: the decay takes the last `cfg.decay_fraction` of num_steps)."""
   warmup = int(cfg.warmup_steps)
   peak, end = float(cfg.learning_rate), float(cfg.get("end_learning_rate", 0.0))
   decay_steps = max(num_steps - warmup, 1)
   if cfg.schedule == "constant":
     decay = optax.constant_schedule(peak)
+  elif cfg.schedule == "wsd":
+    wsd_decay = max(int(round(float(cfg.decay_fraction) * num_steps)), 1)
+    decay = _wsd_decay(cfg, peak, end, max(num_steps - warmup - wsd_decay, 0), wsd_decay)
   else:
     power = 1.0 if cfg.schedule == "linear" else float(cfg.power)
     decay = optax.polynomial_schedule(peak, end, power, decay_steps)
@@ -54,6 +85,32 @@ def validate(cfg) -> None:
     raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {cfg.warmup_steps}.")
   if cfg.grad_accum_steps < 1:
     raise ConfigError(f"optimizer.grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}.")
+  if cfg.schedule == "wsd":
+    if not 0.0 < cfg.get("decay_fraction", 0.0) <= 1.0:
+      raise ConfigError(f"optimizer.decay_fraction={cfg.get('decay_fraction')} must be in (0, 1] "
+                        f"(the share of the steps WSD spends decaying, e.g. 0.2).")
+    if cfg.get("decay_shape", "linear") not in DECAY_SHAPES:
+      raise ConfigError(f"optimizer.decay_shape {cfg.decay_shape!r} is not one of "
+                        f"{DECAY_SHAPES}.")
+
+
+def steps_before_num_steps_matters(cfg) -> float:
+  """How many leading steps have learning rates independent of num_steps (the warm-up; all of
+  them for a constant schedule): a wall-clock run must fix num_steps within them."""
+  return math.inf if cfg.schedule == "constant" else int(cfg.warmup_steps)
+
+
+def wall_clock_steps(step: int, elapsed_s: float, budget_s: float, step_s: float,
+                     overhead_s: float = 0.0, margin: float = 0.97) -> int:
+  """The total step count that ends a run's schedule as its time budget runs out.
+
+  Args:
+    step: steps done so far; elapsed_s: seconds of the budget spent so far.
+    step_s: measured seconds per step; overhead_s: one-off costs still to come (a recompile).
+    margin: the share of the remaining time planned for steps (step times wander).
+  """
+  left = max(budget_s - elapsed_s - overhead_s, 0.0) * margin
+  return step + max(int(left / step_s), 1)
 
 
 def create_optimizer(cfg, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

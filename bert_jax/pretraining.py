@@ -315,8 +315,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     export_model(summary, config, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump({k: summary[k] for k in ("status", "step", "train_seconds", "train", "eval")}, f,
-                indent=2)
+      json.dump({k: summary[k] for k in ("status", "step", "num_steps", "train_examples",
+                                         "train_seconds", "train", "eval")}, f, indent=2)
   return summary
 
 

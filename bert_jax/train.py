@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from bert_jax import attention, loading, model_dir, multihost, optim, sharding
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import flops as flops_lib
-from bert_jax.errors import TrainingError
+from bert_jax.errors import ConfigError, TrainingError
 from bert_jax.metric_writers import MetricWriter
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
@@ -270,13 +270,47 @@ def check_workdir(workdir: str) -> None:
 
 
 def validate_batch(config, mesh) -> None:
-  b, a = config.train.batch_size, config.optimizer.grad_accum_steps
+  a = config.optimizer.grad_accum_steps
   data_par = sharding.batch_axis_size(mesh)
-  if b <= 0 or b % (a * data_par) or b % jax.process_count():
-    raise TrainingError(
-        f"train.batch_size={b} must be a positive multiple of grad_accum_steps ({a}) x the "
-        f"data-parallel size ({data_par} = mesh data x fsdp) and of the process count "
-        f"({jax.process_count()}); change the batch size or the mesh.")
+  for b in batch_sizes(config.train):
+    name = ("train.batch_size" if b == config.train.batch_size
+            else "the batch-size warm-up size (train.batch_size_warmup_min, doubled)")
+    if b <= 0 or b % (a * data_par) or b % jax.process_count():
+      raise TrainingError(
+          f"{name}={b} must be a positive multiple of grad_accum_steps ({a}) x the "
+          f"data-parallel size ({data_par} = mesh data x fsdp) and of the process count "
+          f"({jax.process_count()}); change the batch size or the mesh.")
+
+
+def batch_sizes(tc) -> list[int]:
+  """The global batch sizes a run steps with: the warm-up's (train.batch_size_warmup_min,
+  doubled while below train.batch_size) and then train.batch_size."""
+  low, full = tc.get("batch_size_warmup_min", 0), tc.batch_size
+  if not tc.get("batch_size_warmup_steps", 0) or not 0 < low < full:
+    return [full]
+  sizes = []
+  while low < full:
+    sizes.append(low)
+    low *= 2
+  return [*sizes, full]
+
+
+def batch_size_at(tc, step: int) -> int:
+  """The global batch of step `step` (0-based): the warm-up sizes take equal shares of
+  train.batch_size_warmup_steps. A pure function of the step, so a resumed run feeds the same
+  rows (the input pipeline still yields full batches; warm-up steps use their first rows)."""
+  sizes, warm = batch_sizes(tc), tc.get("batch_size_warmup_steps", 0)
+  if len(sizes) == 1 or step >= warm:
+    return sizes[-1]
+  return sizes[step * (len(sizes) - 1) // warm]
+
+
+def _first_rows(batch: dict, global_rows: int, full: int) -> dict:
+  """The process's share of a smaller global batch: its first rows of each local batch."""
+  if global_rows == full:
+    return batch
+  keep = global_rows // jax.process_count()
+  return {k: v[:keep] for k, v in batch.items()}
 
 
 class _Preemption:
@@ -318,22 +352,50 @@ def run(task: Task, config, workdir: str) -> dict:
     lock.release()
 
 
+# Before a wall-clock run knows its step count, its schedule is built for this many steps (the
+# warm-up it trains in until then does not depend on it).
+_UNKNOWN_STEPS = 1 << 30
+
+
+def _check_wall_clock(config, start_step: int) -> None:
+  """A wall-clock run (train.num_steps=0) needs a budget and must measure within the warm-up."""
+  tc = config.train
+  if tc.num_steps < 0 or (tc.num_steps == 0 and not tc.max_train_seconds > 0):
+    raise ConfigError(
+        f"train.num_steps={tc.num_steps}: set a positive step count, or 0 together with "
+        f"train.max_train_seconds to fit the schedule to the time budget.")
+  fixed_at = (start_step + max(tc.get("batch_size_warmup_steps", 0) - start_step, 0) + 1
+              + tc.get("measure_steps", 5))
+  free = optim.steps_before_num_steps_matters(config.optimizer)
+  if fixed_at > free:
+    raise ConfigError(
+        f"A wall-clock run (train.num_steps=0) fixes its step count after step {fixed_at} (the "
+        f"batch-size warm-up, one compile step and train.measure_steps), but the learning rate "
+        f"depends on the step count from step {free}; raise optimizer.warmup_steps to at least "
+        f"{fixed_at}, or lower train.measure_steps.")
+
+
 def _run_locked(task: Task, config, workdir: str) -> dict:
   tc = config.train
   mesh = sharding.make_mesh(dict(config.mesh))
   validate_batch(config, mesh)
-  tx, schedule = optim.create_optimizer(config.optimizer, tc.num_steps)
-  tx = optim.freeze(tx, task.frozen)
-  graphdef, abstract, shardings = abstract_train_state(task, tx, mesh, seed=tc.seed)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)
-  writer = MetricWriter(workdir, tc.num_steps)
+  latest = checkpointer.latest_step()
+  meta = checkpointer.read_meta(latest) if latest is not None else {}
+  # The step count the schedule decays to: the config's, else the one a wall-clock run fixed
+  # and stored with its checkpoints, else None until measured (_check_wall_clock).
+  num_steps = tc.num_steps or meta.get("schedule_steps")
+  if not num_steps:
+    _check_wall_clock(config, latest or 0)
+  tx, schedule = optim.create_optimizer(config.optimizer, num_steps or _UNKNOWN_STEPS)
+  tx = optim.freeze(tx, task.frozen)
+  graphdef, abstract, shardings = abstract_train_state(task, tx, mesh, seed=tc.seed)
+  writer = MetricWriter(workdir, num_steps or 0)
   identity = dict(task.identity, task=task.name)
 
   data_state = None
-  latest = checkpointer.latest_step()
   if latest is not None:
-    meta = checkpointer.read_meta(latest)
     if meta.get("identity") != identity:
       raise TrainingError(
           f"Workdir {workdir} holds a checkpoint (step {latest}) of a different model or task "
@@ -360,14 +422,33 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
 
   start_step = int(jax.device_get(state.step))
   peak = tc.peak_flops_per_device or flops_lib.CHIPS[flops_lib.chip_name()]["peak_flops"]
-  step_flops = task.flops_per_example * tc.batch_size
-  step_tokens = task.tokens_per_example * tc.batch_size
   preempt = _Preemption()
   preempt.install()
   status, step, window, t_window, pending = "completed", start_step, None, time.time(), None
+  window_rows = 0  # Examples trained on since the last log line (batch sizes may vary).
   last_train: dict[str, float] = {}
   t_start = time.time()
   eval_results: dict[str, float] = {}
+  # Wall-clock run: time steps [measure_from, measure_from + measure_steps) at the full batch
+  # size (the first full-size step compiles), then fix num_steps from the time left.
+  measure_from = max(start_step, tc.get("batch_size_warmup_steps", 0)) + 1
+  measure_steps = tc.get("measure_steps", 5)
+  t_measure: dict[str, float] = {}
+
+  def fix_num_steps(at_step: int) -> None:
+    nonlocal num_steps, schedule, train_step
+    step_s = (t_measure["end"] - t_measure["start"]) / measure_steps
+    compile_s = max(t_measure["first"] - step_s, 0.0)  # the recompile below costs about as much
+    num_steps = optim.wall_clock_steps(at_step, t_measure["end"] - t_start,
+                                       tc.max_train_seconds, step_s, overhead_s=compile_s)
+    tx_n, schedule = optim.create_optimizer(config.optimizer, num_steps)
+    train_step = multihost.SyncedCompile(
+        jit_train_step(task, config, graphdef, tx_n, schedule, shardings), "train_step_fixed")
+    writer.total_steps = num_steps
+    writer.info(f"Wall-clock schedule: {step_s:.3f} s/step over steps {measure_from + 1}-"
+                f"{at_step} (step {measure_from} with its compile: {t_measure['first']:.1f} s), "
+                f"so the schedule ends at step {num_steps} (train.max_train_seconds="
+                f"{tc.max_train_seconds:g}); stored with the checkpoints for resuming.")
 
   def pull(pending_metrics, at_step):
     nonlocal window
@@ -381,26 +462,30 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
 
   def save(at_step, d_state, force=False):
     checkpointer.save(at_step, state, d_state,
-                      {"identity": identity, "step": at_step, "config": config.to_dict()},
-                      force=force)
+                      {"identity": identity, "step": at_step, "config": config.to_dict(),
+                       "schedule_steps": num_steps}, force=force)
 
   def log_window():
-    nonlocal window, t_window, last_train
+    nonlocal window, t_window, last_train, window_rows
     dt = time.time() - t_window
     n = window["loss"][1]
     last_train = task_means(task, window)
     last_train.pop("nonfinite", None)
     last_train["steps_per_sec"] = n / dt
-    last_train["tokens_per_sec"] = n * step_tokens / dt
-    last_train["mfu"] = n * step_flops / dt / (peak * jax.device_count())
+    last_train["tokens_per_sec"] = window_rows * task.tokens_per_example / dt
+    last_train["mfu"] = window_rows * task.flops_per_example / dt / (peak * jax.device_count())
+    last_train["batch_size"] = window_rows / n
     writer.write(step, last_train, "train/")
     writer.progress(step, start_step, last_train, tc.max_train_seconds or None,
                     time.time() - t_start)
-    window, t_window = None, time.time()
+    window, t_window, window_rows = None, time.time(), 0
+
+  def at_end(s: int) -> bool:
+    return num_steps is not None and s >= num_steps
 
   try:
     with jax.set_mesh(mesh):
-      while step < tc.num_steps:
+      while not at_end(step):
         if preempt.requested or (jax.process_count() > 1
                                  and checkpointer.manager.reached_preemption(step)):
           status = "preempted"
@@ -408,22 +493,36 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
         if tc.max_train_seconds and time.time() - t_start > tc.max_train_seconds:
           status = "time_budget"
           break
-        batch = to_global(next(it), mesh)
+        rows = batch_size_at(tc, step)
+        batch = to_global(_first_rows(next(it), rows, tc.batch_size), mesh)
         d_state = it.get_state()
+        measuring = num_steps is None and step + 1 in (measure_from,
+                                                       measure_from + measure_steps)
+        if measuring and step + 1 == measure_from:
+          t_measure["dispatch"] = time.time()
         state, metrics = train_step(state, batch, rng)
         if pending is not None:
           pull(pending, step)
         pending = metrics
         step += 1
+        window_rows += rows
+        if measuring:  # Wait for this step, so the clock brackets whole steps.
+          jax.block_until_ready(metrics)
+          now = time.time()
+          if step == measure_from:
+            t_measure.update(first=now - t_measure["dispatch"], start=now)
+          else:
+            t_measure["end"] = now
+            fix_num_steps(step)
         save_now = step % config.checkpoint.every_steps == 0
-        if save_now or step % tc.log_every == 0 or step == tc.num_steps:
+        if save_now or step % tc.log_every == 0 or at_end(step):
           pull(pending, step)
           pending = None
         if save_now:
           save(step, d_state)
-        if step % tc.log_every == 0 or step == tc.num_steps:
+        if step % tc.log_every == 0 or at_end(step):
           log_window()
-        if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
+        if tc.eval_every and step % tc.eval_every == 0 and not at_end(step):
           eval_results = evaluate(task, eval_step, state.params, mesh, graphdef, step)
           writer.write(step, eval_results, "eval/")
           t_window = time.time()
@@ -443,7 +542,8 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
     preempt.uninstall()
     checkpointer.close()
     writer.close()
-  return {"status": status, "step": step, "start_step": start_step,
+  return {"status": status, "step": step, "start_step": start_step, "num_steps": num_steps,
+          "train_examples": sum(batch_size_at(tc, s) for s in range(step)),
           "train_seconds": train_seconds, "train": last_train, "eval": eval_results,
           "state": state, "graphdef": graphdef, "mesh": mesh}
 

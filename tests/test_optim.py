@@ -57,7 +57,7 @@ def test_schedule_end_points(schedule):
   end = 1e-3 if schedule == "constant" else 1e-5
   assert float(lr(100)) == pytest.approx(end)
   assert float(lr(1000)) == pytest.approx(end)  # and stays there past num_steps
-  if schedule != "constant":
+  if schedule in ("linear", "polynomial"):  # (wsd's shape: test_wsd_shape)
     frac = (100 - 55) / 90  # halfway through the decay
     power = 1.0 if schedule == "linear" else 2.0
     assert float(lr(55)) == pytest.approx((1e-3 - 1e-5) * frac**power + 1e-5)
@@ -92,3 +92,40 @@ def test_bad_settings_are_refused():
                           (dict(grad_accum_steps=0), "grad_accum_steps")):
     with pytest.raises(ValueError, match=needle):
       optim.create_optimizer(_optimizer_config(**changes), 10)
+
+
+@pytest.mark.parametrize("shape", optim.DECAY_SHAPES)
+def test_wsd_shape(shape):
+  """Warm-up to the peak, the peak until the last decay_fraction of the steps, then the decay
+  shape down to end_learning_rate, and end_learning_rate after num_steps."""
+  peak, end = 1e-3, 1e-5
+  c = _optimizer_config(schedule="wsd", learning_rate=peak, end_learning_rate=end,
+                        warmup_steps=10, decay_fraction=0.25, decay_shape=shape)
+  lr = optim.learning_rate_schedule(c, num_steps=200)
+  values = np.array([float(lr(s)) for s in range(0, 251)])
+  assert values[0] == 0.0 and values[5] == pytest.approx(peak / 2)
+  stable = values[10:151]  # the peak, unchanged, until step 150
+  assert np.all(stable == stable[0]) and stable[0] == pytest.approx(peak, rel=1e-6)
+  decay = values[150:201]
+  assert np.all(np.diff(decay) < 0)  # strictly decreasing over the last 50 steps
+  t = np.arange(51) / 50
+  left = {"linear": 1 - t, "1-sqrt": 1 - np.sqrt(t), "cosine": 0.5 * (1 + np.cos(np.pi * t))}
+  np.testing.assert_allclose(decay, end + (peak - end) * left[shape], rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(values[200:], end, rtol=1e-6)
+
+
+def test_wsd_settings_are_refused():
+  for changes, needle in ((dict(decay_fraction=0.0), "decay_fraction"),
+                          (dict(decay_fraction=1.5), "decay_fraction"),
+                          (dict(decay_shape="exp"), "decay_shape")):
+    with pytest.raises(ValueError, match=needle):
+      optim.create_optimizer(_optimizer_config(schedule="wsd", **changes), 10)
+
+
+def test_wall_clock_steps_fill_the_time_left():
+  # 100 steps done in 30 s of a 90 s budget at 0.5 s/step, a 6 s recompile to come: 54 s left,
+  # 97% of it planned -> 104 more steps.
+  assert optim.wall_clock_steps(100, 30.0, 90.0, 0.5, overhead_s=6.0) == 100 + int(54 * 0.97 / 0.5)
+  assert optim.wall_clock_steps(7, 95.0, 90.0, 0.5) == 8  # out of time: one more step
+  assert optim.steps_before_num_steps_matters(_optimizer_config(warmup_steps=12)) == 12
+  assert optim.steps_before_num_steps_matters(_optimizer_config(schedule="constant")) > 1e9

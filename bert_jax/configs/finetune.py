@@ -131,6 +131,7 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
   c.optimizer = ConfigDict(dict(
       name="adamw", learning_rate=5e-5, end_learning_rate=0.0, schedule="linear", power=1.0,
       warmup_steps=-1, warmup_fraction=0.1,  # -1: warmup_fraction of the steps
+      decay_fraction=0.2, decay_shape="linear",  # schedule=wsd: the decay's share and shape
       weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, grad_accum_steps=1,
   ))
   # Mesh sizes (one -1 = the remaining devices) and the logical axis rules, (name, mesh axis or

@@ -1,12 +1,17 @@
 """Pretraining configs: `--config=configs/pretrain.py:VARIANT` with VARIANT in
-tiny | demo | base | base_phase2 | large | large_phase2 (BERT: MLM + NSP) or
+tiny | demo_bert (= demo) | base | base_phase2 | large | large_phase2 (BERT: MLM + NSP),
+budget (the 10-minute CPU recipe), or
 modern_tiny | modern_demo | modern_base | modern_large (ModernBERT, model.family=modern: MLM only,
 30% masking as in the ModernBERT recipe, Warner et al. 2024).
 
   tiny  (tests, seconds):   bert-jax-pretrain --config=configs/pretrain.py:tiny \
                               --workdir=/tmp/tiny --config.data.dir=DATA
-  demo  (2-core CPU, 10 min; what `make demo` runs through bert_jax.demo):
-                            bert-jax-pretrain --config=configs/pretrain.py:demo \
+  budget (what `make demo` runs through bert_jax.demo: the best recipe found for 10 minutes on
+        2 CPU cores; ModernBERT family, MLM only, 30% masking, WSD fitted to the time budget):
+                            bert-jax-pretrain --config=configs/pretrain.py:budget \
+                              --workdir=/tmp/budget --config.data.dir=DATA
+  demo_bert (alias demo; the BERT-compatible demo, MLM + NSP, 2-core CPU, 10 min):
+                            bert-jax-pretrain --config=configs/pretrain.py:demo_bert \
                               --workdir=/tmp/demo --config.data.dir=DATA
   base  phase 1 (seq 128, 90% of steps) then phase 2 (seq 512, init from phase 1), as in the
         BERT paper (Devlin et al. 2019, appendix A.2; batch 256, 1M steps total):
@@ -39,8 +44,9 @@ from ml_collections import ConfigDict
 from bert_jax import sharding
 from bert_jax.configs import common
 
-VARIANTS = ("tiny", "demo", "base", "base_phase2", "large", "large_phase2", "modern_tiny",
-            "modern_demo", "modern_base", "modern_large", "demo_zh")
+VARIANTS = ("tiny", "budget", "demo_bert", "demo", "base", "base_phase2", "large",
+            "large_phase2", "modern_tiny", "modern_demo", "modern_base", "modern_large",
+            "demo_zh")
 
 
 def get_config(variant: str = "demo") -> ConfigDict:
@@ -85,7 +91,11 @@ def get_config(variant: str = "demo") -> ConfigDict:
       num_shards=0,  # Data shards (0 = one per process); fixed, it lets a run change host count.
   ))
   c.optimizer = ConfigDict(dict(
-      name="adamw", learning_rate=1e-4, end_learning_rate=0.0, schedule="linear", power=1.0,
+      name="adamw", learning_rate=1e-4, end_learning_rate=0.0,
+      schedule="linear",  # linear | polynomial | constant | wsd (warmup-stable-decay)
+      power=1.0,  # polynomial
+      decay_fraction=0.2, decay_shape="linear",  # wsd: the decay's share of the steps; linear |
+                                                 # 1-sqrt | cosine
       warmup_steps=10000, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0,
       grad_accum_steps=1,
   ))
@@ -94,8 +104,15 @@ def get_config(variant: str = "demo") -> ConfigDict:
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules=sharding.DEFAULT_RULES))
   c.checkpoint = ConfigDict(dict(every_steps=1000, max_to_keep=3, async_save=True))
   c.train = ConfigDict(dict(
-      batch_size=256, num_steps=900_000, max_train_seconds=0.0, seed=0, log_every=100,
-      eval_every=10_000, skip_nonfinite=False, peak_flops_per_device=0.0,
+      batch_size=256,
+      # num_steps=0 with max_train_seconds: a wall-clock run times train.measure_steps steps
+      # (after the first at full batch size, which compiles), fixes num_steps so the schedule
+      # ends as the budget runs out, and stores it with its checkpoints (resumes continue it).
+      num_steps=900_000, max_train_seconds=0.0, measure_steps=5,
+      # Batch-size warm-up: batch_size_warmup_min, doubled while below batch_size, in equal
+      # shares of the first batch_size_warmup_steps steps (each size compiles once); 0: off.
+      batch_size_warmup_steps=0, batch_size_warmup_min=0,
+      seed=0, log_every=100, eval_every=10_000, skip_nonfinite=False, peak_flops_per_device=0.0,
   ))
 
   if variant == "tiny":
@@ -104,7 +121,9 @@ def get_config(variant: str = "demo") -> ConfigDict:
     c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
     c.checkpoint.update(every_steps=5, async_save=False)
     c.train.update(batch_size=8, num_steps=2, log_every=1, eval_every=0)
-  elif variant == "demo":
+  elif variant == "budget":
+    _budget(c)
+  elif variant in ("demo_bert", "demo"):  # demo: the name `make demo` ran before budget
     # 4 layers / 256 hidden (BERT-mini), batch 32, seq 128: the peers' time-to-accuracy job.
     c.model.update(preset="mini", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     c.data.update(seq_len=128, max_predictions=20, eval_batches=16)
@@ -134,6 +153,18 @@ def get_config(variant: str = "demo") -> ConfigDict:
     raise ValueError(f"Unknown pretrain variant {variant!r}; choose one of "
                      f"{', '.join(VARIANTS)}.")
   return c
+
+
+def _budget(c: ConfigDict) -> None:
+  """The most held-out MLM accuracy in 10 minutes on 2 CPU cores (benchmarks/RESULTS.md, "Budget
+  pretraining"): the modern_demo model (ModernBERT family, 4 layers / 256 wide), MLM only at 30%
+  masking (evaluated at 15%), no dropout, and a warmup-stable-decay schedule fitted to the time
+  budget from the measured step time (num_steps=0), so it ends decayed on any machine."""
+  _modern(c, "modern_demo")
+  c.variant = "budget"
+  c.optimizer.update(learning_rate=2e-3, warmup_steps=40, schedule="wsd", decay_fraction=0.3,
+                     decay_shape="1-sqrt", weight_decay=0.01)
+  c.train.update(num_steps=0, max_train_seconds=600.0, measure_steps=5)
 
 
 def _modern(c: ConfigDict, variant: str) -> None:
