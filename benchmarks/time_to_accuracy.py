@@ -1,7 +1,7 @@
 """Time to accuracy: pretraining recipes under one wall-clock budget, then one fine-tuning recipe.
 
     python -m benchmarks.time_to_accuracy [--budget_s=600] [--variants=demo_bert,budget]
-        [--out=DIR] [--no_finetune]
+        [--out=DIR] [--no_finetune] [--data=PREPARED_DIR]
 
 Runs each variant one after another on this machine as `make demo` does (`demo.run_demo`: the
 embedded Bible, the same held-out documents masked at 15% with the same seed), each for the same
@@ -97,6 +97,8 @@ def main():
   p.add_argument("--variants", default="demo_bert,budget")
   p.add_argument("--out", default="time_to_accuracy")
   p.add_argument("--no_finetune", action="store_true")
+  p.add_argument("--data", default="", help="A corpus prepared by an earlier demo (WORKDIR/data) "
+                 "to reuse instead of preparing the Bible again.")
   args = p.parse_args()
   names = [v for v in args.variants.split(",") if v]
   unknown = [v for v in names if v not in VARIANTS]
@@ -105,7 +107,7 @@ def main():
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   results = {"budget_s": args.budget_s, "cpu": _cpu(), "runs": {}, "finetune_random": {}}
-  data_src = None
+  data_src = pathlib.Path(args.data) if args.data else None
   for name in names:
     print(f"== pretraining {name} for {args.budget_s:g} s", flush=True)
     results["runs"][name] = pretrain(name, args.budget_s, out, data_src)

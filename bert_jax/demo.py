@@ -142,7 +142,8 @@ def run_demo(config, workdir: str, doc_lines: int = 32) -> dict:
       "eval_masked_lm_prob": config.data.get("eval_masked_lm_prob") or config.data.masked_lm_prob,
       "status": summary["status"],
   }
-  if summary["status"] != "preempted":
+  # An RTD run exports the discriminator, which has no masked-LM head to fill masks with.
+  if summary["status"] != "preempted" and pretraining.objective_of(config) == "mlm":
     results["fill_mask"] = fill_mask_examples(os.path.join(workdir, "run", "model"), data_dir)
   with open(os.path.join(workdir, "eval_results.json"), "w") as f:
     json.dump(results, f, indent=2)
