@@ -247,6 +247,10 @@ def make_task(config) -> train.Task:
     raise ConfigError(f"data.eval_masked_lm_prob={eval_prob} must be in [0, 1) (0: evaluate at "
                       f"data.masked_lm_prob, e.g. 0.15 for BERT's rate).")
   eval_common = dict(common, masked_lm_prob=eval_prob or d.masked_lm_prob)
+  # data.eval_nsp_mode=none evaluates a BERT trained on NSP pairs on the contiguous MLM-only rows
+  # a ModernBERT run is evaluated on: the same held-out tokens masked the same way.
+  if d.get("eval_nsp_mode", ""):
+    eval_common["nsp_mode"] = d.eval_nsp_mode
 
   def eval_batches():
     its = data_shards.ShardedIterator({s: iter(input_pipeline.create_pretraining_dataset(

@@ -144,6 +144,12 @@ def test_eval_masking_does_not_depend_on_the_training_rate(pretrain_dataset, voc
   masked = sum(float(np.sum(b["masked_lm_weights"])) for b in at[0.3])
   real = sum(float(np.sum(b["input_mask"])) - 2 * len(b["input_mask"]) for b in at[0.3])
   assert masked / real == pytest.approx(0.15, abs=0.02)
+  # A BERT trained on NSP pairs can be evaluated on exactly those rows (data.eval_nsp_mode).
+  bert = _eval_arrays(_config(pretrain_dataset, vocab_path, variant="tiny",
+                              data=dict(eval_nsp_mode="none", max_predictions=12)))
+  for a, b in zip(at[0.15], bert, strict=True):
+    for key in ("input_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights"):
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 @pytest.mark.slow
@@ -178,3 +184,21 @@ def test_demo_writes_results_and_fill_mask(tmp_path, pretrain_dataset):
   assert r["fill_mask"][0]["text"] == demo.FAMOUS and len(r["fill_mask"]) >= 2
   assert all(len(ex["top3"]) == 3 and "[MASK]" in ex["text"] for ex in r["fill_mask"])
   assert (wd / "run" / "curves.png").exists() and any((wd / "run" / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant, pack", [("tiny", False), ("tiny", True),
+                                           ("modern_tiny", True)])
+def test_mlm_only_and_packing_train_with_either_family(tmp_path, pretrain_dataset, vocab_path,
+                                                      variant, pack):
+  """nsp_mode=none (contiguous MLM-only rows) and data.pack are recipe choices for BERT too."""
+  c = _config(pretrain_dataset, vocab_path, variant=variant,
+              data=dict(nsp_mode="none", pack=pack, eval_masked_lm_prob=0.15),
+              train=dict(num_steps=2))
+  out = pretraining.train_and_evaluate(c, str(tmp_path / "run"))
+  assert out["step"] == 2 and np.isfinite(out["train"]["mlm_loss"])
+  assert 0.0 <= out["eval"]["mlm_accuracy"] <= 1.0
+  if pack:
+    assert 0.0 < out["train"]["packing_efficiency"] <= 1.0
+  if variant == "tiny":  # No NSP target in MLM-only rows: the NSP terms carry no weight.
+    assert np.isnan(out["train"]["nsp_loss"])

@@ -83,6 +83,7 @@ def get_config(variant: str = "demo") -> ConfigDict:
       # masked_lm_prob at masking_schedule_steps (0: train.num_steps), e.g. 0.3 -> 0.15.
       masking_schedule="constant", masked_lm_prob_start=0.0, masking_schedule_steps=0,
       eval_masked_lm_prob=0.0,  # Held-out masking rate; 0: masked_lm_prob.
+      eval_nsp_mode="",  # Held-out rows: "" as trained, or none (contiguous MLM-only rows).
       short_seq_prob=0.1,
       whole_word_mask=False,
       nsp_mode="nsp",  # nsp | sop
