@@ -25,40 +25,45 @@ SCHEDULES = ("linear", "polynomial", "constant", "wsd")
 DECAY_SHAPES = ("linear", "1-sqrt", "cosine")  # WSD's decay phase
 
 
-def _wsd_decay(cfg, peak: float, end: float, stable_steps: int, decay_steps: int):
-  """The peak for `stable_steps`, then `decay_shape` from peak to end over `decay_steps`."""
-  shape = cfg.get("decay_shape", "linear")
-
-  def schedule(count):
-    t = jnp.clip((count - stable_steps) / decay_steps, 0.0, 1.0)  # progress through the decay
-    if shape == "1-sqrt":
-      left = 1.0 - jnp.sqrt(t)
-    elif shape == "cosine":
-      left = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
-    else:
-      left = 1.0 - t
-    return end + (peak - end) * left
-
-  return schedule
+def _decay_left(shape: str, t):
+  """The share of (peak - end) left at progress t in [0, 1] through a decay of `shape`."""
+  if shape == "1-sqrt":
+    return 1.0 - jnp.sqrt(t)
+  if shape == "cosine":
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+  return 1.0 - t
 
 
-def learning_rate_schedule(cfg, num_steps: int) -> optax.Schedule:
+def learning_rate_schedule(cfg, num_steps) -> optax.Schedule:
   """Linear warm-up to `cfg.learning_rate`, then decay to `cfg.end_learning_rate` at num_steps
-  (WSD: the decay takes the last `cfg.decay_fraction` of num_steps)."""
+  (WSD: the decay takes the last `cfg.decay_fraction` of num_steps).
+
+  `num_steps` may be a traced scalar: a wall-clock run passes it to its one compiled train step,
+  so fixing it mid-run costs no recompile.
+  """
   warmup = int(cfg.warmup_steps)
   peak, end = float(cfg.learning_rate), float(cfg.get("end_learning_rate", 0.0))
-  decay_steps = max(num_steps - warmup, 1)
-  if cfg.schedule == "constant":
-    decay = optax.constant_schedule(peak)
-  elif cfg.schedule == "wsd":
-    wsd_decay = max(int(round(float(cfg.decay_fraction) * num_steps)), 1)
-    decay = _wsd_decay(cfg, peak, end, max(num_steps - warmup - wsd_decay, 0), wsd_decay)
-  else:
-    power = 1.0 if cfg.schedule == "linear" else float(cfg.power)
-    decay = optax.polynomial_schedule(peak, end, power, decay_steps)
-  if warmup == 0:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+  kind = cfg.schedule
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    n = jnp.asarray(num_steps, jnp.float32)
+    if kind == "constant":
+      after = jnp.full_like(count, peak)
+    elif kind == "wsd":  # the peak until the decay's last decay_fraction of the steps
+      decay_steps = jnp.maximum(jnp.round(float(cfg.decay_fraction) * n), 1.0)
+      t = jnp.clip((count - jnp.maximum(n - decay_steps, warmup)) / decay_steps, 0.0, 1.0)
+      after = end + (peak - end) * _decay_left(cfg.get("decay_shape", "linear"), t)
+    else:  # linear / polynomial from the end of the warm-up to num_steps
+      decay_steps = jnp.maximum(n - warmup, 1.0)
+      t = jnp.clip(count - warmup, 0.0, decay_steps) / decay_steps
+      power = 1.0 if kind == "linear" else float(cfg.power)
+      after = (peak - end) * (1.0 - t) ** power + end
+    if warmup == 0:
+      return after
+    return jnp.where(count < warmup, peak * count / warmup, after)
+
+  return schedule
 
 
 def decay_mask(params):

@@ -130,12 +130,15 @@ def _tree_add(a, b):
 
 
 def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
-                    skip_nonfinite: bool = False, grad_shardings=None):
+                    skip_nonfinite: bool = False, grad_shardings=None, optimizer_for=None):
   """train_step(state, batch, rng) -> (state, metrics); jit it with donate_argnums=0.
 
   `grad_shardings` (the parameters' shardings) constrains each gradient to its parameter's
   sharding, so XLA reduces fsdp-sharded gradients with a reduce-scatter (each device keeps
   its shard) instead of an all-reduce of the whole gradient followed by a slice.
+  `optimizer_for(num_steps) -> (tx, schedule)` instead of tx and schedule: the step takes the
+  schedule's step count as a fourth argument, `train_step(state, batch, rng, num_steps)` (a
+  wall-clock run fixes it mid-run without recompiling).
   """
 
   def compute_loss(params, batch, rng):
@@ -149,7 +152,8 @@ def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
       grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
     return out, grads
 
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+  def train_step(state: TrainState, batch: dict, rng: jax.Array, num_steps=None):
+    tx_, schedule_ = (tx, schedule) if optimizer_for is None else optimizer_for(num_steps)
     rng = jax.random.fold_in(rng, state.step)
     if accum_steps == 1:
       (loss, metrics), grads = grad_fn(state.params, batch, rng)
@@ -173,7 +177,7 @@ def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
       loss = loss / accum_steps
       grads = jax.tree.map(lambda g: g / accum_steps, grads)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx_.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -183,7 +187,7 @@ def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
       metrics["skipped_steps"] = (1.0 - ok.astype(jnp.float32), jnp.float32(1.0))
     one = jnp.float32(1.0)
     metrics.update(loss=(loss, one), grad_norm=(grad_norm, one),
-                   learning_rate=(schedule(state.step), one),
+                   learning_rate=(schedule_(state.step), one),
                    nonfinite=(1.0 - ok.astype(jnp.float32), one))
     if "input_mask" in batch:  # Packing efficiency: real tokens / row slots.
       real = jnp.sum(batch["input_mask"] > 0).astype(jnp.float32)
@@ -193,16 +197,24 @@ def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
   return train_step
 
 
-def jit_train_step(task: Task, config, graphdef, tx, schedule, shardings):
+def jit_train_step(task: Task, config, graphdef, tx, schedule, shardings,
+                   steps_argument: bool = False):
   """The jitted train step `run` executes (and `bert_jax.aot` compiles for TPU topologies).
 
   The state keeps `shardings` and is donated; the batch arrives sharded over the batch axes.
+  steps_argument: the step takes the schedule's step count as a fourth argument (a wall-clock
+  run, train.num_steps=0) instead of config.train.num_steps compiled in.
   """
+  optimizer_for = None
+  if steps_argument:
+    optimizer_for = lambda n: optim.create_optimizer(config.optimizer, n)  # noqa: E731
   return jax.jit(
       make_train_step(graphdef, task.loss_fn, tx, schedule,
                       accum_steps=config.optimizer.grad_accum_steps,
-                      skip_nonfinite=config.train.skip_nonfinite, grad_shardings=shardings.params),
-      in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+                      skip_nonfinite=config.train.skip_nonfinite, grad_shardings=shardings.params,
+                      optimizer_for=optimizer_for),
+      in_shardings=(shardings, None, None) + ((None,) if steps_argument else ()),
+      out_shardings=(shardings, None), donate_argnums=0)
 
 
 def make_eval_step(graphdef, loss_fn, eval_metrics=None):
@@ -408,8 +420,16 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
     with jax.set_mesh(mesh):
       state = init_train_state(task, tx, shardings, tc.seed, loaded)
 
-  train_step = multihost.SyncedCompile(
-      jit_train_step(task, config, graphdef, tx, schedule, shardings), "train_step")
+  wall_clock = not tc.num_steps  # The step count is an argument of the one compiled step.
+  jitted_step = multihost.SyncedCompile(
+      jit_train_step(task, config, graphdef, tx, schedule, shardings, steps_argument=wall_clock),
+      "train_step")
+
+  def train_step(state, batch, rng):
+    if not wall_clock:
+      return jitted_step(state, batch, rng)
+    return jitted_step(state, batch, rng, jnp.int32(num_steps or _UNKNOWN_STEPS))
+
   # Replicated results: every process reads the same global sums.
   eval_step = multihost.SyncedCompile(
       jax.jit(make_eval_step(graphdef, task.loss_fn, task.eval_metrics),
@@ -436,14 +456,10 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
   t_measure: dict[str, float] = {}
 
   def fix_num_steps(at_step: int) -> None:
-    nonlocal num_steps, schedule, train_step
+    nonlocal num_steps
     step_s = (t_measure["end"] - t_measure["start"]) / measure_steps
-    compile_s = max(t_measure["first"] - step_s, 0.0)  # the recompile below costs about as much
     num_steps = optim.wall_clock_steps(at_step, t_measure["end"] - t_start,
-                                       tc.max_train_seconds, step_s, overhead_s=compile_s)
-    tx_n, schedule = optim.create_optimizer(config.optimizer, num_steps)
-    train_step = multihost.SyncedCompile(
-        jit_train_step(task, config, graphdef, tx_n, schedule, shardings), "train_step_fixed")
+                                       tc.max_train_seconds, step_s)
     writer.total_steps = num_steps
     writer.info(f"Wall-clock schedule: {step_s:.3f} s/step over steps {measure_from + 1}-"
                 f"{at_step} (step {measure_from} with its compile: {t_measure['first']:.1f} s), "

