@@ -207,7 +207,10 @@ def jit_train_step(task: Task, config, graphdef, tx, schedule, shardings,
   """
   optimizer_for = None
   if steps_argument:
-    optimizer_for = lambda n: optim.create_optimizer(config.optimizer, n)  # noqa: E731
+
+    def optimizer_for(num_steps):
+      tx_n, schedule_n = optim.create_optimizer(config.optimizer, num_steps)
+      return optim.freeze(tx_n, task.frozen), schedule_n
   return jax.jit(
       make_train_step(graphdef, task.loss_fn, tx, schedule,
                       accum_steps=config.optimizer.grad_accum_steps,
