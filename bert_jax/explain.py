@@ -255,11 +255,12 @@ def explain_one(model: nnx.Module, tokenizer, ids: list[int], types: list[int], 
   attn = np.asarray(attention_probs(graphdef, state, ids_L[None], mask_L[None], types_L[None]))
   attn_YxNxLxL = attn[0, :, :, :n, :n]
   names = label_names or [str(i) for i in range(len(at_input))]
+  # A regression head (one output) has a score, not probabilities.
+  scores = at_input if len(at_input) == 1 else _softmax(at_input)
   return Explanation(
       text=text, tokens=tokenizer.convert_ids_to_tokens(ids), label=names[label],
       label_index=label,
-      probabilities={k: round(float(p), 6) for k, p in zip(names, _softmax(at_input),
-                                                            strict=True)},
+      probabilities={k: round(float(p), 6) for k, p in zip(names, scores, strict=True)},
       position=position, attributions_L=attributions, logit=float(at_input[label]),
       baseline_logit=float(at_base[label]), completeness_error=gap,
       completeness_ok=bool(gap <= tolerance), steps=used, baseline=baseline,
@@ -359,6 +360,7 @@ def explain_file(checkpoint, input_path, output, *, overwrite: bool = False,
   records = []
 
   def write(tmp: pathlib.Path):
+    tmp.chmod(0o755)  # a folder of pages to open or serve, not a private temp dir
     for i, e in enumerate(explanations):
       stem = f"example_{i:03d}"
       explain_html.write_bar_chart(e, tmp / f"{stem}.png")

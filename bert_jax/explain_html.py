@@ -82,7 +82,7 @@ def rollout_png(e) -> bytes:
   ax.imshow(e.rollout_YxLxL[-1], cmap="viridis")
   ax.set_xticks(np.arange(n), e.tokens, rotation=90, fontsize=7)
   ax.set_yticks(np.arange(n), e.tokens, fontsize=7)
-  ax.set_title("Attention rollout (rows: tokens, columns: inputs they draw on)", fontsize=9)
+  ax.set_title("Attention rollout", fontsize=9)
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png")
@@ -119,6 +119,7 @@ def _attention_grid(e) -> str:
 def page(e, title: str = "explanation") -> str:
   """The whole HTML document for one explanation (no external resources)."""
   probs = ", ".join(f"{html.escape(k)}: {v:.3f}" for k, v in e.probabilities.items())
+  kind = "score" if len(e.probabilities) == 1 else "probabilities"
   where = ("" if e.position is None else
            f" (the tag of token {e.position}, <b>{html.escape(e.tokens[e.position])}</b>)")
   check = (f"{100 * e.completeness_error:.2f}% off" if e.completeness_ok else
@@ -132,7 +133,7 @@ def page(e, title: str = "explanation") -> str:
 <p>{html.escape(e.text)}</p>
 <table class="meta">
 <tr><td>explained label</td><td><b>{html.escape(e.label)}</b>{where}</td></tr>
-<tr><td>probabilities</td><td>{probs}</td></tr>
+<tr><td>{kind}</td><td>{probs}</td></tr>
 <tr><td>method</td><td>integrated gradients on the word embeddings, baseline
  <code>{html.escape(e.baseline)}</code> ([CLS]/[SEP] kept), {e.steps} Gauss-Legendre steps</td></tr>
 <tr><td>completeness</td><td>attributions sum to {e.attributions_L.sum():.4f}; the logit went
@@ -144,7 +145,7 @@ def page(e, title: str = "explanation") -> str:
 <img alt="attribution bar chart" src="{_data_uri(bar_chart_png(e))}">
 <h2>Attention rollout</h2>
 <p>Abnar &amp; Zuidema (2020): head-averaged attention plus the residual identity, multiplied
- through all {y} layers.</p>
+ through all {y} layers; row: a token, columns: the inputs it draws on.</p>
 <img alt="attention rollout" src="{_data_uri(rollout_png(e))}">
 <h2>Attention per layer and head</h2>
 <p>{y} layers x {n} heads; rows are query tokens, columns keys; each map scaled to its own

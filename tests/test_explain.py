@@ -156,6 +156,14 @@ def test_token_classifier_explains_one_tag(sentences):
   assert fixed.position == 2 and fixed.completeness_ok
 
 
+def test_regression_head_explains_its_score(sentences):
+  model, tok = _tiny(heads.BertForSequenceClassification, num_labels=1)
+  e = explain.explain_texts(model, tok, sentences[:1], label_names=["score"])[0]
+  score = float(np.asarray(model(jnp.asarray([tok.convert_tokens_to_ids(e.tokens)])))[0, 0])
+  assert e.label == "score" and e.probabilities["score"] == pytest.approx(score, abs=1e-5)
+  assert e.completeness_ok
+
+
 def test_modernbert_classifier(sentences):
   from bert_jax import modern_configuration, modern_modeling
   tok = Tokenizer.from_vocab(VOCAB)
