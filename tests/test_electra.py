@@ -58,6 +58,17 @@ def test_generator_config_is_a_quarter():
     electra.generator_config(disc, 0.0)
 
 
+def test_sample_follows_the_softmax():
+  probs = np.array([0.5, 0.2, 0.15, 0.1, 0.05, 0.0])
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (40_000, 6))
+  ids = np.asarray(electra.sample(jax.random.key(0), logits))
+  freq = np.bincount(ids, minlength=6) / len(ids)
+  np.testing.assert_allclose(freq, probs, atol=0.008)  # ~3.5 standard errors
+  assert freq[5] == 0
+  keys = jax.random.split(jax.random.key(1), 2)
+  assert not np.array_equal(electra.sample(keys[0], logits), electra.sample(keys[1], logits))
+
+
 def test_rtd_refuses_modern_and_unknown_objectives(pretrain_dataset, vocab_path):
   c = pretrain_configs.get_config("modern_tiny")
   c.model.objective = "rtd"
