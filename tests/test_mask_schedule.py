@@ -63,6 +63,8 @@ def test_rate_at_and_config():
       "constant", 0.15, 0.15, 50)
   c.data.update(masking_schedule="linear", masked_lm_prob_start=0.3)
   assert mask_schedule.from_config(c.data, 50).rate_at(25) == pytest.approx(0.225)
+  with pytest.raises(ConfigError, match="set data.masking_schedule_steps"):
+    mask_schedule.from_config(c.data, 0)  # A wall-clock run: train.num_steps=0.
   with pytest.raises(ConfigError, match="data.masking_schedule='cosine'"):
     mask_schedule.MaskingSchedule("cosine")
   # 125 candidate tokens of a 128-token NSP row at 30% are 38 targets: 20 slots cannot hold them.

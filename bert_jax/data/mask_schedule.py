@@ -41,8 +41,9 @@ class MaskingSchedule:
       if not 0 < rate < 1:
         raise ConfigError(f"The masking schedule's {name} rate {rate} must be in (0, 1).")
     if self.kind != "constant" and self.steps < 1:
-      raise ConfigError(f"A {self.kind} masking schedule needs steps >= 1 (got {self.steps}); "
-                        "set data.masking_schedule_steps or train.num_steps.")
+      raise ConfigError(f"A {self.kind} masking schedule needs its length in steps (got "
+                        f"{self.steps}); set data.masking_schedule_steps (a wall-clock run, "
+                        "train.num_steps=0, learns its step count only while it runs).")
 
   @property
   def max_rate(self) -> float:
