@@ -209,6 +209,9 @@ class Dense(nnx.Module):
                        param_dtype) if use_bias else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    if not isinstance(self.kernel, nnx.Param):  # An int8 qwix kernel (bert_jax.quantization).
+      from bert_jax import quantization
+      return quantization.dense(self, x)
     kernel = self.kernel[...]
     in_shape, out_shape = kernel.shape[:self.n_in], kernel.shape[self.n_in:]
     k, n = math.prod(in_shape), math.prod(out_shape)
@@ -251,10 +254,16 @@ class Embed(nnx.Module):
                            param_dtype)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
+    if not isinstance(self.embedding, nnx.Param):  # An int8 qwix table (bert_jax.quantization).
+      from bert_jax import quantization
+      return quantization.embed(self.embedding, ids)
     return jnp.take(self.embedding[...], ids, axis=0).astype(jnp.float32)
 
   def attend(self, x: jax.Array) -> jax.Array:
     """x[..., D] -> logits[..., num] against the table, f32 accumulation."""
+    if not isinstance(self.embedding, nnx.Param):
+      from bert_jax import quantization
+      return quantization.attend(self.embedding, x, self.dtype)
     table_VxD = self.embedding[...]
     logits_MxV = matmul(x.reshape(-1, x.shape[-1]), table_VxD, self.dtype, transpose_b=True)
     return logits_MxV.reshape(*x.shape[:-1], table_VxD.shape[0])

@@ -103,16 +103,19 @@ def _format(tokenizer, row, positions, probs_PxK, ids_PxK):
   return per_mask[0] if len(per_mask) == 1 else per_mask
 
 
-def fill_mask_checkpoint(checkpoint, texts, top_k: int = 5, *, dtype: str | None = None):
+def fill_mask_checkpoint(checkpoint, texts, top_k: int = 5, *, dtype: str | None = None,
+                         quantize: str = "none"):
   """`fill_mask` with the model and tokenizer of `checkpoint` (what `bert-jax-fill-mask` runs);
-  refuses a checkpoint without the masked-LM head instead of predicting with random weights."""
+  refuses a checkpoint without the masked-LM head instead of predicting with random weights.
+  quantize="int8" predicts with int8 weights (bert_jax.quantization)."""
   import bert_jax
-  from bert_jax import loading
+  from bert_jax import loading, quantization
   # The checkpoint's family decides the class (ModernBertForMaskedLM for a ModernBERT).
   model, _, info = loading.load_pretrained(checkpoint, "BertForMaskedLM", dtype=dtype,
                                            any_family=True)
   if any(k.startswith(("predictions.", "head.", "decoder.")) for k in info["missing_keys"]):
     raise ModelFileError(f"{checkpoint} has no masked-LM head (an encoder-only checkpoint); "
                          "fill-mask needs a BertForPreTraining or BertForMaskedLM checkpoint.")
+  model = quantization.quantize(model, quantize)
   tokenizer = bert_jax.BertTokenizer.from_pretrained(checkpoint)
   return fill_mask(model, tokenizer, texts, top_k)

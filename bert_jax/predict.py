@@ -47,9 +47,12 @@ def checkpoint_task(info: dict, path) -> tuple[str, dict]:
 
 
 def predict_file(checkpoint, input_path, *, batch_size: int = 32, task: str = "",
-                 overrides: dict | None = None) -> list[dict]:
-  """Prediction records for `input_path` with the fine-tuned model in `checkpoint`."""
-  from bert_jax import loading, model_dir
+                 overrides: dict | None = None, quantize: str = "none") -> list[dict]:
+  """Prediction records for `input_path` with the fine-tuned model in `checkpoint`.
+
+  quantize="int8" predicts with int8 weights (bert_jax.quantization).
+  """
+  from bert_jax import loading, model_dir, quantization
   from bert_jax.tokenization import Tokenizer
   path = pathlib.Path(checkpoint)
   if not model_dir.is_model_dir(path):
@@ -62,7 +65,7 @@ def predict_file(checkpoint, input_path, *, batch_size: int = 32, task: str = ""
                        f"fit task {task!r}; use a checkpoint fine-tuned for {task}.")
   if not pathlib.Path(input_path).is_file():
     raise PredictError(f"--input={input_path} does not exist.")
-  model = loading.load_model(path)
+  model = quantization.quantize(loading.load_model(path), quantize)
   tokenizer = Tokenizer.from_dir(path)
   module = tasks.task_module(name)
   return module.predict(model, tokenizer, info, input_path, batch_size, overrides or {})

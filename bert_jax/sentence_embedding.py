@@ -264,14 +264,15 @@ def embed_file(model, tokenizer, input_path, output_prefix, *, pooling: str = "m
 def embed_checkpoint_file(checkpoint, input_path, output_prefix, *, pooling: str | None = None,
                           normalize: bool | None = None, batch_size: int = 32,
                           max_length: int | None = None, dtype: str | None = None,
-                          overwrite: bool = False) -> dict:
+                          overwrite: bool = False, quantize: str = "none") -> dict:
   """`embed_file` with the model and tokenizer of `checkpoint` (what `bert-jax-embed` runs).
 
   pooling, normalize and max_length left None come from the checkpoint's sentence-transformers
   files (else mean, False, the model's limit). Bad input and existing outputs are refused
-  before the model is loaded.
+  before the model is loaded. quantize="int8" embeds with int8 weights (bert_jax.quantization).
   """
   import bert_jax
+  from bert_jax import quantization
   if not pathlib.Path(input_path).is_file():
     raise MissingFileError(f"--input {input_path} is not a file; pass a text file with one text "
                            "per line.")
@@ -285,6 +286,7 @@ def embed_checkpoint_file(checkpoint, input_path, output_prefix, *, pooling: str
   from bert_jax import loading
   # The checkpoint's family decides the class (ModernBertModel for a ModernBERT).
   model = loading.load_pretrained(checkpoint, "BertModel", dtype=dtype, any_family=True)[0]
+  model = quantization.quantize(model, quantize)
   tokenizer = bert_jax.BertTokenizer.from_pretrained(checkpoint)
   return embed_file(model, tokenizer, input_path, output_prefix,
                     pooling=pooling or st.get("pooling", "mean"),

@@ -30,6 +30,9 @@ _DTYPE = flags.DEFINE_string("dtype", None,
                              "Compute dtype: bfloat16, float32 or auto (bf16 where this device "
                              "computes it natively, else f32); default: the checkpoint's.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"],
+                              "int8: post-training int8 weights through qwix "
+                              "(bert_jax.quantization).")
 flags.declare_key_flag(common.VERBOSE)
 
 
@@ -44,7 +47,7 @@ def main(argv):
       _CHECKPOINT.value, _INPUT.value, _OUTPUT.value, pooling=_POOLING.value,
       normalize={"auto": None, "true": True, "false": False}[_NORMALIZE.value],
       batch_size=_BATCH_SIZE.value, max_length=_MAX_LENGTH.value, dtype=_DTYPE.value,
-      overwrite=_OVERWRITE.value)
+      overwrite=_OVERWRITE.value, quantize=_QUANTIZE.value)
   print(f"wrote {summary['vectors']} x {summary['dim']} float32 to {summary['npy']} and the index "
         f"of {summary['rows']} lines to {summary['index']}")
   if summary["truncated"]:

@@ -20,6 +20,9 @@ _DTYPE = flags.DEFINE_string("dtype", None,
                              "Compute dtype: bfloat16, float32 or auto (bf16 where this device "
                              "computes it natively, else f32); default: the checkpoint's.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per text instead of a table.")
+_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"],
+                              "int8: post-training int8 weights through qwix "
+                              "(bert_jax.quantization).")
 flags.declare_key_flag(common.VERBOSE)
 
 
@@ -31,7 +34,7 @@ def main(argv):
     raise app.UsageError('Pass one or more texts, e.g. "The capital of France is [MASK]."')
   common.quiet_logs()
   results = mask_filling.fill_mask_checkpoint(_CHECKPOINT.value, texts, _TOP_K.value,
-                                              dtype=_DTYPE.value)
+                                              dtype=_DTYPE.value, quantize=_QUANTIZE.value)
   for text, res in zip(texts, results, strict=True):
     per_mask = [res] if isinstance(res[0], dict) else res
     if _JSON.value:

@@ -32,6 +32,9 @@ _OVERRIDES = (
                         "csv | tsv | jsonl (classification), conll | text (NER)."),
 )
 flags.mark_flags_as_required(["checkpoint", "input", "output"])
+_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"],
+                              "int8: post-training int8 weights through qwix "
+                              "(bert_jax.quantization).")
 flags.declare_key_flag(common.VERBOSE)
 
 
@@ -44,7 +47,8 @@ def main(argv):
     raise ExistsError(f"--output={out} already exists; choose another path or pass --overwrite.")
   records = predict.predict_file(_CHECKPOINT.value, _INPUT.value, batch_size=_BATCH_SIZE.value,
                                  task=_TASK.value,
-                                 overrides={f.name: f.value for f in _OVERRIDES})
+                                 overrides={f.name: f.value for f in _OVERRIDES},
+                                 quantize=_QUANTIZE.value)
   write_jsonl(out, records)
   print(f"wrote {len(records)} predictions to {out}")
 

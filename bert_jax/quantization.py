@@ -1,0 +1,132 @@
+"""Post-training int8 quantization of any bert_jax model through Google's qwix.
+
+    qmodel = quantization.quantize(model, "int8")              # int8 weights
+    qmodel = quantization.quantize(model, "int8", activations=True)  # and int8 activations
+
+Every `layers.Dense` kernel becomes a `qwix.QArray` (int8 values, one f32 scale per output
+channel, absmax calibration: `qwix.quantize`), and so does every `layers.Embed` table (one scale
+per row: a token's vector). LayerNorms, biases and the model's other parameters stay as they are.
+The quantized layers compute through `qwix.dot_general` (Dense, the tied MLM decoder) and
+`qwix.dequantize` of the gathered rows (embedding lookups): nothing here computes a scale or
+rounds a value itself.
+
+Weight-only (the default): qwix dequantizes each kernel to the compute dtype inside the jitted
+function and runs the float matmul, which XLA fuses; the weights are stored and moved as int8 (a
+quarter of f32), the arithmetic is what it was. With `activations=True` each Dense input is
+quantized per token on the fly (dynamic range) and the matmul runs int8 x int8 -> int32, then is
+rescaled.
+
+Why not `qwix.quantize_model` (qwix's interception of `jax.lax.dot_general`): it finds a weight by
+following the traced value back to the module's parameter and swaps the parameter in during the
+first call, and bert_jax's Dense multiplies inside a `jax.custom_vjp` (layers.matmul, which keeps
+the bf16 backward on XLA:CPU's fast path). Inside that trace the parameter is out of reach and the
+swap fails (flax TraceContextError). Quantizing the parameters once, explicitly, keeps the model
+pure and makes the int8 values visible in its state.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bert_jax import layers
+from bert_jax.errors import ConfigError, ModelFileError
+
+MODES = ("none", "int8")
+
+
+def _qwix():
+  try:
+    import qwix
+  except ImportError:
+    raise ConfigError("quantize='int8' needs Google's qwix; install it with "
+                      "`pip install bert-jax[quant]` (or `pip install qwix`).") from None
+  return qwix
+
+
+def is_quantized(array) -> bool:
+  return type(array).__name__ == "QArray"
+
+
+def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False) -> nnx.Module:
+  """A quantized copy of `model` (the original is untouched); mode "none" returns the model.
+
+  Args:
+    model: any bert_jax model (BERT or ModernBERT, with or without a head).
+    mode: "int8" or "none".
+    activations: also quantize each Dense input per token (int8 x int8 matmuls).
+  Raises:
+    ConfigError: an unknown mode, or qwix missing.
+    ModelFileError: a model that is already quantized or has no bert_jax Dense layers.
+  """
+  if mode not in MODES:
+    raise ConfigError(f"quantize={mode!r} is not one of {', '.join(MODES)}.")
+  if mode == "none":
+    return model
+  qwix = _qwix()
+  denses = [m for _, m in nnx.iter_graph(model) if isinstance(m, layers.Dense)]
+  if not denses:
+    raise ModelFileError(f"{type(model).__name__} has no bert_jax Dense layers, so there is "
+                         f"nothing int8 quantization knows how to handle; quantize a bert_jax "
+                         f"model (BertModel, BertFor..., ModernBert...).")
+  if any(is_quantized(m.kernel) for m in denses):
+    raise ModelFileError(f"{type(model).__name__} is already quantized; quantize the float model "
+                         f"once (load it again from its checkpoint).")
+  bad = sorted({str(m.kernel[...].dtype) for m in denses
+                if not jnp.issubdtype(m.kernel[...].dtype, jnp.floating)})
+  if bad:
+    raise ModelFileError(f"{type(model).__name__} holds {', '.join(bad)} kernels; int8 "
+                         f"quantization needs float weights.")
+  model = nnx.clone(model)
+  for module in [m for _, m in nnx.iter_graph(model)]:
+    if isinstance(module, layers.Dense):
+      kernel = module.kernel[...]
+      out_axes = tuple(range(module.n_in, kernel.ndim))  # One scale per output channel.
+      module.kernel = qwix.quantize(kernel, jnp.int8, channelwise_axes=out_axes)
+      module.quantize_activations = bool(activations)
+    elif isinstance(module, layers.Embed):  # One scale per row (a token's vector).
+      module.embedding = qwix.quantize(module.embedding[...], jnp.int8, channelwise_axes=(0,))
+  return model
+
+
+def dense(layer: layers.Dense, x: jax.Array) -> jax.Array:
+  """layers.Dense.__call__ for an int8 kernel: [..., *in] -> [..., *out] f32."""
+  qwix = _qwix()
+  q = layer.kernel
+  in_shape, out_shape = q.shape[:layer.n_in], q.shape[layer.n_in:]
+  k, n = math.prod(in_shape), math.prod(out_shape)
+  lead = x.shape[:x.ndim - layer.n_in]
+  q_KxN = q.reshape(k, n)
+  x_MxK = x.reshape(-1, k)
+  dims = (((1,), (0,)), ((), ()))
+  if getattr(layer, "quantize_activations", False):
+    x_MxK = qwix.quantize(x_MxK.astype(jnp.float32), jnp.int8, channelwise_axes=(0,))
+  else:  # Dequantized to the compute dtype; f32 accumulation as layers.matmul.
+    x_MxK, q_KxN = x_MxK.astype(layer.dtype), q_KxN.astype(layer.dtype)
+  y_MxN = qwix.dot_general(x_MxK, q_KxN, dims, preferred_element_type=jnp.float32)
+  y = y_MxN.astype(jnp.float32).reshape(*lead, *out_shape)
+  if layer.bias is not None:
+    y = y + layer.bias[...].astype(jnp.float32)
+  return y
+
+
+def embed(table, ids: jax.Array) -> jax.Array:
+  """Rows `ids` of an int8 table (one scale per row), dequantized to f32."""
+  return _qwix().dequantize(table.astype(jnp.float32)[ids])
+
+
+def attend(table, x: jax.Array, dtype) -> jax.Array:
+  """x[..., D] against an int8 table [V, D] -> logits [..., V] (the tied MLM decoder)."""
+  qwix = _qwix()
+  x_MxD = x.reshape(-1, x.shape[-1]).astype(dtype)
+  logits_MxV = qwix.dot_general(x_MxD, table.astype(dtype), (((1,), (1,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+  return logits_MxV.astype(jnp.float32).reshape(*x.shape[:-1], table.shape[0])
+
+
+def parameter_bytes(model: nnx.Module) -> int:
+  """Bytes of the model's state (int8 values and their scales for a quantized model)."""
+  state = nnx.state(model)
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
