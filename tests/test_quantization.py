@@ -124,6 +124,7 @@ def _cli(module, *args, cwd):
                         capture_output=True, text=True, timeout=180, env=ENV, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_quantize(classifier, texts, tmp_path, minilm_dir):
   """predict and embed with --quantize=int8 agree with f32; an unknown mode and an already
   int8 model directory are refused in one sentence with nothing written."""
