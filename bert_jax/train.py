@@ -6,6 +6,13 @@ updates). `run(task, config, workdir)` drives it: sharded initialisation, resume
 evaluation, checkpoints, SIGTERM and NaN handling. A `Task` supplies what differs between
 pretraining and fine-tuning: the model, the loss and the data.
 
+Budget runs: with train.num_steps=0 and train.max_train_seconds the loop times
+train.measure_steps steps (after the first full-size step, which compiles), fixes num_steps so
+the schedule ends as the budget runs out (optim.wall_clock_steps), passes it to the one compiled
+step as an argument and stores it in every later checkpoint's meta (`schedule_steps`), so a
+resumed run continues the same schedule. train.batch_size_warmup_steps feeds smaller global
+batches first (`batch_size_at`, a pure function of the step: resumes stay bitwise).
+
 Metrics are `{name: (sum, weight)}` pairs, reduced on the host as sum / weight, so accumulation
 over micro-batches, steps and evaluation batches is exact.
 """
