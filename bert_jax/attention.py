@@ -169,7 +169,16 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
     return chunked_attention(q_BxLxNxH * scale, k_BxMxNxH, v_BxMxNxH, mask, dtype=dtype,
                              half_window=half_window, chunk=chunk), None
 
-  mask_Bx1xLxM = dense_mask(mask, half_window)
+  return masked_attention(q_BxLxNxH, k_BxMxNxH, v_BxMxNxH, dense_mask(mask, half_window),
+                          dtype=dtype, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                          want_probs=want_probs)
+
+
+def masked_attention(q_BxLxNxH, k_BxMxNxH, v_BxMxNxH, mask_Bx1xLxM, *, dtype,
+                     dropout_rate: float = 0.0, dropout_rng=None, want_probs: bool = False):
+  """The XLA reference under any boolean mask [B or 1, 1, L, M] (a causal mask, a KV cache's
+  filled slots, ...): (context [B, L, N, H] f32, probabilities [B, N, L, M] or None)."""
+  scale = 1.0 / jnp.sqrt(jnp.float32(q_BxLxNxH.shape[-1]))
   q_BxNxLxH = jnp.swapaxes(q_BxLxNxH * scale, 1, 2)
   k_BxNxMxH = jnp.swapaxes(k_BxMxNxH, 1, 2)
   v_BxNxMxH = jnp.swapaxes(v_BxMxNxH, 1, 2)

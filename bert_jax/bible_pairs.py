@@ -17,6 +17,12 @@ The default split (what docs/retrieval.md and configs/finetune.py document):
                   training never saw, so the version pair (YLT, WEB) is unseen as well.
 
     python -m bert_jax.bible_pairs --out=/tmp/bible     # train.jsonl + eval/ (BEIR)
+
+Translation pairs for the seq2seq task (`--translation`): source = a verse in KJV (Early Modern
+English), target = the same verse in WEB (modern English); train.tsv holds every verse of the
+58 books outside EVAL_BOOKS, dev.tsv every verse of the 8 EVAL_BOOKS (books training never saw).
+
+    python -m bert_jax.bible_pairs --translation --out=/tmp/kjv2web   # train.tsv + dev.tsv
 """
 from __future__ import annotations
 
@@ -172,6 +178,39 @@ def write_default(out_dir, max_eval_queries: int = 0, hard_negative: bool = True
           "eval": str(out / "eval")}
 
 
+def translation_pairs(book_list, source: str = "kjv", target: str = "web"
+                      ) -> tuple[list[str], list[str], list[int]]:
+  """(sources, targets, verse ids): each verse of the books that both versions have."""
+  ids = verse_ids(book_list)
+  text_s, text_t = verse_texts(source, ids), verse_texts(target, ids)
+  keep = [i for i in ids if i in text_s and i in text_t]
+  return [text_s[i] for i in keep], [text_t[i] for i in keep], keep
+
+
+def _write_tsv(path, sources, targets) -> None:
+  import pathlib
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  lines = ["source\ttarget"] + [f"{s}\t{t}".replace("\r", " ")
+                               for s, t in zip(sources, targets, strict=True)]
+  tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  tmp.replace(path)
+
+
+def write_translation(out_dir, source: str = "kjv", target: str = "web") -> dict:
+  """OUT/train.tsv (train books) and OUT/dev.tsv (EVAL_BOOKS) of `source` -> `target` verses."""
+  import pathlib
+  out = pathlib.Path(out_dir)
+  sizes = {}
+  for name, book_list in (("train", train_books()), ("dev", books(EVAL_BOOKS))):
+    src, tgt, _ = translation_pairs(book_list, source, target)
+    _write_tsv(out / f"{name}.tsv", src, tgt)
+    sizes[name] = str(out / f"{name}.tsv")
+    sizes[f"{name}_pairs"] = len(src)
+  return sizes
+
+
 def _main(argv) -> None:
   """`python -m bert_jax.bible_pairs --out=DIR [--max_eval_queries=N] [--nohard_negative]`.
 
@@ -185,6 +224,9 @@ def _main(argv) -> None:
     raise DataError(f"Unexpected arguments {argv[1:]}; pass --out=DIR.")
   if not f.out:
     raise DataError("Pass --out=DIR, the folder for train.jsonl and eval/.")
+  if f.translation:
+    print(json.dumps(write_translation(f.out), indent=2))
+    return
   print(json.dumps(write_default(f.out, f.max_eval_queries, f.hard_negative), indent=2))
 
 
@@ -195,4 +237,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", "", "Folder to write train.jsonl and eval/ (BEIR layout) into.")
   flags.DEFINE_integer("max_eval_queries", 0, "Evenly spaced evaluation queries to keep (0: all).")
   flags.DEFINE_bool("hard_negative", True, "Add the next WEB verse as each pair's hard negative.")
+  flags.DEFINE_bool("translation", False, "Write KJV -> WEB translation pairs (train.tsv, "
+                    "dev.tsv) for the seq2seq task instead of retrieval pairs.")
   common.run(_main)

@@ -32,6 +32,7 @@ import numpy as np
 from bert_jax import errors, family, model_dir, pretrained
 from bert_jax.configuration import BertConfig
 
+SEQ2SEQ_ARCHITECTURE = "BertEncoderDecoder"  # seq2seq_modeling.BertEncoderDecoder
 HEAD_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
                       "BertForTokenClassification", "BertForQuestionAnswering")
 TF_INSTALL_HINT = "pip install 'bert_jax[tf]'"
@@ -203,7 +204,7 @@ def _tf_to_hf_name(name: str) -> str | None:
 
 # ------------------------------------------------------------------ HF tensors <-> bert_jax
 _DENSE_RE = re.compile(r"\.(dense|seq_relationship|classifier|qa_outputs)\.weight$")
-_QKV_RE = re.compile(r"\.attention\.self\.(query|key|value)\.(weight|bias)$")
+_QKV_RE = re.compile(r"\.(?:cross)?attention\.self\.(query|key|value)\.(weight|bias)$")
 _ATT_OUT_RE = re.compile(r"\.attention\.output\.dense\.weight$")
 
 
@@ -384,6 +385,108 @@ def hf_config_dict(config: BertConfig, info: dict) -> dict:
   return cfg
 
 
+# ------------------------------------------------------------------ BERT2BERT encoder-decoders
+# transformers' EncoderDecoderModel (BertModel encoder, BertLMHeadModel decoder) has the names of
+# seq2seq_modeling.BertEncoderDecoder, so both directions are the renames and reshapes above.
+_SAME_SHAPE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size", "max_position_embeddings", "type_vocab_size", "hidden_act")
+GENERATION_IDS = ("decoder_start_token_id", "eos_token_id", "pad_token_id")
+
+
+def check_decoder_config(dec: dict, enc: dict, source) -> None:
+  """Refuses an HF decoder config that a BERT2BERT decoder cannot load, in one sentence."""
+  if dec.get("model_type") != "bert" or enc.get("model_type") != "bert":
+    raise ConversionError(f"{source}: the encoder is {enc.get('model_type')!r} and the decoder "
+                          f"{dec.get('model_type')!r}; bert_jax converts encoder-decoders whose "
+                          "encoder and decoder are both BERT ('bert').")
+  if not dec.get("is_decoder") or not dec.get("add_cross_attention"):
+    raise ConversionError(
+        f"{source}: the decoder is not causal-compatible (is_decoder={dec.get('is_decoder')}, "
+        f"add_cross_attention={dec.get('add_cross_attention')}); a BERT2BERT decoder needs both "
+        "true (build it with BertLMHeadModel(is_decoder=True, add_cross_attention=True)).")
+  differ = [k for k in _SAME_SHAPE if enc.get(k, dec.get(k)) != dec.get(k, enc.get(k))]
+  if differ:
+    raise ConversionError(f"{source}: encoder and decoder differ in {', '.join(differ)}; "
+                          "bert_jax's BERT2BERT keeps one BERT shape for both (warm-start both "
+                          "from one checkpoint).")
+
+
+def encoder_decoder_from_hf_tensors(tensors: dict[str, np.ndarray], config: BertConfig, info: dict,
+                                    source: str = "") -> Converted:
+  """HF EncoderDecoderModel tensors -> a BertEncoderDecoder `Converted` (shapes checked)."""
+  from flax import nnx
+
+  from bert_jax import seq2seq_modeling
+  share = bool(info.get("share"))
+  abstract = nnx.eval_shape(lambda: seq2seq_modeling.BertEncoderDecoder(
+      config, rngs=nnx.Rngs(0), share=share))
+  expected = {k: tuple(v.shape) for k, v in
+              model_dir.flatten(nnx.state(abstract, nnx.Param).to_pure_dict()).items()}
+  params, mapped, ignored = {}, [], []
+  for k, v in sorted(tensors.items()):
+    jax_name = _hf_local_to_jax(k)
+    if k.startswith("decoder.cls.predictions.decoder.") or jax_name not in expected:
+      ignored.append(k + (" (tied to decoder word embeddings)" if ".decoder.decoder." in k
+                          or "predictions.decoder." in k else ""))
+      continue
+    x = _to_jax_array(jax_name, v, config)
+    if tuple(x.shape) != expected[jax_name]:
+      raise ConversionError(f"Tensor {k} has shape {tuple(v.shape)}, which does not fit "
+                            f"{jax_name} {expected[jax_name]}; the weights and config.json "
+                            "disagree.")
+    params[jax_name] = np.asarray(x, np.float32)
+    mapped.append(k)
+  for name in set(expected) - set(params):  # tie_encoder_decoder folders store shared ones once
+    twin = "encoder." + name.removeprefix("decoder.bert.")
+    if name.startswith("decoder.bert.") and twin in params:
+      params[name] = params[twin]
+  missing = sorted(set(expected) - set(params))
+  if missing:
+    raise ConversionError(f"{source or 'The source'} lacks {len(missing)} tensors that "
+                          f"{SEQ2SEQ_ARCHITECTURE} needs (first: {missing[0]}); the checkpoint "
+                          "is incomplete.")
+  info = {"architecture": SEQ2SEQ_ARCHITECTURE, "num_labels": None, **info}
+  return Converted(config, info, params, None, mapped, ignored)
+
+
+def read_hf_encoder_decoder(folder, hf_config: dict) -> Converted:
+  """An HF EncoderDecoderModel folder (BERT encoder + BertLMHeadModel decoder) in memory."""
+  folder = pathlib.Path(folder)
+  enc, dec = hf_config.get("encoder") or {}, hf_config.get("decoder") or {}
+  check_decoder_config(dec, enc, folder)
+  try:
+    config = BertConfig.from_dict(enc)
+  except (TypeError, ValueError) as e:
+    raise ConversionError(f"{folder}/config.json's encoder is not a valid BERT config "
+                          f"({e}).") from e
+  info = {"share": bool(hf_config.get("tie_encoder_decoder"))}
+  info.update({k: int(hf_config[k]) for k in GENERATION_IDS if hf_config.get(k) is not None})
+  conv = encoder_decoder_from_hf_tensors(read_hf_tensors(folder), config, info, str(folder))
+  conv.tokenizer = _tokenizer_or_none(folder)
+  return conv
+
+
+def encoder_decoder_hf_files(conv: Converted) -> tuple[dict[str, np.ndarray], dict]:
+  """(HF tensors, config.json dict) of a BertEncoderDecoder `Converted`."""
+  out = {}
+  for name, x in conv.params.items():
+    hf = re.sub(r"\.(scale|embedding|kernel)$", ".weight", name)
+    out[hf] = np.ascontiguousarray(_from_jax_array(name, np.asarray(x, np.float32)), np.float32)
+  if conv.info.get("share"):  # BERT2BERT-share names shared weights once: write both sides
+    for hf in [k for k in out if k.startswith("decoder.bert.") and ".crossattention." not in k]:
+      out.setdefault("encoder." + hf.removeprefix("decoder.bert."), out[hf].copy())
+  word = out["decoder.bert.embeddings.word_embeddings.weight"]
+  out["decoder.cls.predictions.decoder.weight"] = word.copy()  # tied; stored for loaders
+  out["decoder.cls.predictions.decoder.bias"] = out["decoder.cls.predictions.bias"].copy()
+  enc = hf_config_dict(conv.config, {"architecture": "BertModel"})
+  dec = dict(enc, architectures=["BertLMHeadModel"], is_decoder=True, add_cross_attention=True)
+  cfg = {"architectures": ["EncoderDecoderModel"], "model_type": "encoder-decoder",
+         "is_encoder_decoder": True, "encoder": enc, "decoder": dec,
+         "tie_encoder_decoder": bool(conv.info.get("share")), "torch_dtype": "float32"}
+  cfg.update({k: conv.info[k] for k in GENERATION_IDS if conv.info.get(k) is not None})
+  return out, cfg
+
+
 # ------------------------------------------------------------------ reading any source
 def _tokenizer_or_none(folder: pathlib.Path):
   try:
@@ -402,9 +505,12 @@ def read_hf(folder) -> Converted:
   if model_type == "electra":
     from bert_jax import electra
     return electra.read_hf(folder, hf_config)
+  if model_type == "encoder-decoder":
+    return read_hf_encoder_decoder(folder, hf_config)
   if model_type != "bert":
     raise ConversionError(f"{folder}/config.json has model_type {model_type!r}; bert_jax converts "
-                          "BERT ('bert'), ModernBERT and ELECTRA discriminator checkpoints.")
+                          "BERT ('bert'), ModernBERT, ELECTRA discriminator and BERT2BERT "
+                          "('encoder-decoder') checkpoints.")
   if hf_config.get("position_embedding_type", "absolute") != "absolute":
     raise ConversionError(f"{folder} uses position_embedding_type "
                           f"{hf_config['position_embedding_type']!r}; bert_jax supports only "
@@ -487,6 +593,8 @@ def write_hf(conv: Converted, dst, overwrite: bool = False, extra_files=None) ->
   from safetensors.numpy import save_file
   if family.of_config(conv.config) == "modern":
     tensors, cfg = _modern_hf_files(conv)
+  elif conv.info.get("architecture") == SEQ2SEQ_ARCHITECTURE:
+    tensors, cfg = encoder_decoder_hf_files(conv)
   elif conv.info.get("architecture") == "ElectraForPreTraining":  # An RTD discriminator.
     from bert_jax import electra
     tensors, cfg = electra.hf_files(conv)

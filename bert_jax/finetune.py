@@ -175,7 +175,12 @@ def make_task(config, workdir: str):
   if seq_len > bert_config.max_position_embeddings:
     raise train.TrainingError(f"data.max_seq_length={seq_len} exceeds the model's "
                               f"max_position_embeddings={bert_config.max_position_embeddings}.")
-  init = init_params_from(conv, arch, data, config.new_head) if conv is not None else None
+  if conv is None:
+    init = None
+  elif hasattr(data, "init_params"):  # seq2seq: a warm start of both encoder and decoder
+    init = data.init_params(conv)
+  else:
+    init = init_params_from(conv, arch, data, config.new_head)
   tc = config.train
   evaluate = best_keeper(data, config, workdir, tokenizer)
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from bert_jax import convert, device_dtype, errors, family, model_dir, pretrained
+from bert_jax import convert, device_dtype, errors, family, model_dir, pretrained, seq2seq_modeling
 from bert_jax.configuration import BertConfig
 
 
@@ -69,6 +69,10 @@ def _build(config: BertConfig, info: dict, params: dict, cls, seed: int, model_k
            source="The checkpoint"):
   """(model, missing_keys, unexpected_keys); see `build_model`."""
   cls = pretrained.model_class(cls or info.get("architecture", "BertModel"))
+  if issubclass(cls, seq2seq_modeling.BertEncoderDecoder):
+    seq2seq_modeling.check_warm_start(config, source)
+    if info.get("architecture") != cls.__name__:  # BERT2BERT warm-started from a BERT checkpoint
+      params, info = seq2seq_modeling.warm_start_params(model_dir.flatten(params)), {}
   family.check_family(cls.__name__, config, source)
   # Where a head model keeps its encoder: `bert.` (BERT) or `model.` (ModernBERT).
   enc = family.ENCODER_PREFIX[family.of_config(config)] + "."

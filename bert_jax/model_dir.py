@@ -71,6 +71,8 @@ def model_info(model: nnx.Module, extra_info: dict | None = None) -> dict:
           "num_labels": getattr(model, "num_labels", None)}
   if getattr(model, "pooler", "absent") is None:
     info["add_pooling_layer"] = False
+  if getattr(model, "share", False) is True:  # BERT2BERT-share (seq2seq_modeling)
+    info["share"] = True
   return {**info, **(extra_info or {})}
 
 

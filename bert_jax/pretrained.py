@@ -28,7 +28,15 @@ from __future__ import annotations
 import inspect
 import pathlib
 
-from bert_jax import electra, errors, heads, modeling, modern_modeling, tokenization
+from bert_jax import (
+  electra,
+  errors,
+  heads,
+  modeling,
+  modern_modeling,
+  seq2seq_modeling,
+  tokenization,
+)
 
 _SPECIAL_NAMES = ("unk", "sep", "pad", "cls", "mask")
 
@@ -184,6 +192,11 @@ class ElectraForPreTraining(PretrainedMixin, electra.ElectraForPreTraining):
   save_pretrained."""
 
 
+class BertEncoderDecoder(PretrainedMixin, seq2seq_modeling.BertEncoderDecoder):
+  """`seq2seq_modeling.BertEncoderDecoder` (BERT2BERT) with from_pretrained / save_pretrained:
+  from a BERT checkpoint it is warm-started (encoder and decoder from it, new cross-attention)."""
+
+
 class ModernBertModel(PretrainedMixin, modern_modeling.ModernBertModel):
   """`modern_modeling.ModernBertModel` with from_pretrained / save_pretrained."""
 
@@ -212,7 +225,8 @@ class ModernBertForQuestionAnswering(PretrainedMixin,
 # model_info.json's "architecture" names one of these; every loader builds these classes.
 ARCHITECTURES: dict[str, type] = {c.__name__: c for c in (
     BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
-    BertForTokenClassification, BertForQuestionAnswering, ElectraForPreTraining, ModernBertModel,
+    BertForTokenClassification, BertForQuestionAnswering, ElectraForPreTraining,
+    BertEncoderDecoder, ModernBertModel,
     ModernBertForMaskedLM,
     ModernBertForSequenceClassification, ModernBertForTokenClassification,
     ModernBertForQuestionAnswering)}
@@ -243,6 +257,8 @@ def init_kwargs(cls, info: dict, overrides: dict | None = None) -> dict:
       raise errors.ConfigError(f"{cls.__name__} needs num_labels and the checkpoint has none; "
                                "pass num_labels=....")
     kwargs["num_labels"] = int(num_labels)
+  if "share" in accepted and info.get("share"):  # BERT2BERT-share
+    kwargs["share"] = True
   if "add_pooling_layer" in accepted and info.get("add_pooling_layer") is False:
     kwargs["add_pooling_layer"] = False
   return {**kwargs, **overrides}

@@ -3,9 +3,10 @@
 NAME: classification (CSV / TSV / JSONL, any columns), ner (CoNLL), squad (SQuAD v1.1 / v2.0),
 retrieval (sentence embeddings from query/positive pairs, evaluated on a BEIR folder), distill
 (a smaller classifier learns a fine-tuned one's outputs; init_from is the teacher, the `distill`
-section says how: bert_jax/tasks/distill.py), or a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli,
-qnli, rte, wnli: set data.dir to the GLUE folder with train.tsv / dev.tsv). `tiny` shrinks
-everything to a 1-layer model and 2 steps (tests).
+section says how: bert_jax/tasks/distill.py), seq2seq (text generation from source/target pairs
+with a warm-started BERT2BERT), or a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte,
+wnli: set data.dir to the GLUE folder with train.tsv / dev.tsv). `tiny` shrinks everything to a
+1-layer model and 2 steps (tests).
 
   # Sentiment from a headerless CSV `label,text`, 80/20 seeded split, from a converted checkpoint:
   python -m bert_jax.cli.finetune --config=configs/finetune.py:task=classification \
@@ -40,6 +41,13 @@ everything to a 1-layer model and 2 steps (tests).
   python -m bert_jax.cli.finetune --config=configs/finetune.py:task=distill --workdir=/tmp/s3 \
     --config.init_from=/tmp/sent/best --config.data.train_file=polarity-en.csv \
     --config.data.label_column=0 --config.data.text_column=1 --config.distill.layers=1,3,5
+  # Translation KJV -> WEB (Early Modern into modern English, docs in bert_jax/bible_pairs.py):
+  # train on the 58 books outside bible_pairs.EVAL_BOOKS, evaluate on those 8 (BLEU, chrF,
+  # ROUGE of beam-search output); a BERT checkpoint warm-starts encoder and decoder.
+  python -m bert_jax.bible_pairs --translation --out=/tmp/kjv2web
+  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=seq2seq \
+    --workdir=/tmp/s2s --config.init_from=MINILM_DIR \
+    --config.data.train_file=/tmp/kjv2web/train.tsv --config.data.dev_file=/tmp/kjv2web/dev.tsv
 
 WORKDIR/best is the best model by train.metric (a bert_jax model directory with its tokenizer and
 label names, what `python -m bert_jax.cli.predict --checkpoint=WORKDIR/best` reads; for
@@ -75,7 +83,7 @@ def _parse(arg: str) -> tuple[str, bool]:
 def get_config(arg: str = "task=classification") -> ConfigDict:
   task, tiny = _parse(arg)
   c = ConfigDict()
-  # classification | ner | squad | retrieval | distill
+  # classification | ner | squad | retrieval | distill | seq2seq
   c.task = "classification" if task in GLUE_TASKS else task
   c.init_from = ""  # bert_jax model directory, HF folder or TF1 checkpoint to start from.
   c.new_head = False  # True: keep only init_from's encoder even if it has this task's head.
@@ -118,6 +126,16 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       # retrieval: pairs in train_file, a BEIR folder (corpus.jsonl, queries.jsonl,
       # qrels/DEV_SPLIT.tsv) in dev_dir; K > 0 uses the first K "negatives" of every example
       dev_dir="", dev_split="test", num_hard_negatives=0,
+      # seq2seq: pair columns (header names or JSON keys)
+      source_column="source", target_column="target",
+  ))
+  # seq2seq: the BERT2BERT model (seq2seq_modeling.py), its loss and its decoding.
+  c.seq2seq = ConfigDict(dict(
+      share=False,  # True: BERT2BERT-share (the decoder uses the encoder's weights)
+      label_smoothing=0.1,
+      max_target_length=64,  # decoder tokens incl. [CLS]; longer targets are truncated
+      num_beams=4, length_penalty=1.0, early_stopping="true",  # true | false | never
+      eval_rows=0,  # > 0: evaluate on that many evenly spaced dev rows (generation is slow)
   ))
   # retrieval: the contrastive loss (bert_jax/contrastive.py) and the exported pooling.
   c.retrieval = ConfigDict(dict(
@@ -155,6 +173,10 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
     c.train.update(batch_size=16, num_epochs=2.0)
   elif task == "classification":
     c.data.update(max_seq_length=128)
+  elif task == "seq2seq":
+    c.data.update(max_seq_length=64)
+    c.optimizer.update(learning_rate=1e-4)
+    c.train.update(batch_size=32, num_epochs=1.0, metric="bleu", eval_batch_size=32)
   elif task == "retrieval":
     c.data.update(max_seq_length=64)
     c.optimizer.update(learning_rate=5e-5)
@@ -179,9 +201,11 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
 
   if tiny:
     c.model.update(common.tiny_model(max_position_embeddings=128))
-    c.data.update(max_seq_length={"squad": 96, "retrieval": 32}.get(task, 64), doc_stride=32,
+    c.data.update(max_seq_length={"squad": 96, "retrieval": 32, "seq2seq": 32}.get(task, 64),
+                  doc_stride=32,
                   max_query_length=24)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=1)
     c.checkpoint.update(every_steps=100, async_save=False)
     c.train.update(batch_size=4, num_steps=2, eval_batch_size=8, log_every=1, eval_every=0)
+    c.seq2seq.update(max_target_length=16, num_beams=2)
   return c

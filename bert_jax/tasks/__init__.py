@@ -1,5 +1,6 @@
 """Fine-tuning tasks: classification / regression (incl. GLUE), NER, SQuAD, retrieval
-(sentence embeddings) and distillation.
+(sentence embeddings), distillation and seq2seq (text generation with a BERT2BERT
+encoder-decoder).
 
 `TASKS` is the one registry of them: `bert_jax.finetune` builds a task from it, `bert_jax.predict`
 finds a checkpoint's task by its head architecture, and configs/finetune.py takes its task names
@@ -39,6 +40,8 @@ TASKS = {
     # saves a classification checkpoint.
     "distill": TaskSpec("bert_jax.tasks.distill", "DistillData", "BertForSequenceClassification",
                         ("accuracy", "f1", "matthews"), builder="make_task"),
+    "seq2seq": TaskSpec("bert_jax.tasks.seq2seq", "Seq2SeqTask", "BertEncoderDecoder",
+                        ("bleu", "chrf", "rouge1", "rouge2", "rougeL")),
 }
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 # Head class -> task, for both families (ModernBertForSequenceClassification, ... as well).
@@ -47,7 +50,7 @@ ARCHITECTURE_TASKS = {arch: name for name, spec in TASKS.items() if not spec.bui
 
 
 def task_module(name: str):
-  """The module of task `name` (classification, ner, squad or retrieval)."""
+  """The module of task `name` (classification, ner, squad, retrieval or seq2seq)."""
   if name not in TASKS:
     raise ConfigError(f"config.task={name!r} is not one of {sorted(TASKS)}.")
   return importlib.import_module(TASKS[name].module)
