@@ -46,18 +46,28 @@ def generate(model, input_ids, attention_mask, config: GenerationConfig) -> np.n
   if config.num_beams < 1 or config.max_length < 2:
     raise ValueError(f"num_beams={config.num_beams} and max_length={config.max_length} must be "
                      ">= 1 and >= 2.")
+  return _run(model, input_ids, attention_mask, config, config.num_beams > 1)
+
+
+def beam_search_ids(model, input_ids, attention_mask, config: GenerationConfig) -> np.ndarray:
+  """`generate` through the beam search even for num_beams=1 (which `generate` runs greedily;
+  the two agree when early_stopping is True)."""
+  return _run(model, input_ids, attention_mask, config, True)
+
+
+def _run(model, input_ids, attention_mask, config, beams: bool) -> np.ndarray:
   graphdef, state = nnx.split(model)
   out = _generate(graphdef, state, jnp.asarray(input_ids, jnp.int32),
-                  jnp.asarray(attention_mask, jnp.int32), config)
+                  jnp.asarray(attention_mask, jnp.int32), config, beams)
   return np.asarray(out)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _generate(graphdef, state, input_ids_BxM, mask_BxM, config: GenerationConfig):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _generate(graphdef, state, input_ids_BxM, mask_BxM, config: GenerationConfig, beams: bool):
   model = nnx.merge(graphdef, state)
-  if config.num_beams == 1:
-    return greedy(model, input_ids_BxM, mask_BxM, config)
-  return beam_search(model, input_ids_BxM, mask_BxM, config)
+  if beams:
+    return beam_search(model, input_ids_BxM, mask_BxM, config)
+  return greedy(model, input_ids_BxM, mask_BxM, config)
 
 
 def greedy(model, input_ids_BxM, mask_BxM, config: GenerationConfig) -> jax.Array:
