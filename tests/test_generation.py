@@ -33,13 +33,17 @@ def pair(tmp_path_factory, vocab_path):
   return hf, model, ids, mask
 
 
-def _varied_eos(model, ids, mask, **kw) -> int:
+def _varied_eos(model, ids, mask, prefer_early=False, **kw) -> int:
   """A random model rarely says [SEP]; as "EOS" take the token whose first appearance (in
-  decoding with no EOS) varies most between rows, so rows end at different steps."""
+  decoding with no EOS) varies most between rows, so rows end at different steps
+  (`prefer_early`: first the token most rows reach in the first half, for beam search, whose
+  long hypotheses of likely tokens otherwise outscore the ones that end)."""
   free = generation.generate(model, ids, mask, _settings(-1, **kw))[:, 1:]
-  first = {t: {int(np.argmax(r == t)) if (r == t).any() else -1 for r in free}
+  first = {t: [int(np.argmax(r == t)) if (r == t).any() else 99 for r in free]
            for t in np.unique(free)}
-  return int(max(first, key=lambda t: (len(first[t]), -t)))
+  early = free.shape[1] // 2
+  reach = {t: sum(f < early for f in first[t]) if prefer_early else 0 for t in first}
+  return int(max(first, key=lambda t: (reach[t], len(set(first[t])), -t)))
 
 
 def _settings(eos, **kw):
@@ -65,14 +69,14 @@ def test_beam_size_one_is_greedy(pair):
 
 
 @pytest.mark.parametrize("num_beams,length_penalty,early_stopping,max_length", [
-    (4, 1.0, True, 20), (3, 2.0, False, 16), (2, 0.5, "never", 12)])
+    (4, 1.0, True, 20), (3, 2.0, False, 16), (2, 0.5, "never", 12), (4, -1.0, True, 16)])
 def test_beam_search_equals_transformers_generate(pair, num_beams, length_penalty,
                                                   early_stopping, max_length):
   import torch
   hf, model, ids, mask = pair
   kw = dict(max_length=max_length, num_beams=num_beams, length_penalty=length_penalty,
             early_stopping=early_stopping)
-  eos = _varied_eos(model, ids, mask, **kw)
+  eos = _varied_eos(model, ids, mask, prefer_early=True, **kw)
   gen = _settings(eos, **kw)
   ours = _rows(generation.generate(model, ids, mask, gen), gen)
   with torch.no_grad():
@@ -82,4 +86,5 @@ def test_beam_search_equals_transformers_generate(pair, num_beams, length_penalt
                       max_length=max_length, do_sample=False, no_repeat_ngram_size=0,
                       decoder_start_token_id=101, eos_token_id=eos, pad_token_id=0).numpy()
   assert ours == _rows(ref, gen)
-  assert min(len(r) for r in ours) < max_length - 1  # some row ended with EOS
+  if length_penalty < 0:  # favours short hypotheses: rows end with EOS at different steps
+    assert min(len(r) for r in ours) < max_length - 1 and len({len(r) for r in ours}) > 1

@@ -91,6 +91,7 @@ def test_scores_come_from_sacrebleu_and_rouge(pairs):
       100)
 
 
+@pytest.mark.slow  # two train steps, then generation compiled for eval and for predict
 def test_two_steps_then_predict_writes_text_per_row(tmp_path, pairs):
   rows = list(zip(*pairs, strict=True))
   c = _config(_tsv(tmp_path / "t.tsv", rows[:16]), _tsv(tmp_path / "d.tsv", rows[16:20]))
