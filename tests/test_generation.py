@@ -86,5 +86,5 @@ def test_beam_search_equals_transformers_generate(pair, num_beams, length_penalt
                       max_length=max_length, do_sample=False, no_repeat_ngram_size=0,
                       decoder_start_token_id=101, eos_token_id=eos, pad_token_id=0).numpy()
   assert ours == _rows(ref, gen)
-  if length_penalty < 0:  # favours short hypotheses: rows end with EOS at different steps
-    assert min(len(r) for r in ours) < max_length - 1 and len({len(r) for r in ours}) > 1
+  if length_penalty < 0:  # favours short hypotheses: the rows' best ones end with EOS
+    assert max(len(r) for r in ours) < max_length - 1
