@@ -151,3 +151,21 @@ def test_a_decoder_that_is_not_causal_compatible_is_refused(tmp_path, capsys):
   from bert_jax.modern_configuration import PRESETS
   with pytest.raises(ModelFileError, match="not causal-compatible"):
     seq2seq_modeling.check_warm_start(PRESETS["modern_tiny"], "x")
+
+
+def test_share_round_trips_through_transformers(tmp_path, verses, vocab_path):
+  """BERT2BERT-share is transformers' tie_encoder_decoder=True, both ways."""
+  import transformers
+
+  from bert_jax import pretrained
+  model = pretrained.BertEncoderDecoder(TINY, rngs=nnx.Rngs(params=0), share=True)
+  tok = Tokenizer.from_vocab(vocab_path)
+  loading.save_pretrained(model, tok, tmp_path / "hf", format="hf")
+  hf = transformers.EncoderDecoderModel.from_pretrained(str(tmp_path / "hf")).eval()
+  assert hf.config.tie_encoder_decoder
+  src, (dec, _) = _batch(tok, verses[0][:2]), _batch(tok, verses[1][:2])
+  ours = np.asarray(model(src[0], src[1], dec))
+  np.testing.assert_allclose(_hf_logits(hf, src, dec), ours, atol=2e-5)
+  back, _ = loading.from_pretrained(tmp_path / "hf", dtype="float32")
+  assert back.share and back.decoder.bert.embeddings is back.encoder.embeddings
+  np.testing.assert_allclose(np.asarray(back(src[0], src[1], dec)), ours, atol=1e-6)
