@@ -70,6 +70,9 @@ def main():
   p.add_argument("--seq_len", type=int, default=64)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--time_rows", type=int, default=0, help="Dev rows timed (0: all).")
+  p.add_argument("--activations", type=int, default=1, help="Also time the teacher with int8 "
+                 "activations (weights + activations).")
   a = p.parse_args()
   print("load before:", os.getloadavg())
   rows = {}
@@ -85,14 +88,15 @@ def main():
     variants = [(name, model, disk_bytes(pathlib.Path(path) / "params"))]
     q = quantization.quantize(model, "int8")
     variants.append((f"{name} int8", q, quantized_bytes(q)))
-    if name == "teacher":
+    if name == "teacher" and a.activations:
       qa = quantization.quantize(model, "int8", activations=True)
       variants.append((f"{name} int8 w+a", qa, quantized_bytes(qa)))
     for vname, m, nbytes in variants:
       logits = common.run_model(m, classification._logits, arrays, a.batch)
+      print(f"{vname}: accuracy {np.mean(logits.argmax(-1) == gold):.4f}", flush=True)
       rows[vname] = dict(model=m, accuracy=float(np.mean(logits.argmax(-1) == gold)),
                          params=n_params, bytes=nbytes, times=[])
-  n = len(labels) // a.batch * a.batch  # Whole batches only: one compiled shape.
+  n = min(len(labels), a.time_rows or len(labels)) // a.batch * a.batch  # Whole batches only.
   timed = {k: v[:n] for k, v in arrays.items()}
   for _ in range(a.rounds):
     for row in rows.values():
