@@ -401,6 +401,9 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
   tc = config.train
   mesh = sharding.make_mesh(dict(config.mesh))
   validate_batch(config, mesh)
+  # Before the checkpointer exists: a refusal after it leaves orbax's threads racing the
+  # interpreter's shutdown, which can print a traceback after the one-line error.
+  optim.validate(config.optimizer)
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                        async_save=config.checkpoint.async_save)
   latest = checkpointer.latest_step()
