@@ -33,6 +33,18 @@ _CONFIG_PATH = re.compile(r"^(?:\./)?(?:bert_jax/)?configs/(?P<name>[A-Za-z0-9_]
                           r"(?P<arg>:.*)?$", re.DOTALL)
 
 
+def define_table_overrides() -> tuple:
+  """Flags that override how a checkpoint's recorded input table is read (predict, explain);
+  the values map by flag name onto the task's read_for_predict overrides."""
+  return (
+      flags.DEFINE_string("text_column", None, "Classification: override the text column."),
+      flags.DEFINE_string("text_pair_column", None, "Classification: override the pair column."),
+      flags.DEFINE_string("header", None, "Classification: auto | yes | no."),
+      flags.DEFINE_string("format", None,
+                          "csv | tsv | jsonl (classification), conll | text (NER)."),
+  )
+
+
 def quiet_logs() -> None:
   """Keeps the console to our progress lines: TFDS/orbax INFO chatter only with --verbose."""
   if not FLAGS.verbose:

@@ -28,13 +28,9 @@ _BASELINE = flags.DEFINE_enum("baseline", "pad", list(explain.BASELINES),
 _STEPS = flags.DEFINE_integer("steps", 32, "Gauss-Legendre steps along the path (doubled up to "
                               "--max_steps while completeness is off by more than 1%).")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 256, "The most steps to try.")
-_OVERRIDES = (
-    flags.DEFINE_string("text_column", None, "Classification: override the text column."),
-    flags.DEFINE_string("text_pair_column", None, "Classification: override the pair column."),
-    flags.DEFINE_string("header", None, "Classification: auto | yes | no."),
-    flags.DEFINE_string("format", None,
-                        "csv | tsv | jsonl (classification), conll | text (NER)."),
-)
+_OVERRIDES = common.define_table_overrides()
+for _flag in _OVERRIDES:  # defined in common, listed by this tool's --help
+  flags.declare_key_flag(_flag.name)
 flags.mark_flags_as_required(["checkpoint", "input", "output"])
 flags.declare_key_flag(common.VERBOSE)
 

@@ -24,13 +24,9 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write one JSON object pe
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Rows per forward pass.")
 _TASK = flags.DEFINE_string("task", "", "Optional: refuse a checkpoint not made for this task.")
-_OVERRIDES = (
-    flags.DEFINE_string("text_column", None, "Classification: override the text column."),
-    flags.DEFINE_string("text_pair_column", None, "Classification: override the pair column."),
-    flags.DEFINE_string("header", None, "Classification: auto | yes | no."),
-    flags.DEFINE_string("format", None,
-                        "csv | tsv | jsonl (classification), conll | text (NER)."),
-)
+_OVERRIDES = common.define_table_overrides()
+for _flag in _OVERRIDES:  # defined in common, listed by this tool's --help
+  flags.declare_key_flag(_flag.name)
 flags.mark_flags_as_required(["checkpoint", "input", "output"])
 _QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"],
                               "int8: post-training int8 weights through qwix "
