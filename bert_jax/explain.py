@@ -360,7 +360,6 @@ def explain_file(checkpoint, input_path, output, *, overwrite: bool = False,
   records = []
 
   def write(tmp: pathlib.Path):
-    tmp.chmod(0o755)  # a folder of pages to open or serve, not a private temp dir
     for i, e in enumerate(explanations):
       stem = f"example_{i:03d}"
       explain_html.write_bar_chart(e, tmp / f"{stem}.png")

@@ -111,12 +111,19 @@ def check_writable(path, overwrite: bool) -> pathlib.Path:
   return path
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write_dir(path, write_fn, overwrite: bool = False) -> pathlib.Path:
   """Calls write_fn(tmp_dir) then renames tmp_dir to `path`; nothing is left behind on error."""
   path = check_writable(path, overwrite)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
   try:
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make every written folder private
     write_fn(tmp)
     if path.exists():
       old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"

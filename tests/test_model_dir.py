@@ -122,3 +122,10 @@ def test_process_zero_alone_saves_in_a_two_process_job(tmp_path):
   outs = [p.communicate(timeout=180)[0] for p in procs]
   for p, out in zip(procs, outs, strict=True):
     assert p.returncode == 0 and out.strip().endswith("OK"), out[-2000:]
+
+
+def test_atomic_write_dir_gives_the_folder_mkdir_would(tmp_path):
+  """Not mkdtemp's private 0700: a written model or page folder is as readable as any folder."""
+  model_dir.atomic_write_dir(tmp_path / "out", lambda d: (d / "f.txt").write_text("x"))
+  (tmp_path / "plain").mkdir()
+  assert (tmp_path / "out").stat().st_mode == (tmp_path / "plain").stat().st_mode
