@@ -68,8 +68,11 @@ def snapshot(*roots) -> dict[str, tuple[int, int, str]]:
     root = pathlib.Path(root)
     paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for p in paths:
-      st = p.stat()
-      out[str(p)] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+      try:  # A live run's async save renames its temp folders while we walk them.
+        st = p.stat()
+        out[str(p)] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+      except FileNotFoundError:
+        continue  # gone since the listing: a change if another snapshot has it
   return out
 
 
