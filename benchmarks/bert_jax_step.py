@@ -68,7 +68,18 @@ def build(config, vocab_size: int = 30522, seed: int = 0):
     compiled = step_fn.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - t0
   return dict(compiled=compiled, state=state, batch=batch, rng=rng, mesh=mesh,
-              bert_config=bert_config, compile_s=compile_s)
+              bert_config=bert_config, compile_s=compile_s, step_bytes=step_bytes(compiled))
+
+
+def step_bytes(compiled) -> int | None:
+  """Device memory of one step: arguments + temporaries + outputs not aliased to (donated)
+  arguments, from XLA's memory analysis; None where the backend gives none."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+               - m.alias_size_in_bytes)
+  except (AttributeError, TypeError, NotImplementedError):
+    return None
 
 
 def run_steps(built: dict, n: int) -> tuple[list[float], list[float]]:
@@ -101,6 +112,7 @@ def measure(config, vocab_size: int = 30522, steps: int = 7, warmup: int = 2,
       name="bert_jax", preset=config.model.preset, dtype=config.model.dtype,
       attention_impl=config.model.attention_impl, batch_size=b, seq_len=l,
       max_predictions=d.max_predictions, compile_s=built["compile_s"],
+      step_bytes=built["step_bytes"],
       tokens_per_s=b * l / out["median_s"], model_flops=flops, executed_flops=flops,
       params=train.param_count(built["state"].params),
       first_loss=losses[0], last_loss=losses[-1],

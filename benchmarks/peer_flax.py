@@ -4,7 +4,8 @@ Usage: .venv-bench/bin/python benchmarks/peer_flax.py --preset base --batch_size
 Prints one JSON line with the step times. Built from a config, nothing downloaded. The step is
 the one of transformers' `run_mlm_flax.py` example plus NSP: logits at every position, loss over
 the labelled ones, global-norm clipping, optax AdamW with BERT's decay mask, jitted with the
-state donated.
+state donated. `--dtype bfloat16` is transformers' own bf16 switch (`dtype=jnp.bfloat16`:
+computation in bf16, parameters and optimizer in f32).
 """
 from __future__ import annotations
 
@@ -81,7 +82,9 @@ def main() -> None:
       times.append(time.perf_counter() - t0)
     losses.append(float(loss))
   out = synthetic.stats(times)
-  out.update(name="hf_flax", version=f"transformers {transformers.__version__}, jax "
+  out.update(name="hf_flax", variant="jit " + ("bf16 compute (dtype=bfloat16)"
+                                                if args.dtype == "bfloat16" else "f32"),
+             version=f"transformers {transformers.__version__}, jax "
              f"{jax.__version__}", compile_s=compile_s, first_loss=losses[0],
              last_loss=losses[-1], params=sum(x.size for x in jax.tree.leaves(state[0])))
   print(json.dumps(out))

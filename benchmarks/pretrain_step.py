@@ -2,18 +2,31 @@
 
   benchmarks/setup_bench_venv.sh                      # once: .venv-bench with the peer stacks
   .venv/bin/python -m benchmarks.pretrain_step --json=/tmp/bench.json
-  .venv/bin/python -m benchmarks.pretrain_step --gpu  # on a GPU: bf16, cuDNN attention, no peers
+  .venv/bin/python -m benchmarks.pretrain_step --gpu --json=/tmp/gpu.json  # on a GPU, no peers
 
-CPU mode (default): BERT-base and 4 layers / 256 hidden ("mini"), batch 8, seq 128, 20 masked
-positions, MLM + NSP, AdamW (configs/pretrain.py:base's optimizer), dropout 0.1, vocab 30522,
-synthetic batches. bert_jax runs in this process exactly as `train._run_locked` builds its step
-(benchmarks/bert_jax_step.py); PyTorch 2.13 `BertForPreTraining` and transformers 4.57.6
-`FlaxBertForPreTraining` run the same workload as subprocesses in .venv-bench (their own way:
-MLM logits at every position). Each figure is the median of `--steps` steps after `--warmup`.
+GPU mode: BERT-base and -large at seq 128 and 512, bf16, cuDNN fused attention against XLA's on
+every case (`--gpu_cases`, `--gpu_attention`), batch sized to the chip's memory; MFU against a
+measured 8192^2 bf16 matmul and the vendor's dense bf16 peak (989 TFLOP/s for H100 / H200),
+tokens/s, and the compiled step's memory (`step_bytes`: arguments + temporaries + outputs not
+aliased, from XLA's memory analysis) beside the allocator's high-water mark. The JSON is
+rewritten after every row.
+
+CPU mode (default): `--cases` (default BERT-base batch 8 x seq 128 with 20 masked positions,
+BERT-base 2 x 512 with 80, and 4 layers / 256 hidden "mini" 8 x 128), MLM + NSP, AdamW
+(configs/pretrain.py:base's optimizer), dropout 0.1, vocab 30522, synthetic batches. bert_jax runs
+in this process exactly as `train._run_locked` builds its step (benchmarks/bert_jax_step.py);
+PyTorch 2.13 `BertForPreTraining` and transformers 4.57.6 `FlaxBertForPreTraining` run the same
+workload as subprocesses in .venv-bench (their own way: MLM logits at every position), each at
+its default and at its best (PEER_VARIANTS: PyTorch eager / torch.compile, f32 / autocast bf16,
+default / fused AdamW; HF Flax f32 / bf16 compute). The ratio that counts is bert_jax over each
+peer's fastest variant (`vs_fastest` in the JSON). Each figure is the median of `--steps` steps
+after `--warmup`. The JSON records the CPU model, its matmul-relevant flags and the load average.
 
 MFU = model FLOPs / step time / measured peak, with the same model FLOPs for every stack
 (bert_jax.flops: matmuls, MLM logits at the masked positions, backward = 2x forward) and the
-peak of a jitted 4096^2 matmul with bf16 inputs and f32 accumulation on this machine.
+faster of the two measured peaks of a jitted 4096^2 matmul on this machine (f32, and bf16 inputs
+with f32 accumulation): on a CPU that emulates bf16 the f32 peak is the physical limit.
+`mfu_vs_bf16_peak` and `mfu_vs_f32_peak` give both.
 """
 from __future__ import annotations
 
@@ -28,28 +41,85 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from benchmarks import peer_common  # noqa: E402
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_PRESETS = flags.DEFINE_list("presets", ["base", "mini"], "Model sizes (configuration.PRESETS).")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per step (CPU mode).")
-_SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence (CPU mode).")
-_PRED = flags.DEFINE_integer("max_predictions", 20, "Masked positions per sequence.")
+_CASES = flags.DEFINE_list(
+    "cases", ["base:8x128", "base:2x512", "mini:8x128"],
+    "CPU mode: PRESET:BATCHxSEQ[:PREDICTIONS] per row group (predictions default: 20 at seq 128 "
+    "and 80 at 512, BERT's values; 15% of the sequence otherwise).")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
                            "bert_jax matmul input dtype (model.dtype).")
 _STEPS = flags.DEFINE_integer("steps", 7, "Timed steps (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _PEERS = flags.DEFINE_list("peers", ["pytorch", "hf_flax"], "Peers to run: pytorch, hf_flax.")
-_PEER_DTYPE = flags.DEFINE_enum("peer_dtype", "float32", ["float32", "bfloat16"],
-                                "Peers' precision: float32 (their default) or bfloat16 "
-                                "(torch.autocast / Flax dtype).")
-_BENCH_VENV = flags.DEFINE_string("bench_venv", os.path.join(_REPO, ".venv-bench"),
-                                  "Virtualenv with the peer stacks (setup_bench_venv.sh).")
+_VARIANTS = flags.DEFINE_list(
+    "peer_variants", [],
+    "Peer variants to run (default: all of PEER_VARIANTS for each of --peers), e.g. "
+    "pytorch:eager-f32,hf_flax:bf16.")
+_BENCH_VENV = flags.DEFINE_string(
+    "bench_venv", os.environ.get("BENCH_VENV", os.path.join(_REPO, ".venv-bench")),
+    "Virtualenv with the peer stacks (setup_bench_venv.sh; default $BENCH_VENV, else "
+    ".venv-bench in the repository).")
 _PEER_TIMEOUT = flags.DEFINE_integer("peer_timeout", 1800, "Seconds per peer run.")
 _JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 _GPU = flags.DEFINE_bool("gpu", False, "GPU mode: bf16, cuDNN attention, BERT-base and -large at "
                          "seq 128 and 512, batch sized to the chip; no peers.")
 
+_GPU_CASES = flags.DEFINE_list("gpu_cases", ["base:128", "base:512", "large:128", "large:512"],
+                               "GPU mode: PRESET:SEQ cases to run.")
+_GPU_ATTENTION = flags.DEFINE_list("gpu_attention", ["cudnn", "xla"],
+                                   "GPU mode: attention kernels to compare on every case.")
+
 PEER_SCRIPTS = {"pytorch": "peer_torch.py", "hf_flax": "peer_flax.py"}
+# Each peer at its default (first) and at its best: the arguments its script gets.
+PEER_VARIANTS = {
+    "pytorch": {
+        "eager-f32-default": ["--dtype", "float32", "--optimizer", "default"],
+        "eager-f32": ["--dtype", "float32"],
+        "eager-bf16": ["--dtype", "bfloat16"],
+        "compile-f32": ["--dtype", "float32", "--compile"],
+        "compile-bf16": ["--dtype", "bfloat16", "--compile"],
+    },
+    "hf_flax": {"f32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"]},
+}
+# CPU flags that decide which matmul kernels a stack can use (recorded with every run).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "amx_bf16", "amx_int8")
+
+
+def parse_case(text: str) -> tuple[str, int, int, int]:
+  """'base:8x128' or 'base:8x128:20' -> (preset, batch, seq, predictions)."""
+  try:
+    parts = text.split(":")
+    preset, (b, l) = parts[0], map(int, parts[1].lower().split("x"))
+    pred = int(parts[2]) if len(parts) > 2 else {128: 20, 512: 80}.get(l, -(-15 * l // 100))
+  except (IndexError, ValueError):
+    raise app.UsageError(f"--cases entry {text!r} is not PRESET:BATCHxSEQ[:PREDICTIONS], e.g. "
+                         f"base:8x128 or base:2x512:80.") from None
+  if preset not in peer_common.PRESETS:
+    raise app.UsageError(f"--cases entry {text!r}: unknown preset {preset!r}; choose from "
+                         f"{sorted(peer_common.PRESETS)}.")
+  if len(parts) > 3 or min(b, l, pred) < 1 or pred >= l:
+    raise app.UsageError(f"--cases entry {text!r}: batch, sequence and predictions must be "
+                         f"positive, with fewer predictions than positions.")
+  return preset, b, l, pred
+
+
+def peer_variants(peers: list[str], wanted: list[str]) -> list[tuple[str, str]]:
+  """[(peer, variant)] to run: every variant of `peers`, or those named in `wanted`."""
+  unknown = sorted(set(peers) - set(PEER_SCRIPTS))
+  if unknown:
+    raise app.UsageError(f"Unknown peers {unknown}; choose from {sorted(PEER_SCRIPTS)}.")
+  every = [(p, v) for p in peers for v in PEER_VARIANTS[p]]
+  if not wanted:
+    return every
+  bad = [w for w in wanted if tuple(w.split(":", 1)) not in every]
+  if bad:
+    raise app.UsageError(f"Unknown peer variants {bad}; choose from "
+                         f"{[f'{p}:{v}' for p, v in every]}.")
+  return [tuple(w.split(":", 1)) for w in wanted]
 
 
 def machine() -> dict:
@@ -58,8 +128,12 @@ def machine() -> dict:
   try:
     for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout \
         .splitlines():
-      if line.startswith("Model name:"):
-        info["cpu"] = line.split(":", 1)[1].strip()
+      key, _, value = line.partition(":")
+      if key in ("Model name", "CPU family", "Model", "Hypervisor vendor"):
+        info[{"Model name": "cpu"}.get(key, key.lower().replace(" ", "_"))] = value.strip()
+      elif key == "Flags":
+        have = set(value.split())
+        info["cpu_flags"] = {f: f in have for f in CPU_FLAGS}
   except (OSError, subprocess.CalledProcessError):
     pass
   try:
@@ -69,20 +143,28 @@ def machine() -> dict:
   return info
 
 
-def run_peer(name: str, preset: str, python: str) -> dict:
+def run_peer(name: str, variant: str, case: tuple[str, int, int, int], python: str) -> dict:
+  preset, b, l, pred = case
   cmd = [python, os.path.join(_REPO, "benchmarks", PEER_SCRIPTS[name]), "--preset", preset,
-         "--batch_size", str(_BATCH.value), "--seq_len", str(_SEQ.value),
-         "--max_predictions", str(_PRED.value), "--dtype", _PEER_DTYPE.value,
-         "--steps", str(_STEPS.value), "--warmup", str(_WARMUP.value)]
+         "--batch_size", str(b), "--seq_len", str(l), "--max_predictions", str(pred),
+         "--steps", str(_STEPS.value), "--warmup", str(_WARMUP.value),
+         *PEER_VARIANTS[name][variant]]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PEER_TIMEOUT.value, env=env)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  dtype = PEER_VARIANTS[name][variant][1]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PEER_TIMEOUT.value,
+                          env=env)
+  except subprocess.TimeoutExpired:
+    return {"name": name, "variant": variant, "dtype": dtype, "command": " ".join(cmd),
+            "error": f"no result within --peer_timeout={_PEER_TIMEOUT.value} s"}
+  lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
   if proc.returncode or not lines:
     tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-    return {"name": name, "error": f"exit {proc.returncode}: {tail}", "command": " ".join(cmd)}
+    return {"name": name, "variant": variant, "dtype": dtype, "command": " ".join(cmd),
+            "error": f"exit {proc.returncode}: {tail}"}
   out = json.loads(lines[-1])
-  out["command"] = " ".join(cmd)
+  out.update(variant=variant, dtype=dtype, command=" ".join(cmd))
   return out
 
 
@@ -90,53 +172,54 @@ def add_rates(r: dict, tokens: int, model_flops: float, executed_flops: float,
               peaks: dict) -> dict:
   if "median_s" not in r:
     return r
+  achieved = model_flops / r["median_s"]
   r.update(tokens_per_s=tokens / r["median_s"], model_flops=model_flops,
            executed_flops=executed_flops,
-           mfu=model_flops / r["median_s"] / peaks["bf16_in_f32_acc"],
-           mfu_vs_f32_peak=model_flops / r["median_s"] / peaks["f32"],
+           mfu=achieved / max(peaks["f32"], peaks["bf16_in_f32_acc"]),
+           mfu_vs_bf16_peak=achieved / peaks["bf16_in_f32_acc"],
+           mfu_vs_f32_peak=achieved / peaks["f32"],
            executed_flops_per_s=executed_flops / r["median_s"])
   return r
 
 
 def cpu_mode() -> dict:
+  python = os.path.join(_BENCH_VENV.value, "bin", "python")
+  cases = [parse_case(c) for c in _CASES.value]
+  variants = peer_variants(_PEERS.value, _VARIANTS.value)
+  if variants and not os.path.exists(python):
+    raise app.UsageError(f"No peer virtualenv at {_BENCH_VENV.value}; create it with "
+                         f"benchmarks/setup_bench_venv.sh, or pass --peers= to skip the peers.")
   import jax
 
   from benchmarks import bert_jax_step, matmul_peak
   from bert_jax import flops as flops_lib
   from bert_jax.pretraining import bert_config_from
 
-  python = os.path.join(_BENCH_VENV.value, "bin", "python")
-  unknown = sorted(set(_PEERS.value) - set(PEER_SCRIPTS))
-  if unknown:
-    raise app.UsageError(f"Unknown peers {unknown}; choose from {sorted(PEER_SCRIPTS)}.")
-  if _PEERS.value and not os.path.exists(python):
-    raise app.UsageError(f"No peer virtualenv at {_BENCH_VENV.value}; create it with "
-                         f"benchmarks/setup_bench_venv.sh, or pass --peers= to skip the peers.")
   results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
              "machine": machine(), "jax": jax.__version__, "device": str(jax.devices()[0]),
              "command": " ".join(sys.argv), "rows": []}
   print("Measuring the matmul peak (jitted 4096^2) ...", flush=True)
   peaks = matmul_peak.measure()
   results["peak_flops_per_s"] = peaks
+  results["mfu_denominator"] = max(("f32", "bf16_in_f32_acc"), key=lambda k: peaks[k])
   print(f"  f32 {peaks['f32'] / 1e9:.0f} GFLOP/s; bf16 inputs, f32 accumulation "
         f"{peaks['bf16_in_f32_acc'] / 1e9:.0f} GFLOP/s", flush=True)
-  for preset in _PRESETS.value:
-    config = bert_jax_step.bench_config(preset, _BATCH.value, _SEQ.value, _PRED.value,
-                                        _DTYPE.value)
+  for case in cases:
+    preset, b, l, pred = case
+    config = bert_jax_step.bench_config(preset, b, l, pred, _DTYPE.value)
     bc = bert_config_from(config.model, 30522)
-    b, l = _BATCH.value, _SEQ.value
-    model_flops = flops_lib.train_flops_per_step(bc, b, l, _PRED.value)
+    model_flops = flops_lib.train_flops_per_step(bc, b, l, pred)
     all_positions = flops_lib.train_flops_per_step(bc, b, l, None)
-    print(f"[{preset}] bert_jax ({_DTYPE.value}) ...", flush=True)
-    rows = [add_rates(bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value),
-                      b * l, model_flops, model_flops, peaks)]
-    for name in _PEERS.value:
-      print(f"[{preset}] {name} ({_PEER_DTYPE.value}) ...", flush=True)
-      rows.append(add_rates(run_peer(name, preset, python), b * l, model_flops, all_positions,
-                            peaks))
+    print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value}) ...", flush=True)
+    row = bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value)
+    rows = [add_rates(dict(row, variant=_DTYPE.value), b * l, model_flops, model_flops, peaks)]
+    for name, variant in variants:
+      print(f"[{preset} {b}x{l}] {name} {variant} ...", flush=True)
+      rows.append(add_rates(run_peer(name, variant, case, python), b * l, model_flops,
+                            all_positions, peaks))
     for r in rows:
-      r.update(preset=preset, batch_size=b, seq_len=l, max_predictions=_PRED.value)
-      r.setdefault("dtype", _PEER_DTYPE.value)
+      r.update(preset=preset, batch_size=b, seq_len=l, max_predictions=pred)
+    add_ratios(rows)
     results["rows"] += rows
   try:
     results["machine"]["loadavg_end"] = os.getloadavg()
@@ -146,25 +229,41 @@ def cpu_mode() -> dict:
   return results
 
 
+def add_ratios(rows: list[dict]) -> None:
+  """bert_jax's speed over each row's, and over each peer's fastest variant (one case's rows)."""
+  ours = next((r.get("tokens_per_s") for r in rows if r["name"] == "bert_jax"), None)
+  if not ours:
+    return
+  fastest: dict[str, dict] = {}
+  for r in rows:
+    if r["name"] != "bert_jax" and "tokens_per_s" in r:
+      r["bert_jax_x"] = ours / r["tokens_per_s"]
+      if r["tokens_per_s"] > fastest.get(r["name"], {}).get("tokens_per_s", 0.0):
+        fastest[r["name"]] = r
+  mine = next(r for r in rows if r["name"] == "bert_jax")
+  mine["vs_fastest"] = {n: {"variant": r["variant"], "x": ours / r["tokens_per_s"]}
+                        for n, r in fastest.items()}
+  for r in fastest.values():
+    r["fastest_of_peer"] = True
+
+
 def print_table(results: dict) -> None:
-  print(f"\n{'model':6s} {'stack':9s} {'dtype':9s} {'step ms':>8s} {'tokens/s':>9s} {'MFU':>6s} "
-        f"{'bert_jax x':>10s}")
-  by_preset: dict[str, dict] = {}
+  print(f"\n{'case':14s} {'stack':9s} {'variant':18s} {'step ms':>8s} {'tokens/s':>9s} "
+        f"{'MFU':>6s} {'bert_jax x':>10s}")
   for r in results["rows"]:
-    by_preset.setdefault(r["preset"], {})[r["name"]] = r
-  for preset, rows in by_preset.items():
-    ours = rows.get("bert_jax", {}).get("tokens_per_s")
-    for name, r in rows.items():
-      if "error" in r:
-        print(f"{preset:6s} {name:9s} failed: {r['error']}")
-        continue
-      ratio = f"{ours / r['tokens_per_s']:.2f}x" if ours and name != "bert_jax" else ""
-      print(f"{preset:6s} {name:9s} {r.get('dtype', ''):9s} {1e3 * r['median_s']:8.0f} "
-            f"{r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {ratio:>10s}")
+    case = f"{r['preset']} {r['batch_size']}x{r['seq_len']}"
+    if "error" in r:
+      print(f"{case:14s} {r['name']:9s} {r.get('variant', ''):18s} failed: {r['error']}")
+      continue
+    ratio = f"{r['bert_jax_x']:.2f}x" if "bert_jax_x" in r else ""
+    star = "*" if r.get("fastest_of_peer") else " "
+    print(f"{case:14s} {r['name']:9s} {r.get('variant', ''):18s} {1e3 * r['median_s']:8.0f} "
+          f"{r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {ratio:>10s}{star}")
   m = results.get("machine", {})
-  print(f"\nMFU: model FLOPs (MLM at the masked positions for every stack) / step time / measured "
-        f"bf16-input peak. Load average {m.get('loadavg_start')} -> {m.get('loadavg_end')} on "
-        f"{m.get('nproc')} CPUs.")
+  print(f"\n*: the peer's fastest variant (the ratio that counts). MFU: model FLOPs (MLM at the "
+        f"masked positions for every stack) / step time / the fastest precision's measured "
+        f"matmul peak ({results.get('mfu_denominator')}). Load average "
+        f"{m.get('loadavg_start')} -> {m.get('loadavg_end')} on {m.get('nproc')} CPUs.")
 
 
 # ----------------------------------------------------------------------------- GPU mode
@@ -185,12 +284,25 @@ def gpu_batch(preset: str, seq_len: int, device) -> int:
   return max(8, int(GPU_BATCH_80GB[(preset, seq_len)] * scale) // 8 * 8)
 
 
-def gpu_mode() -> dict:
+def gpu_plan(case_names: list[str], impls: list[str]) -> list[tuple[str, int, int, str]]:
+  """[(preset, seq, predictions, attention impl)] from --gpu_cases and --gpu_attention."""
+  known = {f"{p}:{l}": (p, l, pred) for p, l, pred in GPU_CASES}
+  bad = [c for c in case_names if c not in known] + [i for i in impls if i not in ("cudnn", "xla")]
+  if bad:
+    raise app.UsageError(f"Unknown --gpu_cases / --gpu_attention entries {bad}; cases are "
+                         f"{sorted(known)}, attention cudnn or xla.")
+  return [(*known[c], impl) for c in case_names for impl in impls]
+
+
+def gpu_mode(write=None) -> dict:
+  """Every (case, attention) row; `write(results)` after each row, so a run cut short keeps
+  what it measured."""
   import jax
 
   from benchmarks import bert_jax_step, matmul_peak
   from bert_jax import flops as flops_lib
 
+  plan = gpu_plan(_GPU_CASES.value, _GPU_ATTENTION.value)
   dev = jax.devices()[0]
   if dev.platform != "gpu":
     raise app.UsageError(f"--gpu needs a GPU but JAX sees {dev.platform} devices; install "
@@ -205,30 +317,42 @@ def gpu_mode() -> dict:
   results["peak_flops_per_s"] = {"bf16_in_f32_acc_measured": measured, "vendor": vendor}
   print(f"{dev.device_kind}: measured bf16 matmul {measured / 1e12:.0f} TFLOP/s; vendor "
         f"{(vendor or 0) / 1e12:.0f} TFLOP/s", flush=True)
-  for preset, seq, pred in GPU_CASES:
+  for preset, seq, pred, impl in plan:
     b = gpu_batch(preset, seq, dev) * n_dev  # Global batch: the per-chip batch on every chip.
     # cuDNN's fused attention has no attention-probability dropout (attention.resolve_impl falls
-    # back to XLA when it is on), so the GPU rows train with hidden dropout 0.1 only.
-    config = bert_jax_step.bench_config(preset, b, seq, pred, "bfloat16", "cudnn", dropout=0.1)
+    # back to XLA when it is on), so every GPU row, xla included, trains with hidden dropout
+    # 0.1 only: the two attention kernels do the same work.
+    config = bert_jax_step.bench_config(preset, b, seq, pred, "bfloat16", impl, dropout=0.1)
     config.model.attention_probs_dropout_prob = 0.0
-    print(f"[{preset} seq {seq} batch {b}] ...", flush=True)
+    print(f"[{preset} seq {seq} batch {b} attention {impl}] ...", flush=True)
     try:
       r = bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value)
     except Exception as e:  # noqa: BLE001 - e.g. out of memory: report it and go on.
       results["rows"].append({"preset": preset, "seq_len": seq, "batch_size": b,
-                              "error": str(e).splitlines()[0][:300]})
+                              "attention_impl": impl, "error": str(e).splitlines()[0][:300]})
       print(f"  failed: {str(e).splitlines()[0][:300]}", flush=True)
+      write and write(results)
       continue
     per_chip = r["model_flops"] / r["median_s"] / n_dev
+    stats = dev.memory_stats() or {}
     r.update(devices=n_dev, tokens_per_s_per_chip=r["tokens_per_s"] / n_dev,
              mfu_vs_measured=per_chip / measured,
-             mfu_vs_vendor=per_chip / vendor if vendor else None)
+             mfu_vs_vendor=per_chip / vendor if vendor else None,
+             # The allocator's high-water mark so far in this process (rows run in order).
+             process_peak_bytes_in_use=stats.get("peak_bytes_in_use"))
     results["rows"].append(r)
+    write and write(results)
     print(f"  {1e3 * r['median_s']:.1f} ms/step, {r['tokens_per_s_per_chip']:,.0f} tokens/s/chip, "
-          f"MFU "
-          f"{r['mfu_vs_measured']:.1%} of measured, "
-          f"{(r['mfu_vs_vendor'] or 0):.1%} of vendor peak", flush=True)
+          f"MFU {r['mfu_vs_measured']:.1%} of measured, {(r['mfu_vs_vendor'] or 0):.1%} of "
+          f"vendor peak, step memory {(r.get('step_bytes') or 0) / 2**30:.1f} GiB", flush=True)
   return results
+
+
+def write_json(path: str, results: dict) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2, default=str)
+  os.replace(tmp, path)
 
 
 def main(argv):
@@ -236,12 +360,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options are --flags.")
   if _JSON.value and os.path.exists(_JSON.value):
     raise app.UsageError(f"{_JSON.value} already exists; choose another --json path.")
-  results = gpu_mode() if _GPU.value else cpu_mode()
-  if _JSON.value:
-    tmp = f"{_JSON.value}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2, default=str)
-    os.replace(tmp, _JSON.value)
+  write = (lambda r: write_json(_JSON.value, r)) if _JSON.value else None
+  results = gpu_mode(write) if _GPU.value else cpu_mode()
+  if write:
+    write(results)
     print(f"Wrote {_JSON.value}")
 
 

@@ -1,0 +1,38 @@
+"""benchmarks/pretrain_step.py refuses bad arguments with one sentence, before any measuring.
+
+Runs the module in a subprocess (its absl flags would clash with the CLIs' in this process). No
+peer venv or GPU is needed: every case here stops at argument checking.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, tmp_path: pathlib.Path) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(_REPO), BENCH_VENV=str(tmp_path / "no-venv"))
+  return subprocess.run([sys.executable, "-m", "benchmarks.pretrain_step", *args], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--cases=base:8"], "is not PRESET:BATCHxSEQ"),
+    (["--cases=huge:8x128"], "unknown preset 'huge'"),
+    (["--cases=base:8x128:200"], "fewer predictions than positions"),
+    (["--peer_variants=pytorch:nope"], "Unknown peer variants ['pytorch:nope']"),
+    (["--peers=tensorflow"], "Unknown peers ['tensorflow']"),
+    (["--cases=tiny:2x32"], "No peer virtualenv at"),
+    (["--gpu", "--gpu_cases=base:1024"], "Unknown --gpu_cases / --gpu_attention entries"),
+])
+def test_bad_arguments_say_what_to_do(args, message, tmp_path):
+  proc = _run(*args, tmp_path=tmp_path)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert list(tmp_path.iterdir()) == []  # Nothing written.
