@@ -186,7 +186,8 @@ def make_task(config, workdir: str):
 
   def train_iter():
     return common.EpochIterator(data.train_arrays, tc.batch_size, tc.seed,
-                                jax.process_index(), jax.process_count())
+                                jax.process_index(), jax.process_count(),
+                                buckets=getattr(data, "length_buckets", None))
 
   identity = {"bert_config": bert_config.shape_identity(),
               "vocab_fingerprint": tokenizer.fingerprint, "architecture": arch,
@@ -199,6 +200,7 @@ def make_task(config, workdir: str):
       init_params=(lambda: init) if init is not None else None,
       identity=identity,
       tokens_per_example=seq_len * sequences,
+      seq_len=seq_len,
       flops_per_example=sequences * flops_lib.train_flops_per_step(bert_config, 1, seq_len, 0),
       evaluate=evaluate,
   )

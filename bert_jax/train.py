@@ -81,6 +81,9 @@ class Task:
   identity: dict = dataclasses.field(default_factory=dict)
   tokens_per_example: int = 0
   flops_per_example: float = 0.0
+  # The row length those two figures are for: a batch of shorter rows (length buckets) counts
+  # in proportion to its width. 0: every batch has full rows.
+  seq_len: int = 0
 
 
 # ----------------------------------------------------------------------------- state
@@ -459,6 +462,7 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
   preempt.install()
   status, step, window, t_window, pending = "completed", start_step, None, time.time(), None
   window_rows = 0  # Examples trained on since the last log line (batch sizes may vary).
+  window_full = 0.0  # The same in full-length rows (length-bucketed batches are shorter).
   last_train: dict[str, float] = {}
   t_start = time.time()
   eval_results: dict[str, float] = {}
@@ -495,19 +499,19 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
                        "schedule_steps": num_steps}, force=force)
 
   def log_window():
-    nonlocal window, t_window, last_train, window_rows
+    nonlocal window, t_window, last_train, window_rows, window_full
     dt = time.time() - t_window
     n = window["loss"][1]
     last_train = task_means(task, window)
     last_train.pop("nonfinite", None)
     last_train["steps_per_sec"] = n / dt
-    last_train["tokens_per_sec"] = window_rows * task.tokens_per_example / dt
-    last_train["mfu"] = window_rows * task.flops_per_example / dt / (peak * jax.device_count())
+    last_train["tokens_per_sec"] = window_full * task.tokens_per_example / dt
+    last_train["mfu"] = window_full * task.flops_per_example / dt / (peak * jax.device_count())
     last_train["batch_size"] = window_rows / n
     writer.write(step, last_train, "train/")
     writer.progress(step, start_step, last_train, tc.max_train_seconds or None,
                     time.time() - t_start)
-    window, t_window, window_rows = None, time.time(), 0
+    window, t_window, window_rows, window_full = None, time.time(), 0, 0.0
 
   def at_end(s: int) -> bool:
     return num_steps is not None and s >= num_steps
@@ -535,6 +539,7 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
         pending = metrics
         step += 1
         window_rows += rows
+        window_full += rows * _width_share(task, batch)
         if measuring:  # Wait for this step, so the clock brackets whole steps.
           jax.block_until_ready(metrics)
           now = time.time()
@@ -575,6 +580,14 @@ def _run_locked(task: Task, config, workdir: str) -> dict:
           "train_examples": sum(batch_size_at(tc, s) for s in range(step)),
           "train_seconds": train_seconds, "train": last_train, "eval": eval_results,
           "state": state, "graphdef": graphdef, "mesh": mesh}
+
+
+def _width_share(task: Task, batch: dict) -> float:
+  """A batch's row length over the full one (task.seq_len) the per-example figures are for."""
+  ids = batch.get("input_ids")
+  if not task.seq_len or ids is None or np.ndim(ids) != 2:
+    return 1.0
+  return ids.shape[1] / task.seq_len
 
 
 def task_means(task: Task, sums: dict) -> dict[str, float]:

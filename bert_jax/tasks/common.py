@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from bert_jax.errors import DataError
+from bert_jax.tasks import buckets as buckets_lib
 
 
 # ----------------------------------------------------------------------------- reading tables
@@ -127,11 +128,19 @@ class EpochIterator:
   """Batches of equally long numpy arrays, reshuffled each epoch; state {"epoch", "pos"}.
 
   Each process gets its rows of the global batch (the trainer assembles the global array).
-  The last partial batch of an epoch is dropped so every batch has the same shape.
+  The last partial batch of an epoch is dropped so every batch has the same number of rows.
+
+  With `buckets` (length buckets, tasks/buckets.py) an epoch trains on the same number of
+  batches, but each batch holds rows of similar length, cut to the smallest bucket that holds
+  its longest row: the epoch's rows (a seeded permutation, less a random remainder) are sorted
+  by bucket, cut into global batches, and the batches shuffled. The order is a function of
+  (seed, epoch) alone and every process computes the same one, so a resumed run feeds the same
+  batches and all processes agree on each batch's length.
   """
 
   def __init__(self, arrays: dict[str, np.ndarray], global_batch: int, seed: int,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1,
+               buckets: tuple[int, ...] | None = None):
     self.arrays = arrays
     self.n = len(next(iter(arrays.values())))
     if self.n < global_batch:
@@ -140,11 +149,28 @@ class EpochIterator:
     self.global_batch, self.seed = global_batch, seed
     self.per = global_batch // process_count
     self.offset = process_index * self.per
+    self.buckets = tuple(buckets) if buckets else None
+    if self.buckets:
+      self.width = arrays["attention_mask"].shape[1]
+      self._bucket_of = buckets_lib.bucket_index(buckets_lib.row_lengths(arrays), self.buckets)
     self.epoch, self.pos = 0, 0
-    self._perm = self._permutation(0)
+    self._perm, self._widths = self._order(0)
 
   def _permutation(self, epoch):
     return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+  def _order(self, epoch):
+    """(row order of the epoch, each batch's width or None)."""
+    perm = self._permutation(epoch)
+    if not self.buckets:
+      return perm, None
+    used = perm[:self.n - self.n % self.global_batch]
+    rows = used[np.argsort(self._bucket_of[used], kind="stable")]
+    batches_NbxB = rows.reshape(-1, self.global_batch)
+    shuffle = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches_NbxB))
+    batches_NbxB = batches_NbxB[shuffle]
+    widths = np.asarray(self.buckets)[self._bucket_of[batches_NbxB].max(axis=1)]
+    return batches_NbxB.reshape(-1), widths
 
   def __iter__(self):
     return self
@@ -152,17 +178,20 @@ class EpochIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     if self.pos + self.global_batch > self.n:
       self.epoch, self.pos = self.epoch + 1, 0
-      self._perm = self._permutation(self.epoch)
+      self._perm, self._widths = self._order(self.epoch)
     rows = self._perm[self.pos + self.offset:self.pos + self.offset + self.per]
+    width = None if self._widths is None else int(self._widths[self.pos // self.global_batch])
     self.pos += self.global_batch
-    return {k: v[rows] for k, v in self.arrays.items()}
+    if width is None:
+      return {k: v[rows] for k, v in self.arrays.items()}
+    return buckets_lib.cut(self.arrays, rows, width, self.width)
 
   def get_state(self) -> dict:
     return {"epoch": self.epoch, "pos": self.pos}
 
   def set_state(self, state: dict) -> None:
     self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-    self._perm = self._permutation(self.epoch)
+    self._perm, self._widths = self._order(self.epoch)
 
 
 # ----------------------------------------------------------------------------- inference
@@ -172,11 +201,15 @@ def _apply(graphdef, fn, state, batch):
 
 
 def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
-              mesh=None):
+              mesh=None, buckets: tuple[int, ...] | None = None, token_outputs: bool = False):
   """fn(model, batch) over all rows in fixed-size batches; returns the outputs' numpy arrays.
 
   `fn` must be a module-level function (it is a static jit argument). With a mesh, each batch is
   sharded like training batches and every process gets all rows' outputs back.
+  With `buckets` (tasks/buckets.py), rows are batched in order of length and each batch is cut
+  to the smallest bucket holding its longest row (one compile per bucket); outputs come back in
+  the rows' order. `token_outputs`: the outputs are per token ([N, L, ...]); a bucket's are padded
+  back to the arrays' full length with zeros.
   """
   from bert_jax import train
   graphdef, state = nnx.split(model)
@@ -185,10 +218,21 @@ def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], ba
     from bert_jax import sharding
     unit = sharding.batch_axis_size(mesh) * jax.process_count()
     batch_size = -(-batch_size // unit) * unit
+  if buckets:
+    full = arrays["attention_mask"].shape[1]
+    bucket_of = buckets_lib.bucket_index(buckets_lib.row_lengths(arrays), tuple(buckets))
+    order = np.argsort(bucket_of, kind="stable")
+  else:
+    full, bucket_of, order = None, None, np.arange(n)
   outs = []
   for start in range(0, n, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in arrays.items()}
-    rows = len(next(iter(batch.values())))
+    idx = order[start:start + batch_size]
+    if buckets:
+      width = int(buckets[int(bucket_of[idx].max())])
+      batch = buckets_lib.cut(arrays, idx, width, full)
+    else:
+      batch = {k: v[start:start + batch_size] for k, v in arrays.items()}
+    rows = len(idx)
     if rows < batch_size:  # Pad to one shape so the function compiles once.
       batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - rows, 0)])
                for k, v in batch.items()}
@@ -200,8 +244,17 @@ def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], ba
       out = _gather(out)
     else:
       out = jax.device_get(_apply(graphdef, fn, state, jax.tree.map(jnp.asarray, batch)))
-    outs.append(jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows], out))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+    out = jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows], out)
+    if buckets and token_outputs:
+      out = jax.tree.map(lambda x: np.pad(x, [(0, 0), (0, full - x.shape[1])]
+                                          + [(0, 0)] * (x.ndim - 2)), out)
+    outs.append(out)
+  joined = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+  if not buckets:
+    return joined
+  inverse = np.empty_like(order)
+  inverse[order] = np.arange(n)
+  return jax.tree.map(lambda x: x[inverse], joined)
 
 
 def _gather(tree):

@@ -14,7 +14,7 @@ import numpy as np
 
 from bert_jax import metrics as metrics_lib
 from bert_jax.errors import DataError
-from bert_jax.tasks import common
+from bert_jax.tasks import buckets, common
 
 SCHEMES = ("bio", "io", "keep")
 
@@ -170,6 +170,7 @@ class NerTask:
     self.data_config, self.tokenizer = d, tokenizer
     self.max_seq_length, self.scheme = d.max_seq_length, d.label_scheme
     self.metric = config.train.metric or "f1"
+    self.length_buckets = buckets.parse(d.get("length_buckets", "auto"), d.max_seq_length)
     train = read_tagged(d.train_file, d)
     if d.dev_file:
       dev = read_tagged(d.dev_file, d)
@@ -203,7 +204,8 @@ class NerTask:
 
   def evaluate(self, model, mesh, batch_size: int) -> tuple[dict[str, float], list[dict]]:
     arrays = {k: v for k, v in self.dev_arrays.items() if k != "labels"}
-    logits = common.run_model(model, _logits, arrays, batch_size, mesh)
+    logits = common.run_model(model, _logits, arrays, batch_size, mesh,
+                              buckets=self.length_buckets, token_outputs=True)
     preds, lost = decode(logits, self.dev_first, self.label_names)
     gold = [t for _, t in self.dev_gold]
     s = metrics_lib.entity_scores(gold, preds)
