@@ -30,7 +30,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from flax import nnx
 
 from bert_jax import inference
 from bert_jax.errors import ConfigError, DataError, ExistsError, MissingFileError, ModelFileError
@@ -108,27 +107,35 @@ def _tokenize(tokenizer, texts: Sequence[str], max_length: int):
   return rows, cut
 
 
+def _plan(rows: list[list[int]], batch_size: int, cap: int) -> list[tuple[list[int], int]]:
+  """(row indices, padded length) per batch: rows sorted by length, longest first, cut into
+  batches of `batch_size`, each padded to the length bucket of its longest row. Only the last
+  (shortest) batch is partial, and few lengths are compiled (inference.LENGTH_BUCKETS)."""
+  order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
+  return [(idx, inference.length_bucket(len(rows[idx[0]]), cap))
+          for idx in (order[s:s + batch_size] for s in range(0, len(order), batch_size))]
+
+
 def _batches(model, rows: list[list[int]], pooling: str, batch_size: int, pad_id: int
              ) -> Iterator[tuple[list[int], np.ndarray]]:
-  """Yields (row indices, float32 outputs) batch by batch, rows grouped by length bucket."""
+  """Yields (row indices, float32 outputs) batch by batch, rows grouped by length.
+
+  Each batch is dispatched before the previous one's outputs are pulled to the host, so the
+  host's padding and copying overlap the computation.
+  """
   encoder = inference.encoder_of(model)
-  graphdef, state = nnx.split(encoder)
-  cap = encoder.config.max_position_embeddings
-  lengths = {i: inference.bucket(len(r), cap, inference.MIN_BUCKET) for i, r in enumerate(rows)}
-  order = sorted(range(len(rows)), key=lambda i: (lengths[i], i))
-  start = 0
-  while start < len(order):
-    end = start
-    while (end < len(order) and end - start < batch_size
-           and lengths[order[end]] == lengths[order[start]]):
-      end += 1
-    idx = order[start:end]
+  graphdef, state = inference.inference_split(encoder)
+  pending = None
+  for idx, length in _plan(rows, batch_size, encoder.config.max_position_embeddings):
     batch = inference.bucket(len(idx), batch_size)
-    inputs = inference.pad_rows([rows[i] for i in idx], None, lengths[idx[0]], batch, pad_id)
+    inputs = inference.pad_rows([rows[i] for i in idx], None, length, batch, pad_id)
     out = inference.encode(graphdef, state, inputs["input_ids"], inputs["attention_mask"],
                            inputs["token_type_ids"], pooling=pooling)
-    yield idx, np.asarray(out)[:len(idx)]
-    start = end
+    if pending is not None:
+      yield pending[0], np.asarray(pending[1])[:len(pending[0])]
+    pending = idx, out
+  if pending is not None:
+    yield pending[0], np.asarray(pending[1])[:len(pending[0])]
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -118,6 +118,27 @@ def test_batches_by_length_bucket_compile_once(minilm):
   assert inference.TRACES["encode"] == before
 
 
+def test_length_sorted_batches_keep_input_order_and_equal_one_by_one(minilm, bible_path,
+                                                                      mobydick_path):
+  model, tok = minilm
+  texts = corpus_sentences(mobydick_path, 9) + corpus_sentences(bible_path, 9)[1:]
+  rows = [len(r) for r in embed_lib._tokenize(tok, texts, 512)[0]]
+  assert max(rows) > 3 * min(rows)  # Mixed lengths: several buckets, padded rows in each.
+  got = bert_jax.embed(model, tok, texts, batch_size=4)
+  for i, text in enumerate(texts):  # The unbucketed path: each text alone, no padding.
+    ids = np.asarray([[tok.cls_id, *tok.encode_batch([text])[0], tok.sep_id]])
+    want = np.asarray(model(ids).last_hidden_state)[0].mean(0)
+    np.testing.assert_allclose(got[i], want, atol=2e-5, err_msg=f"text {i}")
+  perm = np.random.default_rng(0).permutation(len(texts))
+  shuffled = bert_jax.embed(model, tok, [texts[i] for i in perm], batch_size=4)
+  np.testing.assert_allclose(shuffled, got[perm], atol=2e-5)
+  plan = embed_lib._plan([[0] * n for n in rows], 4, 512)
+  assert sorted(i for idx, _ in plan for i in idx) == list(range(len(texts)))
+  assert all(len(idx) == 4 for idx, _ in plan[:-1])  # Only the last batch is partial.
+  assert all(length == inference.length_bucket(max(rows[i] for i in idx), 512)
+             for idx, length in plan)
+
+
 def _cli(*args):
   return subprocess.run([sys.executable, "-m", "bert_jax.cli.embed", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300)

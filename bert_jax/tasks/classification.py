@@ -285,9 +285,17 @@ def read_for_predict(path, info: dict, overrides: dict) -> dict[str, list]:
   return read_examples(path, d, need_labels=False)[0]
 
 
+def predict_texts(model, tokenizer, texts, pairs=None, *, batch_size: int = 32,
+                  max_seq_length: int = 128) -> np.ndarray:
+  """float32 logits [N, K] of a classification model for `texts` (and sentence-B `pairs`),
+  each padded to `max_seq_length`: what `predict` runs on the rows of its file."""
+  arrays = encode(tokenizer, texts, pairs, max_seq_length)
+  return common.run_model(model, _logits, arrays, batch_size)
+
+
 def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict) -> list[dict]:
   """Prediction records for a table file (columns as `read_for_predict` reads them)."""
   ex = read_for_predict(path, info, overrides)
-  arrays = encode(tokenizer, ex["text"], ex.get("pair"), int(info.get("max_seq_length", 128)))
-  logits = common.run_model(model, _logits, arrays, batch_size)
+  logits = predict_texts(model, tokenizer, ex["text"], ex.get("pair"), batch_size=batch_size,
+                         max_seq_length=int(info.get("max_seq_length", 128)))
   return records(ex, logits, list(info.get("label_names") or []), bool(info.get("regression")))

@@ -211,8 +211,9 @@ def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], ba
   the rows' order. `token_outputs`: the outputs are per token ([N, L, ...]); a bucket's are padded
   back to the arrays' full length with zeros.
   """
-  from bert_jax import train
-  graphdef, state = nnx.split(model)
+  from bert_jax import inference, train
+  # Without a mesh the weights go in already in the compute dtype (inference.inference_split).
+  graphdef, state = nnx.split(model) if mesh is not None else inference.inference_split(model)
   n = len(next(iter(arrays.values())))
   if mesh is not None:
     from bert_jax import sharding
