@@ -1,8 +1,8 @@
 """Jitted inference on shape buckets, shared by `fill_mask`, `embed` and the task predictors.
 
 Every call pads its batch to a (batch, length) bucket: `fill_mask` pads lengths to the next power
-of two from 16, `embed` to the next of `LENGTH_BUCKETS` (multiples of 16 at most 1.5x apart, so
-less padding); both up to `max_position_embeddings`, batches to the next power of two up to the
+of two from 16, `embed` to the next of `LENGTH_BUCKETS` (multiples of 8 at most 1.5x apart, so less
+padding); both up to `max_position_embeddings`, batches to the next power of two up to the
 batch size. A jitted function is therefore compiled once per bucket, and a second call whose
 texts fall in a bucket already seen reuses the compiled code. `TRACES` counts traces per function
 (tests read it).
@@ -24,8 +24,9 @@ import numpy as np
 from flax import nnx
 
 MIN_BUCKET = 16
-# Sequence lengths `embed` pads to: powers of two and the midpoints between them (x1.5).
-LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+# Sequence lengths `embed`, predict and bucketed fine-tuning (tasks/buckets.py) pad to: powers
+# of two from MIN_BUCKET and the lengths half-way between them (x1.5).
+LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
                   4096, 6144, 8192)
 TRACES: collections.Counter = collections.Counter()
 _CAST_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -217,3 +217,24 @@ def test_prediction_records_without_a_task(sentences):
   assert all(sum(r["probabilities"].values()) == pytest.approx(1.0) for r in rows)
   scores = classification.records(examples, logits[:, :1], [], regression=True)
   assert [r["score"] for r in scores] == [2.0, 0.0, 1.0]
+
+
+def test_predict_texts_buckets_keep_order_and_equal_full_rows(sentences, tokenizer):
+  import dataclasses
+
+  import bert_jax
+  config = dataclasses.replace(bert_jax.preset("tiny"), dtype="bfloat16")
+  model = bert_jax.create_model(bert_jax.BertForSequenceClassification, config, num_labels=2)
+  texts = [t for t, _ in sentences[::3]]
+  lengths = classification.encode(tokenizer, texts, None, 128)["attention_mask"].sum(1)
+  assert lengths.max() > 3 * lengths.min()  # Mixed lengths: several buckets.
+  full = classification.predict_texts(model, tokenizer, texts, batch_size=8,
+                                      length_buckets="off")
+  got = classification.predict_texts(model, tokenizer, texts, batch_size=8)
+  np.testing.assert_allclose(got, full, atol=2e-5)
+  assert full.shape == (len(texts), 2)
+  assert np.abs(full[:, 0] - full[:, 1]).std() > 0  # Rows differ: the order is checked.
+  perm = np.random.default_rng(0).permutation(len(texts))
+  shuffled = classification.predict_texts(model, tokenizer, [texts[i] for i in perm],
+                                          batch_size=8)
+  np.testing.assert_allclose(shuffled, got[perm], atol=2e-5)

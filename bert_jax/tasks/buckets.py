@@ -28,10 +28,7 @@ def parse(spec: str, max_seq_length: int) -> tuple[int, ...] | None:
   if text in OFF:
     return None
   if text == "auto":
-    lengths, b = [], inference.MIN_BUCKET
-    while b < max_seq_length:
-      lengths += [b, b * 3 // 2]
-      b *= 2
+    lengths = [b for b in inference.LENGTH_BUCKETS if b < max_seq_length]
   else:
     try:
       lengths = [int(p) for p in text.split(",") if p.strip()]

@@ -286,11 +286,14 @@ def read_for_predict(path, info: dict, overrides: dict) -> dict[str, list]:
 
 
 def predict_texts(model, tokenizer, texts, pairs=None, *, batch_size: int = 32,
-                  max_seq_length: int = 128) -> np.ndarray:
+                  max_seq_length: int = 128, length_buckets: str = "auto") -> np.ndarray:
   """float32 logits [N, K] of a classification model for `texts` (and sentence-B `pairs`),
-  each padded to `max_seq_length`: what `predict` runs on the rows of its file."""
+  truncated to `max_seq_length`: what `predict` runs on the rows of its file. Rows are batched
+  by length and cut to `length_buckets` (tasks/buckets.py; "off": every row at max_seq_length);
+  the logits come back in the input order."""
   arrays = encode(tokenizer, texts, pairs, max_seq_length)
-  return common.run_model(model, _logits, arrays, batch_size)
+  return common.run_model(model, _logits, arrays, batch_size,
+                          buckets=buckets.parse(length_buckets, max_seq_length))
 
 
 def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict) -> list[dict]:
