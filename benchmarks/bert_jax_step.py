@@ -42,8 +42,12 @@ def bench_config(preset: str, batch_size: int, seq_len: int, max_predictions: in
   return c
 
 
-def build(config, vocab_size: int = 30522, seed: int = 0):
-  """The compiled train step, its initial state and a device batch, as `train._run_locked`."""
+def build(config, vocab_size: int = 30522, seed: int = 0, compiler_options: dict | None = None):
+  """The compiled train step, its initial state and a device batch, as `train._run_locked`.
+
+  `compiler_options`: XLA debug options for this one compile (A/B runs of XLA flags in one
+  process, e.g. {"xla_cpu_use_multi_output_fusion": True}).
+  """
   d = config.data
   bert_config = bert_config_from(config.model, vocab_size)
   task = train.Task(name="pretraining",
@@ -65,7 +69,7 @@ def build(config, vocab_size: int = 30522, seed: int = 0):
     batch = train.to_global(host, mesh)
     rng = jax.random.key(seed)
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batch, rng).compile()
+    compiled = step_fn.lower(state, batch, rng).compile(compiler_options=compiler_options)
     compile_s = time.perf_counter() - t0
   return dict(compiled=compiled, state=state, batch=batch, rng=rng, mesh=mesh,
               bert_config=bert_config, compile_s=compile_s, step_bytes=step_bytes(compiled))

@@ -8,8 +8,8 @@ GPU mode: BERT-base and -large at seq 128 and 512, bf16, cuDNN fused attention a
 every case (`--gpu_cases`, `--gpu_attention`), batch sized to the chip's memory; MFU against a
 measured 8192^2 bf16 matmul and the vendor's dense bf16 peak (989 TFLOP/s for H100 / H200),
 tokens/s, and the compiled step's memory (`step_bytes`: arguments + temporaries + outputs not
-aliased, from XLA's memory analysis) beside the allocator's high-water mark. The JSON is
-rewritten after every row.
+aliased, from XLA's memory analysis) beside the allocator's high-water mark. In both modes the
+JSON is rewritten after every case (GPU: every row), so a run cut short keeps what it measured.
 
 CPU mode (default): `--cases` (default BERT-base batch 8 x seq 128 with 20 masked positions,
 BERT-base 2 x 512 with 80, and 4 layers / 256 hidden "mini" 8 x 128), MLM + NSP, AdamW
@@ -182,7 +182,8 @@ def add_rates(r: dict, tokens: int, model_flops: float, executed_flops: float,
   return r
 
 
-def cpu_mode() -> dict:
+def cpu_mode(write=None) -> dict:
+  """Every case's rows; `write(results)` after each case, so a run cut short keeps them."""
   python = os.path.join(_BENCH_VENV.value, "bin", "python")
   cases = [parse_case(c) for c in _CASES.value]
   variants = peer_variants(_PEERS.value, _VARIANTS.value)
@@ -221,10 +222,9 @@ def cpu_mode() -> dict:
       r.update(preset=preset, batch_size=b, seq_len=l, max_predictions=pred)
     add_ratios(rows)
     results["rows"] += rows
-  try:
     results["machine"]["loadavg_end"] = os.getloadavg()
-  except OSError:
-    pass
+    if write:
+      write(results)
   print_table(results)
   return results
 
@@ -361,7 +361,7 @@ def main(argv):
   if _JSON.value and os.path.exists(_JSON.value):
     raise app.UsageError(f"{_JSON.value} already exists; choose another --json path.")
   write = (lambda r: write_json(_JSON.value, r)) if _JSON.value else None
-  results = gpu_mode(write) if _GPU.value else cpu_mode()
+  results = gpu_mode(write) if _GPU.value else cpu_mode(write)
   if write:
     write(results)
     print(f"Wrote {_JSON.value}")
