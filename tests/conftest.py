@@ -20,6 +20,15 @@ RESOURCES = REPO / "bert_jax" / "resources"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent XLA compilation cache for the run, inherited by every xdist worker and every CLI
+# subprocess: dozens of processes compile the same tiny train and eval steps (the kill-and-resume
+# test alone starts the same run 11 times). The size limit turns on jax's file lock, so workers
+# never read an entry another is writing; an unreadable entry is recompiled. Tests that kill a
+# process (which could die mid-write) give it a cache of its own: `private_cache_env`.
+XLA_CACHE = REPO / ".xla-test-cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(XLA_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 
 def shared_or_skip(relpath: str) -> pathlib.Path:

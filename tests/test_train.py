@@ -130,7 +130,8 @@ def test_interrupted_run_resumes_bitwise(tmp_path, how, reference_run, pretrain_
   out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
   with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
     proc = subprocess.Popen(pretrain_cmd(wd, pretrain_dataset, vocab_path, *RESUME),
-                            env=env_for(1), cwd=REPO, stdout=out_f, stderr=err_f, text=True)
+                            env=env_for(1, cache_dir=tmp_path / "xla-cache"), cwd=REPO,
+                            stdout=out_f, stderr=err_f, text=True)
     if how == "sigterm":
       stop_after = int(np.random.default_rng(0).integers(3, 40))
       _wait_for(lambda: _logged_steps(wd) >= stop_after, proc, err_path)

@@ -11,8 +11,13 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def env_for(devices: int = 1) -> dict:
+def env_for(devices: int = 1, cache_dir=None) -> dict:
+  """The environment of a CLI subprocess with `devices` fake CPU devices. `cache_dir`: an XLA
+  compilation cache of its own, for a process the test kills (it could die while writing an
+  entry of the shared cache, tests/conftest.py)."""
   env = dict(os.environ)
+  if cache_dir is not None:
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = str(REPO)

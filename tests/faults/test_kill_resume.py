@@ -106,8 +106,8 @@ def test_kill9_at_ten_random_moments_resumes_bitwise(tmp_path, fault_reference, 
     skip = _line_count(wd)
     committed_before = snapshot(*(wd / "checkpoints" / str(s) for s in committed_steps(wd)))
     proc = subprocess.Popen(pretrain_cmd(wd, pretrain_dataset, vocab_path, *FAULT_RUN),
-                            env=env_for(1), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            env=env_for(1, cache_dir=tmp_path / "xla-cache"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ready, delay = _moment(kind, wd, rng, target)
     t0 = time.time()
     while not ready():
