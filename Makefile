@@ -43,10 +43,13 @@ demo-zh: $(VENV)/.installed
 	$(PIP) install -q -e ".[zh]"
 	$(PY) -m bert_jax.demo --lang=zh --workdir=$(WORKDIR)-zh $(DEMO_ARGS)
 
-# Peers (PyTorch 2.13, transformers 4.57.6 Flax) live in their own venv: .venv-bench.
+# Training peers (PyTorch 2.13, transformers 4.57.6 Flax) live in their own venv: .venv-bench;
+# inference peers (PyTorch, ONNX Runtime, sentence-transformers) in .venv (benchmarks/inference.py).
 bench: $(STAMP)
 	bash benchmarks/setup_bench_venv.sh
 	$(PY) -m benchmarks.pretrain_step --json=bench-$$(date +%Y%m%d-%H%M%S).json
+	$(PIP) install -q -e ".[bench]"
+	$(PY) -m benchmarks.inference --json=inference-$$(date +%Y%m%d-%H%M%S).json
 
 bench-data: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py

@@ -46,34 +46,54 @@ def length_bucket(n: int, cap: int) -> int:
   return max(min(b, cap), n)
 
 
-def inference_split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
-  """(graphdef, state) of `model` with each Dense kernel cast to its layer's compute dtype.
+class StaticGraph:
+  """A GraphDef as a jit static argument, hashed once: a GraphDef hashes its whole tree on every
+  call (at batch 1 that cost as much as MiniLM's forward). Equal when the graphdefs are."""
+  __slots__ = ("graphdef", "_hash")
 
-  The cast state is cached per model and reused while the model's arrays are the same objects
-  (a model updated in place, by training or loading, gets a fresh cast); a float32 model's state
-  is returned as is.
+  def __init__(self, graphdef: nnx.GraphDef):
+    self.graphdef, self._hash = graphdef, hash(graphdef)
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, StaticGraph) and (other.graphdef is self.graphdef
+                                               or other.graphdef == self.graphdef)
+
+
+def inference_split(model: nnx.Module) -> tuple[StaticGraph, nnx.State]:
+  """(static graphdef, state) of `model` with each Dense kernel cast to its layer's compute dtype
+  (`nnx.merge(static.graphdef, state)` rebuilds the model).
+
+  Cached per model: a later call whose Variables still hold the same arrays (checked by
+  identity, no graph traversal: at batch 1 nnx.split itself cost as much as MiniLM's forward)
+  returns the cached pair; a model updated in place (training, nnx.update, loading) gets a fresh
+  split and cast. As with nnx.cached_partial, the module structure is assumed fixed: a model
+  whose Variables are replaced by new Variable objects needs `_CAST_STATES.pop(model)`.
   """
+  hit = _CAST_STATES.get(model)
+  if hit is not None:
+    graphdef, variables, values, state = hit
+    if all(v.get_value() is x for v, x in zip(variables, values, strict=True)):
+      return graphdef, state
   from bert_jax import layers
   graphdef, state = nnx.split(model)
   casts = {(*path, "kernel"): jnp.dtype(mod.dtype) for path, mod in nnx.iter_modules(model)
            if isinstance(mod, layers.Dense) and isinstance(mod.kernel, nnx.Param)
            and jnp.dtype(mod.dtype) != mod.kernel.dtype}
-  if not casts:
-    return graphdef, state
-  leaves = jax.tree.leaves(state)
-  hit = _CAST_STATES.get(model)
-  if hit is not None and len(hit[0]) == len(leaves) and all(
-      a is b for a, b in zip(hit[0], leaves, strict=True)):
-    return graphdef, hit[1]
 
   def cast(path, x):
     key = tuple(getattr(k, "key", None) for k in path[:-1])  # the last key is Param's `value`
     dtype = casts.get(key)
     return x if dtype is None else x.astype(dtype)
 
-  cast_state = jax.tree_util.tree_map_with_path(cast, state)
-  _CAST_STATES[model] = (leaves, cast_state)
-  return graphdef, cast_state
+  if casts:
+    state = jax.tree_util.tree_map_with_path(cast, state)
+  variables = [v for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)]
+  graphdef = StaticGraph(graphdef)
+  _CAST_STATES[model] = (graphdef, variables, [v.get_value() for v in variables], state)
+  return graphdef, state
 
 
 def encoder_of(model: nnx.Module) -> nnx.Module:
@@ -114,10 +134,11 @@ def mlm_top_k(graphdef, state, input_ids, attention_mask, token_type_ids, positi
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "pooling"))
-def encode(graphdef, state, input_ids, attention_mask, token_type_ids, *, pooling: str):
+def encode(graphdef: StaticGraph, state, input_ids, attention_mask, token_type_ids, *,
+           pooling: str):
   """Pooled [B, D] embeddings ("mean" over the attention mask, "cls", "pooler") or tokens."""
   TRACES["encode"] += 1
-  out = nnx.merge(graphdef, state)(input_ids, attention_mask, token_type_ids)
+  out = nnx.merge(graphdef.graphdef, state)(input_ids, attention_mask, token_type_ids)
   x_BxLxD = out.last_hidden_state.astype(jnp.float32)
   if pooling == "tokens":
     return x_BxLxD

@@ -108,12 +108,24 @@ def _tokenize(tokenizer, texts: Sequence[str], max_length: int):
 
 
 def _plan(rows: list[list[int]], batch_size: int, cap: int) -> list[tuple[list[int], int]]:
-  """(row indices, padded length) per batch: rows sorted by length, longest first, cut into
-  batches of `batch_size`, each padded to the length bucket of its longest row. Only the last
-  (shortest) batch is partial, and few lengths are compiled (inference.LENGTH_BUCKETS)."""
-  order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
-  return [(idx, inference.length_bucket(len(rows[idx[0]]), cap))
-          for idx in (order[s:s + batch_size] for s in range(0, len(order), batch_size))]
+  """(row indices, padded length) per batch: rows grouped by their own length bucket
+  (inference.LENGTH_BUCKETS), longest first, in batches of up to `batch_size`.
+
+  A row's padded length depends on its own length only, never on its batch-mates, so its
+  vector does not change with batch_size or with the other texts (padding changes the float
+  summation order); each bucket's last batch may be partial.
+  """
+  length = {i: inference.length_bucket(len(r), cap) for i, r in enumerate(rows)}
+  order = sorted(range(len(rows)), key=lambda i: (-length[i], i))
+  plan, start = [], 0
+  while start < len(order):
+    end = start
+    while (end < len(order) and end - start < batch_size
+           and length[order[end]] == length[order[start]]):
+      end += 1
+    plan.append((order[start:end], length[order[start]]))
+    start = end
+  return plan
 
 
 def _batches(model, rows: list[list[int]], pooling: str, batch_size: int, pad_id: int

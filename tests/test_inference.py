@@ -47,9 +47,11 @@ def test_inference_split_casts_dense_kernels_and_keeps_the_numbers():
   ids = np.random.default_rng(0).integers(5, 512, (3, 16))
   mask = np.ones_like(ids)
   mask[1, 9:] = 0
-  apply = jax.jit(lambda g, s, i, m: nnx.merge(g, s)(i, m), static_argnums=0)
+  apply = jax.jit(lambda g, s, i, m: nnx.merge(g.graphdef, s)(i, m), static_argnums=0)
   np.testing.assert_array_equal(apply(graphdef, state, ids, mask),
                                 apply(graphdef, plain, ids, mask))
+  other = inference.StaticGraph(nnx.split(model)[0])  # Equal structure: the same compile.
+  assert other == graphdef and hash(other) == hash(graphdef)
 
   assert inference.inference_split(model)[1] is state  # Cached while the weights are the same.
   plain["classifier"]["kernel"].value = plain["classifier"]["kernel"].value + 1.0

@@ -196,8 +196,8 @@ class EpochIterator:
 
 # ----------------------------------------------------------------------------- inference
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _apply(graphdef, fn, state, batch):
-  return fn(nnx.merge(graphdef, state), batch)
+def _apply(graphdef, fn, state, batch):  # graphdef: an inference.StaticGraph
+  return fn(nnx.merge(graphdef.graphdef, state), batch)
 
 
 def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
@@ -213,7 +213,11 @@ def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], ba
   """
   from bert_jax import inference, train
   # Without a mesh the weights go in already in the compute dtype (inference.inference_split).
-  graphdef, state = nnx.split(model) if mesh is not None else inference.inference_split(model)
+  if mesh is None:
+    graphdef, state = inference.inference_split(model)
+  else:
+    graphdef, state = nnx.split(model)
+    graphdef = inference.StaticGraph(graphdef)
   n = len(next(iter(arrays.values())))
   if mesh is not None:
     from bert_jax import sharding
