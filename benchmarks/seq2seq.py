@@ -31,6 +31,9 @@ _RUNS = flags.DEFINE_list("runs", [], "Fine-tuning workdirs to score (dev_predic
 _SPEED = flags.DEFINE_string("speed_model", "", "A seq2seq model directory to time.")
 _BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams for the speed measurement.")
 _LOWER = flags.DEFINE_bool("lowercase", True, "Score lowercased (uncased vocabularies).")
+_CKPTS = flags.DEFINE_list("checkpoints", [], "WORKDIR:STEP,... fine-tuning checkpoints to "
+                           "generate from and score on the --eval_rows dev rows (learning curve).")
+_EVAL_BEAMS = flags.DEFINE_integer("eval_beams", 4, "Beams when scoring --checkpoints.")
 
 
 def dev_rows(path, n):
@@ -69,6 +72,38 @@ def speed(model_dir, sources, num_beams):
   return out
 
 
+def score_checkpoint(workdir, step, sources, references, num_beams, lowercase):
+  """Scores of the model in WORKDIR's checkpoint STEP on these dev rows (generated as the task
+  evaluates: seq2seq.generate_texts, the run's max lengths)."""
+  import jax
+  from flax import nnx
+  from ml_collections import ConfigDict
+
+  from bert_jax import checkpoint as ckpt_lib
+  from bert_jax import finetune, optim, sharding, train
+  from bert_jax.tasks import seq2seq
+  ckpt = ckpt_lib.Checkpointer(workdir, max_to_keep=100, async_save=False)
+  config = ConfigDict(ckpt.read_meta(step)["config"])
+  config.seq2seq.num_beams = num_beams
+  task, config, data = finetune.make_task(config, workdir)
+  mesh = sharding.make_mesh(dict(config.mesh))
+  with sharding.use_rules(sharding.rules_of(config.mesh)), jax.set_mesh(mesh):
+    tx, _ = optim.create_optimizer(config.optimizer, config.train.num_steps)
+    graphdef, abstract, _ = train.abstract_train_state(task, tx, mesh)
+    state, _, _ = ckpt.restore(step, abstract)
+    ckpt.close()
+    model = nnx.merge(graphdef, state.params)
+    arrays, _ = seq2seq.encode_sources(data.tokenizer, sources, data.max_seq_length)
+    t0 = time.time()
+    preds = seq2seq.generate_texts(model, data.tokenizer, arrays, data.gen,
+                                   config.train.eval_batch_size)
+  out = seq2seq.scores(preds, references, lowercase)
+  out.update(step=step, num_beams=num_beams, generate_seconds=time.time() - t0,
+             examples=[{"source": s, "prediction": p, "target": r}
+                       for s, p, r in zip(sources[:3], preds[:3], references[:3], strict=True)])
+  return out
+
+
 def main(argv):
   del argv
   from bert_jax.tasks import seq2seq
@@ -81,6 +116,11 @@ def main(argv):
     result[run] = seq2seq.scores([r["prediction"] for r in recs], ref, _LOWER.value)
     summary = json.loads((pathlib.Path(run) / "summary.json").read_text())
     result[run].update(step=summary["step"], train_seconds=summary["train_seconds"])
+  for spec in _CKPTS.value:
+    workdir, step = spec.rsplit(":", 1)
+    result[spec] = score_checkpoint(workdir, int(step), src, ref, _EVAL_BEAMS.value,
+                                    _LOWER.value)
+    print(json.dumps({spec: result[spec]}), flush=True)
   if _SPEED.value:
     result["speed"] = speed(_SPEED.value, src, _BEAMS.value)
   print(json.dumps(result, indent=2))

@@ -222,6 +222,18 @@ def _hf_local_to_jax(name: str) -> str | None:
   return None
 
 
+def _converted_tensor(hf_name: str, x: np.ndarray, jax_name: str, shape: tuple,
+                      config: BertConfig) -> np.ndarray:
+  """HF tensor `hf_name` as bert_jax's `jax_name` (f32, its layout), refused unless it has the
+  `shape` the model built from `config` expects. One reader for every HF architecture."""
+  y = _to_jax_array(jax_name, x, config)
+  if tuple(y.shape) != tuple(shape):
+    raise ConversionError(f"Tensor {hf_name} has shape {tuple(x.shape)}, which does not fit "
+                          f"{jax_name} {tuple(shape)} for this config; the weights and "
+                          "config.json disagree.")
+  return np.asarray(y, np.float32)
+
+
 def _to_jax_array(jax_name: str, x: np.ndarray, config: BertConfig) -> np.ndarray:
   d, n, h = config.hidden_size, config.num_attention_heads, config.head_size
   if _QKV_RE.search(jax_name.replace(".kernel", ".weight")):
@@ -329,12 +341,7 @@ def hf_tensors_to_bert_jax(tensors: dict[str, np.ndarray], config: BertConfig,
     if jax_name is None or jax_name not in expected:
       ignored.append(k)
       continue
-    x = _to_jax_array(jax_name, v, config)
-    if tuple(x.shape) != expected[jax_name]:
-      raise ConversionError(f"Tensor {k} has shape {tuple(v.shape)}, which does not fit "
-                            f"{jax_name} {expected[jax_name]} for this config; the weights and "
-                            "config.json disagree.")
-    params[jax_name] = np.asarray(x, np.float32)
+    params[jax_name] = _converted_tensor(k, v, jax_name, expected[jax_name], config)
     mapped.append(k)
   missing = sorted(set(expected) - set(params))
   if missing:
@@ -429,12 +436,7 @@ def encoder_decoder_from_hf_tensors(tensors: dict[str, np.ndarray], config: Bert
       ignored.append(k + (" (tied to decoder word embeddings)" if ".decoder.decoder." in k
                           or "predictions.decoder." in k else ""))
       continue
-    x = _to_jax_array(jax_name, v, config)
-    if tuple(x.shape) != expected[jax_name]:
-      raise ConversionError(f"Tensor {k} has shape {tuple(v.shape)}, which does not fit "
-                            f"{jax_name} {expected[jax_name]}; the weights and config.json "
-                            "disagree.")
-    params[jax_name] = np.asarray(x, np.float32)
+    params[jax_name] = _converted_tensor(k, v, jax_name, expected[jax_name], config)
     mapped.append(k)
   for name in set(expected) - set(params):  # tie_encoder_decoder folders store shared ones once
     twin = "encoder." + name.removeprefix("decoder.bert.")

@@ -185,6 +185,8 @@ def make_task(config, workdir: str):
   evaluate = best_keeper(data, config, workdir, tokenizer)
 
   def train_iter():
+    if hasattr(data, "train_iter"):  # seq2seq: length-bucketed batches
+      return data.train_iter(tc.batch_size, tc.seed, jax.process_index(), jax.process_count())
     return common.EpochIterator(data.train_arrays, tc.batch_size, tc.seed,
                                 jax.process_index(), jax.process_count(),
                                 buckets=getattr(data, "length_buckets", None))

@@ -199,16 +199,32 @@ class BertEncoderDecoder(nnx.Module):
     return self.decoder.logits(x_Bx1xD)[:, 0], cache._replace(layers=tuple(layers))
 
 
-def warm_start_params(flat: dict) -> dict:
+CROSS_INITS = ("random", "self")
+
+
+def warm_start_params(flat: dict, cross_init: str = "random") -> dict:
   """BERT2BERT parameters (flat dotted names) from a BERT checkpoint's flat parameters (a
   BertModel's, or a head model's with `bert.`): the encoder and the decoder's embeddings and
   layers both from the checkpoint, the MLM head (`predictions.*`) into the decoder's LM head when
-  present. Cross-attention is absent, so it keeps its fresh BERT initialisation. (A shared model
-  names its shared weights once, on the decoder side; the names it lacks are ignored.)"""
+  present. (A shared model names its shared weights once, on the decoder side; the names it
+  lacks are ignored.)
+
+  cross_init: "random" leaves cross-attention out, so it keeps its fresh BERT initialisation (the
+  paper's choice); "self" starts each decoder layer's cross-attention as a copy of the
+  checkpoint's self-attention of that layer (as DeltaLM, Ma et al. 2021, initialises its
+  decoder's cross-attention), so the decoder attends from its first step to source tokens the
+  pretrained model finds related, which is what copying-heavy tasks need first.
+  """
+  if cross_init not in CROSS_INITS:
+    from bert_jax.errors import ConfigError
+    raise ConfigError(f"seq2seq.cross_init={cross_init!r} is not one of {', '.join(CROSS_INITS)}.")
   enc = {k.removeprefix("bert."): v for k, v in flat.items()
          if k.startswith("bert.") or k.startswith(("embeddings.", "encoder.", "pooler."))}
   out = {f"encoder.{k}": v for k, v in enc.items()}
   out.update({f"decoder.bert.{k}": v for k, v in enc.items() if not k.startswith("pooler.")})
+  if cross_init == "self":
+    out.update({f"decoder.bert.{k}".replace(".attention.", ".crossattention.", 1): v
+                for k, v in enc.items() if k.startswith("encoder.layer.") and ".attention." in k})
   for k, v in flat.items():
     if k.startswith(("predictions.", "cls.predictions.")):
       out["decoder.cls.predictions." + k.removeprefix("cls.").removeprefix("predictions.")] = v

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bert_jax import bible_pairs, convert, loading, model_dir, seq2seq_modeling
+from bert_jax import bible_pairs, convert, loading, model_dir, modeling, seq2seq_modeling
 from bert_jax.configuration import BertConfig
-from bert_jax.errors import ModelFileError
+from bert_jax.errors import ConfigError, ModelFileError
 from bert_jax.tokenization import Tokenizer
 
 TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -132,6 +132,25 @@ def test_minilm_warm_started_pair_matches_transformers(tmp_path, minilm_dir, ver
     np.testing.assert_array_equal(p_ours[name], p_hf[name])
   np.testing.assert_array_equal(p_ours["decoder.bert.encoder.layer.0.attention.self.key.kernel"],
                                 p_ours["encoder.encoder.layer.0.attention.self.key.kernel"])
+
+
+def test_cross_attention_starts_random_or_as_a_copy_of_self_attention():
+  bert = model_dir.model_params(modeling.BertModel(SMALL, rngs=nnx.Rngs(params=1)))
+  paper = seq2seq_modeling.warm_start_params(bert)
+  assert not any(".crossattention." in k for k in paper)  # stays BERT-initialised
+  copied = seq2seq_modeling.warm_start_params(bert, cross_init="self")
+  cross = sorted(k for k in copied if ".crossattention." in k)
+  assert len(cross) == 2 * 10  # 2 layers x (q, k, v, output dense: kernel and bias; LayerNorm)
+  for k in cross:
+    src = k.replace("decoder.bert.", "").replace(".crossattention.", ".attention.")
+    np.testing.assert_array_equal(copied[k], bert[src])
+  model = seq2seq_modeling.BertEncoderDecoder(SMALL, rngs=nnx.Rngs(params=0))
+  loading.merge_params(model, model_dir.unflatten(copied))
+  got = model_dir.model_params(model)
+  np.testing.assert_array_equal(got["decoder.bert.encoder.layer.1.crossattention.self.key.kernel"],
+                                bert["encoder.layer.1.attention.self.key.kernel"])
+  with pytest.raises(ConfigError, match="cross_init='encoder' is not one of random, self"):
+    seq2seq_modeling.warm_start_params(bert, cross_init="encoder")
 
 
 def test_a_decoder_that_is_not_causal_compatible_is_refused(tmp_path, capsys):

@@ -136,10 +136,16 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
   # seq2seq: the BERT2BERT model (seq2seq_modeling.py), its loss and its decoding.
   c.seq2seq = ConfigDict(dict(
       share=False,  # True: BERT2BERT-share (the decoder uses the encoder's weights)
+      # Warm start's cross-attention: random (BERT's init, the paper's) | self (a copy of the
+      # checkpoint's self-attention of the same layer, as DeltaLM)
+      cross_init="random",
       label_smoothing=0.1,
       max_target_length=64,  # decoder tokens incl. [CLS]; longer targets are truncated
       num_beams=4, length_penalty=1.0, early_stopping="true",  # true | false | never
       eval_rows=0,  # > 0: evaluate on that many evenly spaced dev rows (generation is slow)
+      # Length bucketing: a training batch of similar-length pairs is cut to the smallest of
+      # these widths that holds it (the full max lengths above otherwise); "" = no bucketing.
+      bucket_widths="32,48",
   ))
   # retrieval: the contrastive loss (bert_jax/contrastive.py) and the exported pooling.
   c.retrieval = ConfigDict(dict(

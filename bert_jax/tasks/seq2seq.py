@@ -40,7 +40,11 @@ def seq2seq_loss(model, batch, dropout_rng, label_smoothing: float = 0.0):
   smooth_BxT = -jnp.mean(logp_BxTxV, -1)  # cross-entropy against the uniform distribution
   loss_BxT = (1.0 - label_smoothing) * nll_BxT + label_smoothing * smooth_BxT
   n = jnp.maximum(jnp.sum(weight_BxT), 1.0)
-  correct = jnp.sum((jnp.argmax(logits_BxTxV, -1) == labels_BxT) * weight_BxT)
+  # Right when the label's log-probability is the largest (ties count as right): one compare
+  # against the log-softmax's own maximum instead of an argmax pass over [B, T, V] (~4% of a
+  # MiniLM-sized step on CPU).
+  best_BxT = jnp.max(logp_BxTxV, -1)
+  correct = jnp.sum((-nll_BxT >= best_BxT) * weight_BxT)
   return jnp.sum(loss_BxT * weight_BxT) / n, {"nll": (jnp.sum(nll_BxT * weight_BxT), n),
                                                "token_accuracy": (correct, n)}
 
@@ -162,6 +166,14 @@ class Seq2SeqTask:
     if s.num_beams < 1 or self.max_target_length < 2:
       raise ConfigError(f"seq2seq.num_beams={s.num_beams} must be >= 1 and "
                         f"seq2seq.max_target_length={s.max_target_length} >= 2.")
+    if s.cross_init not in seq2seq_modeling.CROSS_INITS:
+      raise ConfigError(f"seq2seq.cross_init={s.cross_init!r} is not one of "
+                        f"{', '.join(seq2seq_modeling.CROSS_INITS)}.")
+    try:
+      [int(w) for w in str(s.bucket_widths).split(",") if w.strip()]
+    except ValueError:
+      raise ConfigError(f"seq2seq.bucket_widths={s.bucket_widths!r} must be comma-separated "
+                        "token counts, e.g. '32,48', or '' for no bucketing.") from None
     self.metric = config.train.metric or "bleu"
     self.gen = generation_config(tokenizer, s)
     self.loss_fn = functools.partial(seq2seq_loss, label_smoothing=float(s.label_smoothing))
@@ -200,6 +212,18 @@ class Seq2SeqTask:
                 self.max_target_length - 1, "seq2seq.max_target_length")
     return {**src, **tgt}
 
+  def train_iter(self, global_batch: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):
+    """Batches of similar-length pairs cut to `seq2seq.bucket_widths` (a length-bucketing
+    common.LengthBucketIterator; empty: every batch at the full widths)."""
+    a = self.train_arrays
+    widths = [int(w) for w in str(self.s.bucket_widths).split(",") if w.strip()]
+    if not widths:
+      return common.EpochIterator(a, global_batch, seed, process_index, process_count)
+    lengths = np.maximum(a["attention_mask"].sum(1), a["label_mask"].sum(1))
+    return common.LengthBucketIterator(a, lengths, widths, global_batch, seed, process_index,
+                                       process_count)
+
   # ----------------------------------------------------------------- model
   def make_model(self, bert_config, rngs):
     seq2seq_modeling.check_warm_start(bert_config, "model.family=modern")
@@ -214,7 +238,8 @@ class Seq2SeqTask:
         raise ConfigError(f"init_from has share={bool(conv.info.get('share'))}; set "
                           f"--config.seq2seq.share={bool(conv.info.get('share'))} to continue it.")
       return model_dir.unflatten(conv.params)
-    return model_dir.unflatten(seq2seq_modeling.warm_start_params(conv.params))
+    return model_dir.unflatten(seq2seq_modeling.warm_start_params(
+        conv.params, str(self.s.cross_init)))
 
   # ----------------------------------------------------------------- evaluation
   def evaluate(self, model, mesh, batch_size: int) -> tuple[dict[str, float], list[dict]]:
