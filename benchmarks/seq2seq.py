@@ -2,14 +2,14 @@ r"""KJV -> WEB translation with BERT2BERT: the copy baseline, the scores of fine
 generation speed (what benchmarks/RESULTS.md reports).
 
   python -m bert_jax.bible_pairs --translation --out=/tmp/kjv2web
-  # two fine-tunes with the same budget (warm start from all-MiniLM-L6-v2, and the same
-  # architecture from random weights: --config.from_scratch=True), e.g.
-  python -m bert_jax.cli.finetune --config=configs/finetune.py:task=seq2seq --workdir=W \
-    --config.init_from=MINILM_DIR --config.data.train_file=/tmp/kjv2web/train.tsv \
-    --config.data.dev_file=/tmp/kjv2web/dev.tsv --config.seq2seq.eval_rows=64 \
-    --config.train.max_train_seconds=900
-  python benchmarks/seq2seq.py --dev=/tmp/kjv2web/dev.tsv --eval_rows=64 --runs=W1,W2 \
-    --speed_model=W1/best
+  benchmarks/seq2seq_pair.sh warm /tmp/s2s      # alone on the machine: a 900 s wall-clock run
+  benchmarks/seq2seq_pair.sh random /tmp/s2s    # same architecture and steps, random weights
+  # scores of checkpoints (a learning curve; WORKDIR:STEP) on 512 held-out verses, beam 4:
+  python benchmarks/seq2seq.py --dev=/tmp/kjv2web/dev.tsv --eval_rows=512 \
+    --checkpoints=/tmp/s2s/warm:704,/tmp/s2s/random:200 --eval_beams=4
+  # generation speed of a model directory:
+  python benchmarks/seq2seq.py --dev=/tmp/kjv2web/dev.tsv --eval_rows=64 \
+    --speed_model=/tmp/s2s/warm/best
 
 Scores come from bert_jax.tasks.seq2seq.scores (sacreBLEU BLEU / chrF, rouge-score), lowercased
 when the model's vocabulary is uncased, on the same evenly spaced dev rows the task evaluates.

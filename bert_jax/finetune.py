@@ -185,11 +185,10 @@ def make_task(config, workdir: str):
   evaluate = best_keeper(data, config, workdir, tokenizer)
 
   def train_iter():
-    if hasattr(data, "train_iter"):  # seq2seq: length-bucketed batches
-      return data.train_iter(tc.batch_size, tc.seed, jax.process_index(), jax.process_count())
     return common.EpochIterator(data.train_arrays, tc.batch_size, tc.seed,
                                 jax.process_index(), jax.process_count(),
-                                buckets=getattr(data, "length_buckets", None))
+                                buckets=getattr(data, "length_buckets", None),
+                                lengths=getattr(data, "train_lengths", None))
 
   identity = {"bert_config": bert_config.shape_identity(),
               "vocab_fingerprint": tokenizer.fingerprint, "architecture": arch,

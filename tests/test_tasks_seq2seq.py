@@ -9,7 +9,7 @@ import pytest
 from bert_jax import bible_pairs, finetune, predict
 from bert_jax.configs import finetune as finetune_configs
 from bert_jax.errors import DataError, UserError
-from bert_jax.tasks import common, seq2seq
+from bert_jax.tasks import seq2seq
 from bert_jax.tokenization import Tokenizer
 
 
@@ -81,39 +81,38 @@ def test_label_smoothed_loss_matches_numpy():
   assert float(metrics["token_accuracy"][0]) == right
 
 
-def test_length_buckets_batch_similar_rows_cut_to_few_widths_and_resume(tokenizer):
-  """Real verses (Ruth, Jonah): each epoch serves every row once (bar the last partial batch),
-  a batch is cut to the smallest width holding its longest row, and batches are much narrower
-  than one fixed width; the state resumes the same batches."""
+def test_length_buckets_cut_source_and_target_to_the_longer_side_and_resume(tmp_path, tokenizer):
+  """Real verses (Ruth, Jonah) through the task's own training iterator (data.length_buckets):
+  a batch of pairs is cut on both sides to the smallest bucket holding its longest source or
+  target, batches are narrower than unsorted ones, and the state resumes the same batches."""
   src, tgt, _ = bible_pairs.translation_pairs(bible_pairs.books(["RUTH", "JONAH"]), "kjv", "web")
-  arrays, _ = seq2seq.encode_sources(tokenizer, src, 64)
-  arrays.update(seq2seq.encode_targets(tokenizer, tgt, 64)[0])
-  arrays["row"] = np.arange(len(src))
-  lengths = np.maximum(arrays["attention_mask"].sum(1), arrays["label_mask"].sum(1))
-  it = common.LengthBucketIterator(arrays, lengths, [24, 40], 8, seed=0, pool=4)
-  n_batches = len(src) // 8
-  rows, widths = [], []
+  c = _config(_tsv(tmp_path / "t.tsv", list(zip(src, tgt, strict=True))), dev=None,
+              max_seq_length=64, length_buckets="24,40")
+  c.seq2seq.max_target_length = 48
+  task, c, data = finetune.make_task(c, str(tmp_path / "work"))
+  assert data.length_buckets == (24, 40, 64)
+  a = data.train_arrays
+  it = task.train_iter()
+  n_batches = len(a["input_ids"]) // c.train.batch_size
+  widths = []
   for _ in range(n_batches):
     b = next(it)
     width = b["input_ids"].shape[1]
-    longest = lengths[b["row"]].max()
-    assert width == min([w for w in (24, 40, 64) if w >= longest])
-    assert b["labels"].shape[1] == width and b["attention_mask"][:, width:].size == 0
-    np.testing.assert_array_equal(b["input_ids"], arrays["input_ids"][b["row"], :width])
-    rows.extend(b["row"])
+    longest = max(b["attention_mask"].sum(1).max(), b["label_mask"].sum(1).max())
+    assert width == min(w for w in (24, 40, 64) if w >= longest)
+    assert b["labels"].shape[1] == min(width, 48) == b["decoder_input_ids"].shape[1]
     widths.append(width)
-  assert len(set(rows)) == len(rows) == n_batches * 8
-  # Unsorted batches of the same rows would be wider: sorting within pools is what helps.
-  perm = np.random.default_rng(0).permutation(len(src))[:n_batches * 8].reshape(-1, 8)
+  lengths = np.maximum(a["attention_mask"].sum(1), a["label_mask"].sum(1))
+  perm = np.random.default_rng(0).permutation(len(lengths))[:len(widths) * 4].reshape(-1, 4)
   unsorted = [min(w for w in (24, 40, 64) if w >= lengths[r].max()) for r in perm]
   assert np.mean(widths) < np.mean(unsorted) - 4 and len(set(widths)) > 1
   state = it.get_state()
   want = next(it)
-  again = common.LengthBucketIterator(arrays, lengths, [24, 40], 8, seed=0, pool=4)
+  again = task.train_iter()
   again.set_state(state)
   got = next(again)
-  np.testing.assert_array_equal(got["row"], want["row"])
-  assert got["input_ids"].shape == want["input_ids"].shape
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k])
 
 
 def test_scores_come_from_sacrebleu_and_rouge(pairs):

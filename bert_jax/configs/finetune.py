@@ -107,7 +107,8 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       dev_fraction=0.2, split_seed=0,
       vocab="",  # Without init_from: a vocab.txt / .model (default: bert-base-uncased).
       max_seq_length=128,
-      # classification and ner: batches cut to the shortest of these lengths that holds their
+      # classification, ner and seq2seq (training batches; a pair's length is its longer side):
+      # batches cut to the shortest of these lengths that holds their
       # longest row (one compile each) instead of padded to max_seq_length. auto: 16, 24, 32,
       # 48, 64, 96, ... up to max_seq_length | off | comma-separated lengths, e.g. 32,64,128
       length_buckets="auto",
@@ -143,9 +144,6 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       max_target_length=64,  # decoder tokens incl. [CLS]; longer targets are truncated
       num_beams=4, length_penalty=1.0, early_stopping="true",  # true | false | never
       eval_rows=0,  # > 0: evaluate on that many evenly spaced dev rows (generation is slow)
-      # Length bucketing: a training batch of similar-length pairs is cut to the smallest of
-      # these widths that holds it (the full max lengths above otherwise); "" = no bucketing.
-      bucket_widths="32,48",
   ))
   # retrieval: the contrastive loss (bert_jax/contrastive.py) and the exported pooling.
   c.retrieval = ConfigDict(dict(

@@ -56,7 +56,9 @@ def bucket_index(lengths_N: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
   return np.searchsorted(np.asarray(buckets), lengths_N, side="left")
 
 
-def cut(arrays: dict[str, np.ndarray], rows, width: int, full: int) -> dict[str, np.ndarray]:
-  """Rows `rows` of every array, token-aligned ones ([N, full, ...]) cut to `width` columns."""
-  return {k: (v[rows, :width] if np.ndim(v) >= 2 and v.shape[1] == full else v[rows])
+def cut(arrays: dict[str, np.ndarray], rows, width: int, full) -> dict[str, np.ndarray]:
+  """Rows `rows` of every array, token-aligned ones ([N, full, ...]; `full` may be a tuple of
+  such lengths, e.g. seq2seq's source and target) cut to `width` columns."""
+  fulls = full if isinstance(full, tuple) else (full,)
+  return {k: (v[rows, :width] if np.ndim(v) >= 2 and v.shape[1] in fulls else v[rows])
           for k, v in arrays.items()}

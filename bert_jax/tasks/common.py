@@ -131,8 +131,10 @@ class EpochIterator:
   The last partial batch of an epoch is dropped so every batch has the same number of rows.
 
   With `buckets` (length buckets, tasks/buckets.py) an epoch trains on the same number of
-  batches, but each batch holds rows of similar length, cut to the smallest bucket that holds
-  its longest row: the epoch's rows (a seeded permutation, less a random remainder) are sorted
+  batches, but each batch holds rows of similar length (`lengths`, default: the attention mask's;
+  given, every [N, W] array is token-aligned and cut, as seq2seq's source and target arrays), cut
+  to the smallest bucket that holds its longest row: the epoch's rows (a seeded permutation,
+  less a random remainder) are sorted
   by bucket, cut into global batches, and the batches shuffled. The order is a function of
   (seed, epoch) alone and every process computes the same one, so a resumed run feeds the same
   batches and all processes agree on each batch's length.
@@ -140,7 +142,7 @@ class EpochIterator:
 
   def __init__(self, arrays: dict[str, np.ndarray], global_batch: int, seed: int,
                process_index: int = 0, process_count: int = 1,
-               buckets: tuple[int, ...] | None = None):
+               buckets: tuple[int, ...] | None = None, lengths: np.ndarray | None = None):
     self.arrays = arrays
     self.n = len(next(iter(arrays.values())))
     if self.n < global_batch:
@@ -152,7 +154,11 @@ class EpochIterator:
     self.buckets = tuple(buckets) if buckets else None
     if self.buckets:
       self.width = arrays["attention_mask"].shape[1]
-      self._bucket_of = buckets_lib.bucket_index(buckets_lib.row_lengths(arrays), self.buckets)
+      if lengths is None:
+        lengths = buckets_lib.row_lengths(arrays)
+      else:  # seq2seq: the longer of source and target; its target arrays are cut too
+        self.width = (self.width, *{v.shape[1] for v in arrays.values() if np.ndim(v) == 2})
+      self._bucket_of = buckets_lib.bucket_index(np.asarray(lengths), self.buckets)
     self.epoch, self.pos = 0, 0
     self._perm, self._widths = self._order(0)
 
@@ -192,45 +198,6 @@ class EpochIterator:
   def set_state(self, state: dict) -> None:
     self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
     self._perm, self._widths = self._order(self.epoch)
-
-
-class LengthBucketIterator(EpochIterator):
-  """EpochIterator whose batches hold rows of similar length, cut to a few fixed widths.
-
-  Each epoch's permutation is taken in pools of `pool` batches; a pool is sorted by
-  `lengths` (the row's real width) and split into batches, and the epoch's batches are then
-  shuffled. Every [N, W] array of a batch is cut to the smallest of `widths` that holds the
-  batch's longest row (at most W), so the train step compiles once per width used and pads
-  ~1.5x fewer positions than one fixed width on Bible verses (fairseq's and tensor2tensor's
-  length bucketing). Same state {"epoch", "pos"}; `pos` counts batches' rows as before.
-  """
-
-  def __init__(self, arrays: dict[str, np.ndarray], lengths: np.ndarray, widths: list[int],
-               global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
-               pool: int = 64):
-    self.lengths, self.widths, self.pool = np.asarray(lengths), sorted(widths), pool
-    super().__init__(arrays, global_batch, seed, process_index, process_count)
-
-  def _permutation(self, epoch):
-    perm = super()._permutation(epoch)
-    b, rows = self.global_batch, (self.n // self.global_batch) * self.global_batch
-    span = b * self.pool
-    pools = [perm[i:i + span] for i in range(0, rows, span)]
-    pools[-1] = pools[-1][:len(pools[-1]) // b * b]
-    batches = [p[np.argsort(self.lengths[p], kind="stable")].reshape(-1, b) for p in pools]
-    batches_NxB = np.concatenate(batches)
-    order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches_NxB))
-    return np.concatenate([batches_NxB[order].reshape(-1), perm[rows:]])
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self.pos + self.global_batch > self.n:
-      self.epoch, self.pos = self.epoch + 1, 0
-      self._perm = self._permutation(self.epoch)
-    longest = int(self.lengths[self._perm[self.pos:self.pos + self.global_batch]].max())
-    width = next((w for w in self.widths if w >= longest), None)
-    batch = super().__next__()
-    return {k: v[:, :width] if v.ndim == 2 and width is not None else v
-            for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------- inference

@@ -25,7 +25,7 @@ import numpy as np
 
 from bert_jax import generation, model_dir, seq2seq_modeling
 from bert_jax.errors import ConfigError, DataError
-from bert_jax.tasks import common
+from bert_jax.tasks import buckets, common
 
 METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
 
@@ -169,11 +169,9 @@ class Seq2SeqTask:
     if s.cross_init not in seq2seq_modeling.CROSS_INITS:
       raise ConfigError(f"seq2seq.cross_init={s.cross_init!r} is not one of "
                         f"{', '.join(seq2seq_modeling.CROSS_INITS)}.")
-    try:
-      [int(w) for w in str(s.bucket_widths).split(",") if w.strip()]
-    except ValueError:
-      raise ConfigError(f"seq2seq.bucket_widths={s.bucket_widths!r} must be comma-separated "
-                        "token counts, e.g. '32,48', or '' for no bucketing.") from None
+    # Training batches of similar-length pairs (tasks/buckets.py), cut on both sides.
+    self.length_buckets = buckets.parse(d.get("length_buckets", "auto"),
+                                        max(self.max_seq_length, self.max_target_length))
     self.metric = config.train.metric or "bleu"
     self.gen = generation_config(tokenizer, s)
     self.loss_fn = functools.partial(seq2seq_loss, label_smoothing=float(s.label_smoothing))
@@ -192,6 +190,8 @@ class Seq2SeqTask:
       dev = {k: [v[i] for i in keep] for k, v in dev.items()}
     self.stats: dict[str, int] = {}
     self.train_arrays = self._arrays(train, "train")
+    a = self.train_arrays
+    self.train_lengths = np.maximum(a["attention_mask"].sum(1), a["label_mask"].sum(1))
     self.dev = dev
     self.dev_arrays, n_long = encode_sources(tokenizer, dev["source"], self.max_seq_length)
     self._count("dev_truncated_sources", n_long, "dev sources", self.max_seq_length,
@@ -211,18 +211,6 @@ class Seq2SeqTask:
     self._count(f"{split}_truncated_targets", n_tgt, f"{split} targets",
                 self.max_target_length - 1, "seq2seq.max_target_length")
     return {**src, **tgt}
-
-  def train_iter(self, global_batch: int, seed: int, process_index: int = 0,
-                 process_count: int = 1):
-    """Batches of similar-length pairs cut to `seq2seq.bucket_widths` (a length-bucketing
-    common.LengthBucketIterator; empty: every batch at the full widths)."""
-    a = self.train_arrays
-    widths = [int(w) for w in str(self.s.bucket_widths).split(",") if w.strip()]
-    if not widths:
-      return common.EpochIterator(a, global_batch, seed, process_index, process_count)
-    lengths = np.maximum(a["attention_mask"].sum(1), a["label_mask"].sum(1))
-    return common.LengthBucketIterator(a, lengths, widths, global_batch, seed, process_index,
-                                       process_count)
 
   # ----------------------------------------------------------------- model
   def make_model(self, bert_config, rngs):
