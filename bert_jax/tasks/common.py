@@ -134,10 +134,9 @@ class EpochIterator:
   batches, but each batch holds rows of similar length (`lengths`, default: the attention mask's;
   given, every [N, W] array is token-aligned and cut, as seq2seq's source and target arrays), cut
   to the smallest bucket that holds its longest row: the epoch's rows (a seeded permutation,
-  less a random remainder) are sorted
-  by bucket, cut into global batches, and the batches shuffled. The order is a function of
-  (seed, epoch) alone and every process computes the same one, so a resumed run feeds the same
-  batches and all processes agree on each batch's length.
+  less a random remainder) are sorted by bucket, cut into global batches, and the batches
+  shuffled. The order is a function of (seed, epoch) alone and every process computes the same
+  one, so a resumed run feeds the same batches and all processes agree on each batch's length.
   """
 
   def __init__(self, arrays: dict[str, np.ndarray], global_batch: int, seed: int,
