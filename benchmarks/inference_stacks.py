@@ -90,6 +90,16 @@ def mean_pool_normalize(h_BxLxD: np.ndarray, mask_BxL: np.ndarray) -> np.ndarray
 
 
 # ----------------------------------------------------------------------------- PyTorch
+def tokenize(tok, texts: list[str], workload: str, tensors: str):
+  """A HF tokenizer's batch as every peer feeds it: embed rows padded to the batch's longest
+  (up to EMBED_MAX_LENGTH), classification rows to CLS_LENGTH."""
+  if workload == "embed":
+    return tok(texts, padding=True, truncation=True, max_length=EMBED_MAX_LENGTH,
+               return_tensors=tensors)
+  return tok(texts, padding="max_length", truncation=True, max_length=CLS_LENGTH,
+             return_tensors=tensors)
+
+
 def _autocast(precision: str):
   import torch
   if precision == "bf16_autocast":
@@ -111,12 +121,7 @@ def torch_stack(workload: str, precision: str, compiled: bool, work: pathlib.Pat
   fwd = torch.compile(model, dynamic=workload == "embed") if compiled else model
 
   def encode(texts: list[str]) -> np.ndarray:
-    if workload == "embed":
-      enc = tok(texts, padding=True, truncation=True, max_length=EMBED_MAX_LENGTH,
-                return_tensors="pt")
-    else:
-      enc = tok(texts, padding="max_length", truncation=True, max_length=CLS_LENGTH,
-                return_tensors="pt")
+    enc = tokenize(tok, texts, workload, "pt")
     with torch.inference_mode(), _autocast(precision):
       out = fwd(**enc)
     if workload == "embed":
@@ -186,12 +191,7 @@ def ort_stack(workload: str, precision: str, work: pathlib.Path, threads: int):
   tok = transformers.AutoTokenizer.from_pretrained(str(folder))
 
   def encode(texts: list[str]) -> np.ndarray:
-    if workload == "embed":
-      enc = tok(texts, padding=True, truncation=True, max_length=EMBED_MAX_LENGTH,
-                return_tensors="np")
-    else:
-      enc = tok(texts, padding="max_length", truncation=True, max_length=CLS_LENGTH,
-                return_tensors="np")
+    enc = tokenize(tok, texts, workload, "np")
     feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask",
                                                   "token_type_ids")}
     out = session.run(None, feeds)[0]

@@ -202,6 +202,13 @@ class BertEncoderDecoder(nnx.Module):
 CROSS_INITS = ("random", "self")
 
 
+def check_cross_init(cross_init: str) -> None:
+  """ConfigError unless `cross_init` is one of CROSS_INITS (seq2seq.cross_init)."""
+  if cross_init not in CROSS_INITS:
+    from bert_jax.errors import ConfigError
+    raise ConfigError(f"seq2seq.cross_init={cross_init!r} is not one of {', '.join(CROSS_INITS)}.")
+
+
 def warm_start_params(flat: dict, cross_init: str = "random") -> dict:
   """BERT2BERT parameters (flat dotted names) from a BERT checkpoint's flat parameters (a
   BertModel's, or a head model's with `bert.`): the encoder and the decoder's embeddings and
@@ -215,9 +222,7 @@ def warm_start_params(flat: dict, cross_init: str = "random") -> dict:
   decoder's cross-attention), so the decoder attends from its first step to source tokens the
   pretrained model finds related, which is what copying-heavy tasks need first.
   """
-  if cross_init not in CROSS_INITS:
-    from bert_jax.errors import ConfigError
-    raise ConfigError(f"seq2seq.cross_init={cross_init!r} is not one of {', '.join(CROSS_INITS)}.")
+  check_cross_init(cross_init)
   enc = {k.removeprefix("bert."): v for k, v in flat.items()
          if k.startswith("bert.") or k.startswith(("embeddings.", "encoder.", "pooler."))}
   out = {f"encoder.{k}": v for k, v in enc.items()}

@@ -170,9 +170,7 @@ class Seq2SeqTask:
     if s.num_beams < 1 or self.max_target_length < 2:
       raise ConfigError(f"seq2seq.num_beams={s.num_beams} must be >= 1 and "
                         f"seq2seq.max_target_length={s.max_target_length} >= 2.")
-    if s.cross_init not in seq2seq_modeling.CROSS_INITS:
-      raise ConfigError(f"seq2seq.cross_init={s.cross_init!r} is not one of "
-                        f"{', '.join(seq2seq_modeling.CROSS_INITS)}.")
+    seq2seq_modeling.check_cross_init(s.cross_init)
     # Training batches of similar-length pairs (tasks/buckets.py), cut on both sides.
     self.length_buckets = buckets.parse(d.get("length_buckets", "auto"),
                                         max(self.max_seq_length, self.max_target_length))
