@@ -66,7 +66,7 @@ STEPS_PER_EPOCH = 100  # 3,200 training rows // 32
 def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False) -> dict:
   """timing_only: train on all 4,000 rows for epochs * 100 steps and evaluate on 64 rows only
   (the step time is the same; a slow variant's dev evaluation would cost minutes of the lock)."""
-  from bert_jax import finetune
+  from bert_jax import device_dtype, finetune
   config = bert_jax_config(epochs, buckets)
   with tempfile.TemporaryDirectory() as workdir:
     if timing_only:
@@ -84,7 +84,8 @@ def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False) -> dict
             if 10 in times and steps > 10 else None)
   out = {"seconds_per_epoch": summary["train_seconds"] / steps * STEPS_PER_EPOCH,
          "seconds_per_epoch_after_step_10": steady, "steps": steps,
-         "length_buckets": buckets, "dtype": str(summary["config"].model.dtype),
+         "length_buckets": buckets,
+         "dtype": device_dtype.resolve(str(summary["config"].model.dtype)),
          "loadavg_before": load0, "loadavg_after": os.getloadavg()}
   if not timing_only:
     out.update(dev_accuracy=summary["eval"]["accuracy"], dev_f1=summary["eval"].get("f1"))
