@@ -68,10 +68,17 @@ def compute_settings(model_cfg) -> dict:
   dtype fast on this device (device_dtype)."""
   common = dict(dtype=device_dtype.resolve(model_cfg.dtype),
                 attention_impl=model_cfg.attention_impl, remat=model_cfg.remat)
+  pooling = model_cfg.get("classifier_pooling", "")
   if check_config_family(model_cfg) == "modern":
+    if pooling:
+      common["classifier_pooling"] = pooling  # checked against POOLINGS by ModernBertConfig
     return dict(common, embedding_dropout=model_cfg.hidden_dropout_prob,
                 mlp_dropout=model_cfg.hidden_dropout_prob,
                 attention_dropout=model_cfg.attention_probs_dropout_prob)
+  if pooling:
+    raise ConfigError(f"model.classifier_pooling={pooling!r} is a ModernBERT setting; a BERT "
+                      f"classifier reads its pooler (the [CLS] output through a dense layer): "
+                      f"drop the flag, or fine-tune a model.family=modern checkpoint.")
   return dict(common, hidden_dropout_prob=model_cfg.hidden_dropout_prob,
               attention_probs_dropout_prob=model_cfg.attention_probs_dropout_prob)
 

@@ -410,6 +410,35 @@ def test_finetune_and_predict_from_a_modern_checkpoint(task, pretrained_modern, 
     assert len(rows[0]["tags"]) == 6
 
 
+def test_finetune_classifier_pooling_mean_is_trained_saved_and_used(pretrained_modern, bible_path,
+                                                                   mobydick_path, tmp_path):
+  """model.classifier_pooling=mean: the head reads the mean over real tokens, in training and in
+  the saved model."""
+  from bert_jax import modern_modeling
+  lines = (corpus_sentences(bible_path, 8, min_words=5)
+           + corpus_sentences(mobydick_path, 8, min_words=5))
+  path = tmp_path / "data.jsonl"
+  path.write_text("\n".join(json.dumps({"text": t, "label": "bible" if i < 8 else "moby"})
+                            for i, t in enumerate(lines)))
+  c = _finetune_config("classification", pretrained_modern[0] / "model")
+  c.data.train_file, c.model.classifier_pooling = str(path), "mean"
+  finetune.finetune_and_evaluate(c, str(tmp_path / "w"))
+  model, tokenizer = bert_jax.from_pretrained(tmp_path / "w" / "best")
+  assert model.config.classifier_pooling == "mean"
+  enc = tokenizer(lines[:2], max_length=64)  # rows of two lengths: padding must not count
+  ids, mask = enc["input_ids"], enc["attention_mask"]
+  assert 0 < mask.sum(axis=1).min() < mask.shape[1]
+  hidden = model.model(ids, mask).last_hidden_state
+  want = model._logits(modern_modeling.pool(hidden, mask, "mean"), None)
+  np.testing.assert_allclose(np.asarray(model(ids, mask)), np.asarray(want), atol=1e-5)
+  cls = model._logits(modern_modeling.pool(hidden, mask, "cls"), None)
+  assert not np.allclose(np.asarray(want), np.asarray(cls), atol=1e-3)
+  bert = finetune_configs.get_config("task=classification,tiny")
+  bert.model.classifier_pooling = "mean"
+  with pytest.raises(UserError, match="classifier_pooling='mean' is a ModernBERT setting"):
+    family.compute_settings(bert.model)
+
+
 def test_finetune_refuses_the_other_family(pretrained_modern, bert_dir, tmp_path):
   c = _finetune_config("ner", bert_dir)
   c.data.train_file = str(TESTDATA / "wikigold.conll.txt")

@@ -101,6 +101,10 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       # Accumulation and master weights stay f32.
       dtype="auto",
       attention_impl="auto", remat=False,
+      # modern: what the classification head reads, cls (the first token) | mean (over real
+      # tokens); "": init_from's (cls for a fresh model). An MLM-only checkpoint never trained
+      # its [CLS] output for a sentence summary: mean suits it (bert_jax/demo_zh.py).
+      classifier_pooling="",
   ))
   c.data = ConfigDict(dict(
       train_file="", dev_file="",  # No dev_file: a seeded dev_fraction split of train_file.
