@@ -2,7 +2,7 @@ r"""KJV -> WEB translation with BERT2BERT: the copy baseline, the scores of fine
 generation speed (what benchmarks/RESULTS.md reports).
 
   python -m bert_jax.bible_pairs --translation --out=/tmp/kjv2web
-  benchmarks/seq2seq_pair.sh warm /tmp/s2s      # alone on the machine: a 900 s wall-clock run
+  benchmarks/seq2seq_pair.sh warm /tmp/s2s      # alone (through /work/notes/measure): 1100 s
   benchmarks/seq2seq_pair.sh random /tmp/s2s    # same architecture and steps, random weights
   # scores of checkpoints (a learning curve; WORKDIR:STEP) on 512 held-out verses, beam 4:
   python benchmarks/seq2seq.py --dev=/tmp/kjv2web/dev.tsv --eval_rows=512 \

@@ -470,6 +470,10 @@ def read_hf_encoder_decoder(folder, hf_config: dict) -> Converted:
 
 def encoder_decoder_hf_files(conv: Converted) -> tuple[dict[str, np.ndarray], dict]:
   """(HF tensors, config.json dict) of a BertEncoderDecoder `Converted`."""
+  if conv.info.get("copy") or any(k.startswith("copy_gate.") for k in conv.params):
+    raise ConversionError("This BERT2BERT model has a copy gate (seq2seq.copy=True), which "
+                          "transformers' EncoderDecoderModel cannot express; keep it as a bert_jax "
+                          "model directory (exporting without the gate would change its outputs).")
   out = {}
   for name, x in conv.params.items():
     hf = re.sub(r"\.(scale|embedding|kernel)$", ".weight", name)

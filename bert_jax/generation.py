@@ -9,6 +9,10 @@ once, and the loop is a `jax.lax.while_loop` that stops when every row has ended
 tokens are reached. Outputs are [B, S] token ids starting with `decoder_start_token_id`, padded
 with `pad_token_id` after each row's EOS.
 
+A copy model (seq2seq_modeling, `copy=True`) takes the source ids into its cache and returns
+the log-probabilities of its pointer-generator mixture where a plain one returns logits; argmax
+and log_softmax treat both alike, so both searches serve it unchanged.
+
 Beam search follows transformers' `generate(num_beams=K)` (the vectorised beam search of
 transformers 5) step for step, so the same model and settings give the same tokens:
 2K candidates per row from all beams, candidates that end (EOS, or the S-th token) become
@@ -73,7 +77,7 @@ def _generate(graphdef, state, input_ids_BxM, mask_BxM, config: GenerationConfig
 def greedy(model, input_ids_BxM, mask_BxM, config: GenerationConfig) -> jax.Array:
   c = config
   b, s = input_ids_BxM.shape[0], c.max_length
-  cache = model.init_cache(model.encode(input_ids_BxM, mask_BxM), mask_BxM, s)
+  cache = model.init_cache(model.encode(input_ids_BxM, mask_BxM), mask_BxM, s, input_ids_BxM)
   seq_BxS = jnp.full((b, s), c.pad_token_id, jnp.int32).at[:, 0].set(c.decoder_start_token_id)
 
   def cond(carry):
@@ -102,7 +106,8 @@ def beam_search(model, input_ids_BxM, mask_BxM, config: GenerationConfig) -> jax
   c = config
   b, k, s = input_ids_BxM.shape[0], c.num_beams, c.max_length
   enc_BxMxD = model.encode(input_ids_BxM, mask_BxM)
-  cache = model.init_cache(jnp.repeat(enc_BxMxD, k, axis=0), jnp.repeat(mask_BxM, k, axis=0), s)
+  cache = model.init_cache(jnp.repeat(enc_BxMxD, k, axis=0), jnp.repeat(mask_BxM, k, axis=0), s,
+                           jnp.repeat(input_ids_BxM, k, axis=0))
   running_BxKxS = jnp.full((b, k, s), c.pad_token_id, jnp.int32).at[:, :, 0].set(
       c.decoder_start_token_id)
   running_scores_BxK = jnp.zeros((b, k)).at[:, 1:].set(_NEG)  # expand beam 0 only at first

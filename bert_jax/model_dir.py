@@ -73,6 +73,8 @@ def model_info(model: nnx.Module, extra_info: dict | None = None) -> dict:
     info["add_pooling_layer"] = False
   if getattr(model, "share", False) is True:  # BERT2BERT-share (seq2seq_modeling)
     info["share"] = True
+  if getattr(model, "copy", False) is True:  # a BERT2BERT copy gate (seq2seq_modeling)
+    info["copy"] = True
   return {**info, **(extra_info or {})}
 
 

@@ -259,6 +259,8 @@ def init_kwargs(cls, info: dict, overrides: dict | None = None) -> dict:
     kwargs["num_labels"] = int(num_labels)
   if "share" in accepted and info.get("share"):  # BERT2BERT-share
     kwargs["share"] = True
+  if "copy" in accepted and info.get("copy"):  # BERT2BERT with a copy gate
+    kwargs["copy"] = True
   if "add_pooling_layer" in accepted and info.get("add_pooling_layer") is False:
     kwargs["add_pooling_layer"] = False
   return {**kwargs, **overrides}

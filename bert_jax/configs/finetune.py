@@ -144,6 +144,10 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       # Warm start's cross-attention: random (BERT's init, the paper's) | self (a copy of the
       # checkpoint's self-attention of the same layer, as DeltaLM)
       cross_init="random",
+      # True: a pointer-generator (See et al. 2017): the output mixes the vocabulary softmax
+      # with the last decoder layer's cross-attention over the source tokens (a learnt gate);
+      # cannot be exported to transformers' EncoderDecoderModel
+      copy=False,
       label_smoothing=0.1,
       max_target_length=64,  # decoder tokens incl. [CLS]; longer targets are truncated
       num_beams=4, length_penalty=1.0, early_stopping="true",  # true | false | never

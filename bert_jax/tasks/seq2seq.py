@@ -9,8 +9,9 @@ stops the run (one sentence naming the row), since training on it teaches the mo
 
 Model: seq2seq_modeling.BertEncoderDecoder from `init_from` (a BERT checkpoint warm-starts
 both halves, Rothe et al. 2020; a BertEncoderDecoder continues), `seq2seq.share` for
-BERT2BERT-share. Loss: label-smoothed cross-entropy over the target tokens (decoder input
-`[CLS] y`, labels `y [SEP]`). Evaluation: generation (`seq2seq.num_beams`, length penalty) on
+BERT2BERT-share, `seq2seq.copy` for a pointer-generator copy gate. Loss: label-smoothed
+cross-entropy over the target tokens (decoder input `[CLS] y`, labels `y [SEP]`; a copy model's
+over its mixture). Evaluation: generation (`seq2seq.num_beams`, length penalty) on
 the dev rows (`seq2seq.eval_rows` evenly spaced ones when > 0), scored by sacreBLEU (BLEU,
 chrF) and rouge-score (ROUGE-1/2/L F1).
 """
@@ -35,7 +36,9 @@ def seq2seq_loss(model, batch, dropout_rng, label_smoothing: float = 0.0):
   logits_BxTxV = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
                        dropout_rng=dropout_rng).astype(jnp.float32)
   labels_BxT, weight_BxT = batch["labels"], batch["label_mask"].astype(jnp.float32)
-  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, -1)
+  # A copy model's output is already the log of its (normalised) mixture.
+  copies = getattr(model, "copy", False)
+  logp_BxTxV = logits_BxTxV if copies else jax.nn.log_softmax(logits_BxTxV, -1)
   nll_BxT = -jnp.take_along_axis(logp_BxTxV, labels_BxT[..., None], -1)[..., 0]
   smooth_BxT = -jnp.mean(logp_BxTxV, -1)  # cross-entropy against the uniform distribution
   loss_BxT = (1.0 - label_smoothing) * nll_BxT + label_smoothing * smooth_BxT
@@ -217,7 +220,8 @@ class Seq2SeqTask:
   # ----------------------------------------------------------------- model
   def make_model(self, bert_config, rngs):
     seq2seq_modeling.check_warm_start(bert_config, "model.family=modern")
-    return seq2seq_modeling.BertEncoderDecoder(bert_config, rngs=rngs, share=bool(self.s.share))
+    return seq2seq_modeling.BertEncoderDecoder(bert_config, rngs=rngs, share=bool(self.s.share),
+                                               copy=bool(self.s.get("copy", False)))
 
   def init_params(self, conv) -> dict:
     """What `init_from` gives the model: all of a BertEncoderDecoder, or a warm start from a
@@ -227,6 +231,9 @@ class Seq2SeqTask:
       if bool(conv.info.get("share")) != bool(self.s.share):
         raise ConfigError(f"init_from has share={bool(conv.info.get('share'))}; set "
                           f"--config.seq2seq.share={bool(conv.info.get('share'))} to continue it.")
+      if bool(conv.info.get("copy")) != bool(self.s.get("copy", False)):
+        raise ConfigError(f"init_from has copy={bool(conv.info.get('copy'))}; set "
+                          f"--config.seq2seq.copy={bool(conv.info.get('copy'))} to continue it.")
       return model_dir.unflatten(conv.params)
     return model_dir.unflatten(seq2seq_modeling.warm_start_params(
         conv.params, str(self.s.cross_init)))
@@ -247,6 +254,7 @@ class Seq2SeqTask:
             "target_column": d.target_column, "data_format": d.format,
             "num_beams": g.num_beams, "length_penalty": g.length_penalty,
             "early_stopping": g.early_stopping, "share": bool(self.s.share),
+            "copy": bool(self.s.get("copy", False)),
             "lowercase_scores": self.tokenizer.do_lower_case,
             "decoder_start_token_id": g.decoder_start_token_id, "eos_token_id": g.eos_token_id,
             "pad_token_id": g.pad_token_id}
