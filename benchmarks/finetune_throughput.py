@@ -160,10 +160,13 @@ def main():
   p.add_argument("--out", default=str(REPO / "benchmarks" /
                                       f"finetune_throughput_{time.strftime('%Y%m%d')}.json"))
   a = p.parse_args()
+  from bert_jax import allocator
+  allocator.reexec()  # as the CLIs run (BERT_JAX_ALLOCATOR); Trainer runs in this process too
   if not POLARITY.exists():
     sys.exit(f"{POLARITY} is absent (not shippable); run this beside ../shared/data.")
   out = pathlib.Path(a.out)
-  results = {"cpu": _cpu(), "batch": BATCH, "max_seq_length": MAX_LEN, "runs": {}}
+  results = {"cpu": _cpu(), "allocator": os.environ.get(allocator.APPLIED, "system"),
+             "batch": BATCH, "max_seq_length": MAX_LEN, "runs": {}}
   if a.append and out.exists():
     results = json.loads(out.read_text())
   results.setdefault("commands", []).append(" ".join(sys.argv))

@@ -173,8 +173,9 @@ def bert_jax_worker(precision: str, work: pathlib.Path, data: dict) -> list[dict
 
 # ----------------------------------------------------------------------------- parent
 def machine() -> dict:
-  from bert_jax import device_dtype
+  from bert_jax import allocator, device_dtype
   info = {"nproc": os.cpu_count(), "threads": _THREADS.value,
+          "allocator": os.environ.get(allocator.APPLIED, "system"),  # workers inherit it
           "cpu_flags": sorted(f for f in device_dtype.cpu_flags()
                               if f.startswith(("avx", "amx", "fma")))}
   for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
@@ -251,6 +252,8 @@ def main(argv):
   work = pathlib.Path(_WORKDIR.value)
   if _WORKER.value:
     return worker(_WORKER.value, work)
+  from bert_jax import allocator
+  allocator.reexec()  # as the CLIs run (BERT_JAX_ALLOCATOR); every worker inherits it
   if _MERGE.value:
     runs = [json.loads(pathlib.Path(f).read_text(encoding="utf-8")) for f in _MERGE.value]
     results = {"runs": [{k: v for k, v in r.items() if k not in ("rows", "ratios")}

@@ -123,8 +123,11 @@ def peer_variants(peers: list[str], wanted: list[str]) -> list[tuple[str, str]]:
 
 
 def machine() -> dict:
+  from bert_jax import allocator
   info = {"nproc": os.cpu_count(), "platform": platform.platform(),
-          "python": platform.python_version()}
+          "python": platform.python_version(),
+          # every stack's process (peers inherit the environment): bert_jax/allocator.py
+          "allocator": os.environ.get(allocator.APPLIED, "system")}
   try:
     for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout \
         .splitlines():
@@ -358,6 +361,8 @@ def write_json(path: str, results: dict) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options are --flags.")
+  from bert_jax import allocator
+  allocator.reexec()  # as the CLIs run (BERT_JAX_ALLOCATOR); the peers inherit it
   if _JSON.value and os.path.exists(_JSON.value):
     raise app.UsageError(f"{_JSON.value} already exists; choose another --json path.")
   write = (lambda r: write_json(_JSON.value, r)) if _JSON.value else None

@@ -116,9 +116,9 @@ def fill_mask_examples(model_dir: str, data_dir: str) -> list[dict]:
 
 
 def run_demo(config, workdir: str, doc_lines: int = 32) -> dict:
-  from bert_jax import device_dtype, pretraining
+  from bert_jax import allocator, device_dtype, pretraining
   os.makedirs(workdir, exist_ok=True)
-  print(device_dtype.describe(), flush=True)
+  print(device_dtype.describe(), allocator.describe(), flush=True)
   data_dir = prepare_corpus(workdir, doc_lines)
   with config.unlocked():
     config.data.dir = data_dir

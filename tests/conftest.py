@@ -29,6 +29,9 @@ XLA_CACHE = REPO / ".xla-test-cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(XLA_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+# CLI subprocesses start as they are: the allocator restart (bert_jax/allocator.py) would import
+# everything twice in each of them; tests/test_allocator.py runs it for real.
+os.environ.setdefault("BERT_JAX_ALLOCATOR", "system")
 
 
 def shared_or_skip(relpath: str) -> pathlib.Path:
