@@ -74,7 +74,7 @@ def plan(environ, tcmalloc: str | None) -> dict[str, str] | None:
 
 def reexec() -> None:
   """Restarts this command with the allocator `plan` chooses (Linux only); returns if none."""
-  if not sys.platform.startswith("linux"):
+  if not sys.platform.startswith("linux") or not sys.executable:  # embedded interpreters
     return
   changes = plan(os.environ, find_tcmalloc())
   if not changes:
