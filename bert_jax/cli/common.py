@@ -14,7 +14,7 @@ import traceback
 
 from absl import app, flags
 
-from bert_jax import allocator
+from bert_jax import allocator, compile_cache
 from bert_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -139,13 +139,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 def run(main) -> None:
   """app.run(main) for a tool module: user errors are one line (guarded), and `--help` lists
   the tool's flags and docstring also when it runs as a console script. First the process
-  restarts itself once with the host allocator BERT_JAX_ALLOCATOR chooses (allocator.py).
+  restarts itself once with the host allocator BERT_JAX_ALLOCATOR chooses (allocator.py) and
+  turns on the persistent compilation cache (compile_cache.py).
 
   absl's --help shows the key flags and the docstring of the module that sys.argv[0] names.
   Under `python -m bert_jax.cli.X` that is the tool itself; a console script
   (`.venv/bin/bert-jax-X`) is a generated stub, so the tool's key flags are registered for it.
   """
   guarded(allocator.reexec)  # Before anything runs: tcmalloc / huge pages (allocator.py).
+  compile_cache.enable()  # ~/.cache/bert_jax/xla unless set otherwise (compile_cache.py)
   tool = sys.modules[main.__module__]
   for flag in FLAGS.get_key_flags_for_module(tool):
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
