@@ -155,18 +155,23 @@ def main():
   p.add_argument("--timing_only", action="store_true",
                  help="time the training steps only: no dev accuracy (bert_jax then trains on "
                       "all 4,000 rows and evaluates on 64; the s/epoch is for 100 steps)")
+  p.add_argument("--compile_cache", default="off",
+                 help="a persistent XLA compilation cache directory for bert_jax, as the CLIs "
+                      "use by default (bert_jax/compile_cache.py); off (default): every "
+                      "compile counts, as on a first run")
   p.add_argument("--append", action="store_true",
                  help="add the runs to --out's JSON (named NAME@EPOCHS) instead of replacing it")
   p.add_argument("--out", default=str(REPO / "benchmarks" /
                                       f"finetune_throughput_{time.strftime('%Y%m%d')}.json"))
   a = p.parse_args()
-  from bert_jax import allocator
+  from bert_jax import allocator, compile_cache
   allocator.reexec()  # as the CLIs run (BERT_JAX_ALLOCATOR); Trainer runs in this process too
+  cache_dir = compile_cache.enable({compile_cache.ENV: a.compile_cache})
   if not POLARITY.exists():
     sys.exit(f"{POLARITY} is absent (not shippable); run this beside ../shared/data.")
   out = pathlib.Path(a.out)
   results = {"cpu": _cpu(), "allocator": os.environ.get(allocator.APPLIED, "system"),
-             "batch": BATCH, "max_seq_length": MAX_LEN, "runs": {}}
+             "compile_cache": cache_dir, "batch": BATCH, "max_seq_length": MAX_LEN, "runs": {}}
   if a.append and out.exists():
     results = json.loads(out.read_text())
   results.setdefault("commands", []).append(" ".join(sys.argv))
