@@ -157,6 +157,10 @@ def run_demo_zh(config, workdir: str, *, finetune_steps: int = 0, whole_word: bo
   not); N > 0: N steps each (to repeat a run's counts).
   """
   from bert_jax import finetune, pretraining
+  from bert_jax.errors import ConfigError
+  if finetune_steps < 0:
+    raise ConfigError(f"finetune_steps={finetune_steps} is negative: pass 0 (fit each fine-tuning "
+                      f"into its time budget) or a positive number of steps.")
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   whole_word = config.data.whole_word_mask if whole_word is None else whole_word

@@ -177,3 +177,13 @@ def test_malformed_token_names_line_and_token(pd_slice, tmp_path):
   path.write_text("[中国/ns  共产党/n  主席/n\n", encoding="utf-8")
   with pytest.raises(DataError, match="never closed"):
     chinese.read_peoples_daily(path)
+
+
+def test_demo_refuses_negative_finetune_steps(tmp_path):
+  from bert_jax import demo_zh
+  from bert_jax.configs import pretrain
+  from bert_jax.errors import ConfigError
+  workdir = tmp_path / "demo"
+  with pytest.raises(ConfigError, match="finetune_steps=-5 is negative"):
+    demo_zh.run_demo_zh(pretrain.get_config("demo_zh"), str(workdir), finetune_steps=-5)
+  assert not workdir.exists()  # refused before anything is written
