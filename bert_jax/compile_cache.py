@@ -20,9 +20,14 @@ MAX_BYTES = 4 << 30
 MIN_COMPILE_SECONDS = 1.0  # JAX's default: programs that compile faster are not worth a file
 
 
-def default_dir(environ=os.environ) -> str:
+def cache_root(environ=os.environ) -> str:
+  """$XDG_CACHE_HOME/bert_jax (~/.cache/bert_jax): bert_jax's per-user caches live under it."""
   base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "bert_jax", "xla")
+  return os.path.join(base, "bert_jax")
+
+
+def default_dir(environ=os.environ) -> str:
+  return os.path.join(cache_root(environ), "xla")
 
 
 def choose(environ=os.environ) -> str | None:

@@ -26,7 +26,8 @@ WIKIGOLD = REPO / "tests" / "data" / "wikigold.conll.txt"
 PACKAGE_FILES = ("bert_jax/configs/__init__.py", "bert_jax/configs/common.py",
                  "bert_jax/configs/pretrain.py", "bert_jax/configs/finetune.py",
                  "bert_jax/resources/bert-base-uncased-vocab.txt",
-                 "bert_jax/resources/web-bible.en.txt.gz", "bert_jax/cli/__init__.py")
+                 "bert_jax/resources/web-bible.en.txt.gz", "bert_jax/cli/__init__.py",
+                 "bert_jax/kernels/onednn_matmul.cc")
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 

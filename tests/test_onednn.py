@@ -1,0 +1,106 @@
+"""The oneDNN matmul custom call (bert_jax.onednn): it builds, its int8 products are the exact
+integers XLA computes, its float products match XLA's, and a real int8 model (all-MiniLM-L6-v2 on
+real sentences, int8 weights and activations) gives the same embeddings through it as through
+XLA, with the custom call really in the compiled program."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO, corpus_sentences
+
+from bert_jax import onednn
+from bert_jax.errors import ConfigError
+
+REASON = onednn.unavailable_reason()
+needs_kernel = pytest.mark.skipif(bool(REASON), reason=f"oneDNN kernel unavailable: {REASON}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("transpose_a,transpose_b", [(False, False), (True, False),
+                                                     (False, True)])
+def test_int8_products_are_xlas_integers(transpose_a, transpose_b):
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.randint(ka, (72, 40) if transpose_a else (40, 72), -128, 128).astype(jnp.int8)
+  b = jax.random.randint(kb, (56, 72) if transpose_b else (72, 56), -128, 128).astype(jnp.int8)
+  got = jax.jit(lambda a, b: onednn.matmul(a, b, jnp.int32, transpose_a=transpose_a,
+                                           transpose_b=transpose_b))(a, b)
+  a32, b32 = a.astype(jnp.int32), b.astype(jnp.int32)
+  want = (a32.T if transpose_a else a32) @ (b32.T if transpose_b else b32)
+  assert got.shape == (40, 56) and got.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(jax.jit(onednn.int8_matmul)(
+      a32.T.astype(jnp.int8) if transpose_a else a, b32.T.astype(jnp.int8) if transpose_b
+      else b)), np.asarray(want))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-5)])
+def test_float_products_match_xla(dtype, tol):
+  ka, kb = jax.random.split(jax.random.key(1))
+  a = jax.random.normal(ka, (33, 64)).astype(dtype)
+  b = jax.random.normal(kb, (64, 17)).astype(dtype)
+  got = jax.jit(lambda a, b: onednn.matmul(a, b, jnp.float32))(a, b)
+  want = jnp.dot(a.astype(jnp.float32), b.astype(jnp.float32))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol)
+
+
+@needs_kernel
+def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
+  """The real model, int8 weights and per-token int8 activations, on real sentences: the same
+  embeddings bit for bit whichever computes the int8 products (subprocesses: the choice is
+  read when a function is traced)."""
+  code = (
+      "import sys, numpy as np, jax, bert_jax\n"
+      "from bert_jax import quantization\n"
+      f"texts = {corpus_sentences(mobydick_path, 12, min_words=5)!r}\n"
+      f"m = bert_jax.BertModel.from_pretrained({str(minilm_dir)!r})\n"
+      f"t = bert_jax.BertTokenizer.from_pretrained({str(minilm_dir)!r})\n"
+      "q = quantization.quantize(m, 'int8', activations=True)\n"
+      "np.save(sys.argv[1], bert_jax.embed(q, t, texts, normalize=True))\n"
+      "from bert_jax import inference\n"
+      "g, s = inference.inference_split(q)\n"
+      "ids = np.ones((2, 16), np.int32)\n"
+      "hlo = inference.encode.lower(g, s, ids, ids, 0 * ids, pooling='mean').as_text()\n"
+      "print('custom_call' in hlo and 'bert_jax_onednn_matmul' in hlo)\n")
+  out = {}
+  for mode in ("on", "off"):
+    path = str(tmp_path / f"{mode}.npy")
+    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                          env={**os.environ, onednn.ENV: mode, "PYTHONPATH": str(REPO)},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(mode == "on")
+    out[mode] = np.load(path)
+  assert out["on"].shape == (12, 384)
+  np.testing.assert_array_equal(out["on"], out["off"])
+
+
+def test_bad_choice_is_one_sentence():
+  with pytest.raises(ConfigError, match="BERT_JAX_ONEDNN='fast' is not one of auto, on, off"):
+    onednn.enabled({onednn.ENV: "fast"})
+  assert not onednn.enabled({onednn.ENV: "off"})
+
+
+def test_missing_onednn_says_what_to_install(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"pip install bert-jax\[onednn\]"):
+    onednn.find_onednn({onednn.ROOT_ENV: str(tmp_path)}, roots_only=True)
+
+
+def test_missing_compiler_says_what_to_install(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no C\\+\\+ compiler"):
+    onednn._compiler({"CXX": str(tmp_path / "no-such-g++"), "PATH": str(tmp_path)})
+
+
+@needs_kernel
+def test_build_is_cached_per_user(tmp_path):
+  env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+  first = onednn.build(env)
+  assert first.startswith(str(tmp_path / "bert_jax" / "kernels"))
+  stamp = os.path.getmtime(first)
+  assert onednn.build(env) == first and os.path.getmtime(first) == stamp
+  assert [p for p in os.listdir(os.path.dirname(first)) if p.endswith(".so")] == [
+      os.path.basename(first)]
