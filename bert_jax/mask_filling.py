@@ -107,7 +107,8 @@ def fill_mask_checkpoint(checkpoint, texts, top_k: int = 5, *, dtype: str | None
                          quantize: str = "none"):
   """`fill_mask` with the model and tokenizer of `checkpoint` (what `bert-jax-fill-mask` runs);
   refuses a checkpoint without the masked-LM head instead of predicting with random weights.
-  quantize="int8" predicts with int8 weights (bert_jax.quantization)."""
+  quantize="int8" predicts with int8 weights, "int8_dynamic" with int8 activations too
+  (bert_jax.quantization)."""
   import bert_jax
   from bert_jax import loading, quantization
   # The checkpoint's family decides the class (ModernBertForMaskedLM for a ModernBERT).

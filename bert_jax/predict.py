@@ -50,7 +50,8 @@ def predict_file(checkpoint, input_path, *, batch_size: int = 32, task: str = ""
                  overrides: dict | None = None, quantize: str = "none") -> list[dict]:
   """Prediction records for `input_path` with the fine-tuned model in `checkpoint`.
 
-  quantize="int8" predicts with int8 weights (bert_jax.quantization).
+  quantize="int8" predicts with int8 weights, "int8_dynamic" with int8 activations too
+  (bert_jax.quantization).
   """
   from bert_jax import loading, model_dir, quantization
   from bert_jax.tokenization import Tokenizer

@@ -35,7 +35,7 @@ from flax import nnx
 from bert_jax import layers, onednn
 from bert_jax.errors import ConfigError, ModelFileError
 
-MODES = ("none", "int8")
+MODES = ("none", "int8", "int8_dynamic")  # int8_dynamic: int8 with activations=True
 
 
 def _qwix():
@@ -56,7 +56,7 @@ def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False
 
   Args:
     model: any bert_jax model (BERT or ModernBERT, with or without a head).
-    mode: "int8" or "none".
+    mode: "int8", "int8_dynamic" (int8 with activations=True) or "none".
     activations: also quantize each Dense input per token (int8 x int8 matmuls).
   Raises:
     ConfigError: an unknown mode, or qwix missing.
@@ -66,6 +66,7 @@ def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False
     raise ConfigError(f"quantize={mode!r} is not one of {', '.join(MODES)}.")
   if mode == "none":
     return model
+  activations = activations or mode == "int8_dynamic"
   qwix = _qwix()
   denses = [m for _, m in nnx.iter_graph(model) if isinstance(m, layers.Dense)]
   if not denses:

@@ -288,7 +288,8 @@ def embed_checkpoint_file(checkpoint, input_path, output_prefix, *, pooling: str
 
   pooling, normalize and max_length left None come from the checkpoint's sentence-transformers
   files (else mean, False, the model's limit). Bad input and existing outputs are refused
-  before the model is loaded. quantize="int8" embeds with int8 weights (bert_jax.quantization).
+  before the model is loaded. quantize="int8" embeds with int8 weights
+  (bert_jax.quantization; "int8_dynamic": int8 activations too).
   """
   import bert_jax
   from bert_jax import quantization

@@ -70,9 +70,13 @@ if ! command -v gcsfuse >/dev/null; then
 fi
 sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
 mountpoint -q $MOUNT || gcsfuse --implicit-dirs $BUCKET $MOUNT"
+# Then the checkout, tcmalloc for the host process (bert_jax/allocator.py preloads it when
+# installed; under glibc XLA's large per-step host buffers are mapped and zeroed on every step)
+# and the package.
 INSTALL_CMD="$MOUNT_CMD
 if [ -d $REMOTE_DIR ]; then git -C $REMOTE_DIR fetch -q --depth 1 origin $(q "$REF") && git -C $REMOTE_DIR checkout -q FETCH_HEAD
 else git clone -q --depth 1 --branch $(q "$REF") $(q "$REPO") $REMOTE_DIR; fi
+dpkg -s libtcmalloc-minimal4 >/dev/null 2>&1 || (sudo apt-get -qq update && sudo apt-get -qq install -y libtcmalloc-minimal4)
 pip install -q -e \"$REMOTE_DIR[tpu]\""
 PREPARE_CMD="set -e
 cd $REMOTE_DIR

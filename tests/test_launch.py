@@ -79,6 +79,7 @@ def test_tpu_vm_pod_dry_run_prints_every_step():
   install, prepare, run, wait, logs = (option(c, "--command") for c in ssh)
   assert "gcsfuse --implicit-dirs my-bucket /gcs/my-bucket" in install
   assert 'pip install -q -e "$HOME/bert_jax[tpu]"' in install
+  assert "apt-get -qq install -y libtcmalloc-minimal4" in install  # bert_jax/allocator.py
   assert "gs://my-bucket/data/bible/" in prepare and "bert_jax.cli.prepare" in prepare
   # The training command inside the detached `bash -c '...'`, word by word.
   train = shlex.split(detached_script(run).split("; echo $?")[0])

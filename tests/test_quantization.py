@@ -59,6 +59,14 @@ def test_weights_are_int8_with_one_scale_per_output_channel(classifier):
   w = model.bert.encoder.layer[0].attention.self.query.kernel[...]
   back = kernel.qvalue.astype(jnp.float32) * kernel.scale
   assert float(jnp.max(jnp.abs(back - w))) <= float(jnp.max(kernel.scale)) / 2 + 1e-7
+  # int8_dynamic: the same int8 weights, and every Dense quantizes its input too.
+  d = quantization.quantize(model, "int8_dynamic")
+  dense = [m for _, m in nnx.iter_graph(d) if isinstance(m, layers.Dense)]
+  assert dense and all(m.quantize_activations for m in dense)
+  assert not any(m.quantize_activations for _, m in nnx.iter_graph(q)
+                 if isinstance(m, layers.Dense))
+  np.testing.assert_array_equal(d.bert.encoder.layer[0].attention.self.query.kernel.qvalue,
+                                kernel.qvalue)
 
 
 def test_int8_predictions_agree_with_f32_on_real_sentences(classifier, texts):
@@ -126,8 +134,9 @@ def _cli(module, *args, cwd):
 
 @pytest.mark.slow
 def test_cli_quantize(classifier, texts, tmp_path, minilm_dir):
-  """predict and embed with --quantize=int8 agree with f32; an unknown mode and an already
-  int8 model directory are refused in one sentence with nothing written."""
+  """predict (--quantize=int8_dynamic: int8 activations too) and embed (--quantize=int8) agree
+  with f32; an unknown mode and an already int8 model directory are refused in one sentence
+  with nothing written."""
   model, tokenizer = classifier
   ckpt = tmp_path / "cls"
   model_dir.save_model_dir(ckpt, model, tokenizer,
@@ -136,7 +145,7 @@ def test_cli_quantize(classifier, texts, tmp_path, minilm_dir):
   inp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:16]))
   out = tmp_path / "p.jsonl"
   proc = _cli("predict", f"--checkpoint={ckpt}", f"--input={inp}", f"--output={out}",
-              "--quantize=int8", cwd=tmp_path)
+              "--quantize=int8_dynamic", cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   q_labels = [json.loads(line)["label"] for line in out.read_text().splitlines()]
   f_labels = [r["label"] for r in predict.predict_file(ckpt, inp)]

@@ -34,6 +34,15 @@ _CONFIG_PATH = re.compile(r"^(?:\./)?(?:bert_jax/)?configs/(?P<name>[A-Za-z0-9_]
                           r"(?P<arg>:.*)?$", re.DOTALL)
 
 
+def define_quantize():
+  """--quantize for the inference CLIs (predict, embed, fill-mask); bert_jax.quantization.MODES."""
+  return flags.DEFINE_enum(
+      "quantize", "none", ["none", "int8", "int8_dynamic"],
+      "int8: post-training int8 weights through qwix (a quarter of the memory, float matmuls); "
+      "int8_dynamic: int8 weights and per-token int8 activations, int8 matmuls (on oneDNN's "
+      "VNNI kernels on CPU: bert_jax/onednn.py). See docs/shrink.md.")
+
+
 def define_table_overrides() -> tuple:
   """Flags that override how a checkpoint's recorded input table is read (predict, explain);
   the values map by flag name onto the task's read_for_predict overrides."""

@@ -20,9 +20,7 @@ _DTYPE = flags.DEFINE_string("dtype", None,
                              "Compute dtype: bfloat16, float32 or auto (bf16 where this device "
                              "computes it natively, else f32); default: the checkpoint's.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object per text instead of a table.")
-_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"],
-                              "int8: post-training int8 weights through qwix "
-                              "(bert_jax.quantization).")
+_QUANTIZE = common.define_quantize()
 flags.declare_key_flag(common.VERBOSE)
 
 

@@ -28,9 +28,7 @@ _OVERRIDES = common.define_table_overrides()
 for _flag in _OVERRIDES:  # defined in common, listed by this tool's --help
   flags.declare_key_flag(_flag.name)
 flags.mark_flags_as_required(["checkpoint", "input", "output"])
-_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"],
-                              "int8: post-training int8 weights through qwix "
-                              "(bert_jax.quantization).")
+_QUANTIZE = common.define_quantize()
 flags.declare_key_flag(common.VERBOSE)
 
 
