@@ -26,6 +26,7 @@ pure and makes the int8 values visible in its state.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import jax
@@ -81,6 +82,11 @@ def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False
   if bad:
     raise ModelFileError(f"{type(model).__name__} holds {', '.join(bad)} kernels; int8 "
                          f"quantization needs float weights.")
+  if activations and jax.default_backend() == "cpu" and onednn.choice() != "off":
+    reason = onednn.unavailable_reason()
+    if reason:  # Correct either way, but XLA:CPU's int8 product is slower than its bf16 one.
+      logging.warning("int8 activations: the int8 matmuls run on XLA, slower than bf16 on this "
+                      "CPU, because the oneDNN kernel is unavailable: %s.", reason)
   model = nnx.clone(model)
   for module in [m for _, m in nnx.iter_graph(model)]:
     if isinstance(module, layers.Dense):

@@ -104,3 +104,26 @@ def test_build_is_cached_per_user(tmp_path):
   assert onednn.build(env) == first and os.path.getmtime(first) == stamp
   assert [p for p in os.listdir(os.path.dirname(first)) if p.endswith(".so")] == [
       os.path.basename(first)]
+
+
+def test_int8_activations_without_the_kernel_warn_and_still_compute(monkeypatch, caplog):
+  from flax import nnx
+
+  import bert_jax
+  from bert_jax import quantization
+  pytest.importorskip("qwix")
+  model = bert_jax.BertModel(bert_jax.BertConfig(vocab_size=50, hidden_size=16,
+                                                 num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=32),
+                             rngs=nnx.Rngs(params=0))
+  monkeypatch.setattr(onednn, "_load", lambda: "no C++ compiler (test)")
+  monkeypatch.setenv(onednn.ENV, "auto")
+  with caplog.at_level("WARNING"):
+    q = quantization.quantize(model, "int8_dynamic")
+  assert "int8 matmuls run on XLA" in caplog.text and "no C++ compiler (test)" in caplog.text
+  ids = np.arange(8, dtype=np.int32).reshape(1, 8)
+  hlo = jax.jit(lambda i: q(i).last_hidden_state).lower(ids).as_text()
+  assert "bert_jax_onednn_matmul" not in hlo  # XLA's dot, no custom call
+  monkeypatch.setenv(onednn.ENV, "on")
+  with pytest.raises(ConfigError, match="BERT_JAX_ONEDNN=on but the oneDNN kernel cannot be used"):
+    onednn.enabled()
