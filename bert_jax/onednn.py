@@ -149,11 +149,15 @@ def enabled(environ=os.environ) -> bool:
 
 def matmul(a: jax.Array, b: jax.Array, out_dtype, *, transpose_a: bool = False,
            transpose_b: bool = False) -> jax.Array:
-  """op(a) @ op(b) -> [M, N] of out_dtype through the oneDNN custom call (CPU only; call
-  `enabled()` first). Types: f32/bf16 -> f32, or s8/u8 x s8 -> s32."""
-  m = a.shape[1] if transpose_a else a.shape[0]
-  n = b.shape[0] if transpose_b else b.shape[1]
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n), out_dtype))
+  """op(a) @ op(b) -> [..., M, N] of out_dtype through the oneDNN custom call (CPU only; call
+  `enabled()` first); leading dims are batch dims, equal in a and b; op transposes the last
+  two. Types: f32/bf16 -> f32, or s8/u8 x s8 -> s32."""
+  reason = _load()  # registers the target on first use
+  if reason:
+    raise ConfigError(f"the oneDNN kernel cannot be used: {reason}.")
+  m = a.shape[-1] if transpose_a else a.shape[-2]
+  n = b.shape[-2] if transpose_b else b.shape[-1]
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((*a.shape[:-2], m, n), out_dtype))
   return call(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
 
 
@@ -162,7 +166,7 @@ def int8_matmul(a_MxK: jax.Array, b_KxN: jax.Array) -> jax.Array:
   def xla(a, b):
     return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
 
-  if not enabled():
+  if not enabled() or jax.device_count() > 1:  # a custom call has no sharding rule
     return xla(a_MxK, b_KxN)
   return jax.lax.platform_dependent(
       a_MxK, b_KxN, cpu=lambda a, b: matmul(a, b, jnp.int32), default=xla)

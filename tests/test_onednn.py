@@ -38,6 +38,17 @@ def test_int8_products_are_xlas_integers(transpose_a, transpose_b):
 
 
 @needs_kernel
+def test_batched_products_over_leading_dims():
+  ka, kb = jax.random.split(jax.random.key(2))
+  a = jax.random.normal(ka, (2, 3, 8, 16)).astype(jnp.bfloat16)
+  b = jax.random.normal(kb, (2, 3, 12, 16)).astype(jnp.bfloat16)
+  got = jax.jit(lambda a, b: onednn.matmul(a, b, jnp.float32, transpose_b=True))(a, b)
+  want = jnp.einsum("xymk,xynk->xymn", a.astype(jnp.float32), b.astype(jnp.float32))
+  assert got.shape == (2, 3, 8, 12)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-5)])
 def test_float_products_match_xla(dtype, tol):
   ka, kb = jax.random.split(jax.random.key(1))

@@ -1,7 +1,8 @@
 // One XLA FFI custom call: a 2-D matmul through oneDNN, for bert_jax.onednn.
 //
-// C[M, N] = op(A) . op(B), op = transpose or not (an attribute each; a transposed operand is read
-// through its strides, never copied). Operands f32 / bf16 (-> f32) or s8 / u8 x s8 (-> s32, the
+// C[..., M, N] = op(A) . op(B) over equal leading (batch) dims, op = transpose of the last two
+// dims or not (an attribute each; a transposed operand is read through its strides, never
+// copied). Operands f32 / bf16 (-> f32) or s8 / u8 x s8 (-> s32, the
 // avx512_vnni / AMX int8 kernels XLA:CPU does not use). One oneDNN primitive per (shapes, types,
 // transposes), created on first use and kept; creating one takes milliseconds, running one
 // microseconds of overhead. oneDNN picks its kernel (brgemm on AVX-512) at primitive creation.
@@ -35,7 +36,7 @@ bool ToDnnl(ffi::DataType type, memory::data_type* out) {
   }
 }
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, bool, bool>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, int, bool, bool>;
 
 // The cached primitive for `key`; primitives are immutable and safe to execute concurrently.
 dnnl::matmul Primitive(const Key& key, const memory::desc& a, const memory::desc& b,
@@ -54,14 +55,23 @@ dnnl::matmul Primitive(const Key& key, const memory::desc& a, const memory::desc
 ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
                   bool transpose_a, bool transpose_b) {
   auto a_dims = a.dimensions(), b_dims = b.dimensions(), c_dims = c->dimensions();
-  if (a_dims.size() != 2 || b_dims.size() != 2 || c_dims.size() != 2) {
-    return ffi::Error::InvalidArgument("bert_jax onednn matmul takes 2-D operands");
+  const size_t rank = a_dims.size();
+  if (rank < 2 || b_dims.size() != rank || c_dims.size() != rank) {
+    return ffi::Error::InvalidArgument(
+        "bert_jax onednn matmul takes operands of one rank >= 2");
   }
-  const int64_t m = transpose_a ? a_dims[1] : a_dims[0];
-  const int64_t k = transpose_a ? a_dims[0] : a_dims[1];
-  const int64_t k_b = transpose_b ? b_dims[1] : b_dims[0];
-  const int64_t n = transpose_b ? b_dims[0] : b_dims[1];
-  if (k != k_b || c_dims[0] != m || c_dims[1] != n) {
+  int64_t batch = 1;  // Leading dims, equal in a, b and c, folded into one.
+  for (size_t i = 0; i + 2 < rank; ++i) {
+    if (a_dims[i] != b_dims[i] || a_dims[i] != c_dims[i]) {
+      return ffi::Error::InvalidArgument("bert_jax onednn matmul: batch dims differ");
+    }
+    batch *= a_dims[i];
+  }
+  const int64_t a0 = a_dims[rank - 2], a1 = a_dims[rank - 1];
+  const int64_t b0 = b_dims[rank - 2], b1 = b_dims[rank - 1];
+  const int64_t m = transpose_a ? a1 : a0, k = transpose_a ? a0 : a1;
+  const int64_t k_b = transpose_b ? b1 : b0, n = transpose_b ? b0 : b1;
+  if (k != k_b || c_dims[rank - 2] != m || c_dims[rank - 1] != n) {
     return ffi::Error::InvalidArgument("bert_jax onednn matmul: operand shapes do not agree");
   }
   memory::data_type a_type, b_type, c_type;
@@ -70,11 +80,14 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
     return ffi::Error::InvalidArgument(
         "bert_jax onednn matmul takes f32/bf16 -> f32 or s8/u8 x s8 -> s32");
   }
-  // Row-major [rows, cols]; a transposed operand is its stored [cols, rows] read column-wise.
-  const memory::desc a_md({m, k}, a_type, transpose_a ? memory::dims{1, m} : memory::dims{k, 1});
-  const memory::desc b_md({k, n}, b_type, transpose_b ? memory::dims{1, k} : memory::dims{n, 1});
-  const memory::desc c_md({m, n}, c_type, memory::dims{n, 1});
-  const Key key{m, k, n, static_cast<int>(a_type), static_cast<int>(b_type),
+  // Row-major [batch, rows, cols]; a transposed operand is its stored [cols, rows] read
+  // column-wise.
+  const memory::desc a_md({batch, m, k}, a_type,
+                          transpose_a ? memory::dims{m * k, 1, m} : memory::dims{m * k, k, 1});
+  const memory::desc b_md({batch, k, n}, b_type,
+                          transpose_b ? memory::dims{k * n, 1, k} : memory::dims{k * n, n, 1});
+  const memory::desc c_md({batch, m, n}, c_type, memory::dims{m * n, n, 1});
+  const Key key{batch, m, k, n, static_cast<int>(a_type), static_cast<int>(b_type),
                 static_cast<int>(c_type), transpose_a, transpose_b};
   try {
     dnnl::matmul primitive = Primitive(key, a_md, b_md, c_md);
