@@ -130,7 +130,7 @@ def sample(key, logits_xV):
 
 def rtd_loss(model: ElectraForRTD, batch: dict, dropout_rng, *, rtd_weight: float = 50.0):
   """(generator MLM loss + rtd_weight * discriminator BCE, metrics); module doc."""
-  from bert_jax.pretraining import _mlm_terms
+  from bert_jax.pretraining import mlm_terms
   ids_BxL = jnp.asarray(batch["input_ids"])
   b, seq_len = ids_BxL.shape
   valid_BxL = batch["input_mask"] > 0
@@ -144,7 +144,7 @@ def rtd_loss(model: ElectraForRTD, batch: dict, dropout_rng, *, rtd_weight: floa
   gen_logits_BxPxV = model.generator(emb_BxLxD, attention_lib.MaskSpec(batch["input_mask"], packed),
                                      batch["masked_lm_positions"],
                                      model.bert.embeddings.word_embeddings, _fold(dropout_rng, 1))
-  mlm_sum, mlm_w, mlm_correct = _mlm_terms(gen_logits_BxPxV, batch)
+  mlm_sum, mlm_w, mlm_correct = mlm_terms(gen_logits_BxPxV, batch)
 
   # Training samples with the step's key; evaluation with a fixed one (the same rows each time).
   key = jax.random.key(0) if dropout_rng is None else jax.random.fold_in(dropout_rng, 2)
