@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -119,9 +120,17 @@ def build(environ=os.environ) -> str:
   return out
 
 
-@functools.cache
+_LOAD_LOCK = threading.Lock()
+
+
 def _load() -> str:
   """Builds, loads and registers the kernel once per process; '' or why it is unusable."""
+  with _LOAD_LOCK:  # threads tracing at once must not register the target twice
+    return _load_once()
+
+
+@functools.cache
+def _load_once() -> str:
   try:
     library = ctypes.CDLL(build())
   except (OSError, RuntimeError, FileNotFoundError) as e:
