@@ -8,9 +8,9 @@ XLA bf16 / XLA int8 / oneDNN int8 (s8 x s8 -> s32): 4096x384 @ 384x1536 377 / 27
 matmul ran at XLA's bf16 speed, within 10%, so floats stay on XLA.)
 
 `int8_matmul(a, b)` is the int32 product of two int8 matrices: through oneDNN on CPU when the
-kernel is usable, XLA's dot elsewhere (`jax.lax.platform_dependent`, so a TPU or GPU lowering
-never sees the custom call), with the same integers either way. bert_jax.quantization's int8
-activations use it.
+kernel is usable and the CPU has int8 dot-product instructions (VNNI or AMX), XLA's dot
+elsewhere (`jax.lax.platform_dependent`, so a TPU or GPU lowering never sees the custom call),
+with the same integers either way. bert_jax.quantization's int8 activations use it.
 
 The kernel is compiled once, on first use, into $XDG_CACHE_HOME/bert_jax/kernels (a few seconds),
 keyed by the source, jaxlib and oneDNN. It needs a C++17 compiler (`g++`, or $CXX) and oneDNN
@@ -39,7 +39,7 @@ import threading
 import jax
 import jax.numpy as jnp
 
-from bert_jax import compile_cache
+from bert_jax import compile_cache, device_dtype
 from bert_jax.errors import ConfigError
 
 ENV = "BERT_JAX_ONEDNN"
@@ -140,6 +140,31 @@ def _load_once() -> str:
   return ""
 
 
+# Where oneDNN's int8 products are exact: with VNNI / AMX the u8 x s8 pairs accumulate in 32
+# bits; without (AVX2 only) oneDNN sums pairs in saturating 16 bits, so a s8 x s8 product could
+# differ from XLA's integers there, and nothing was measured on such a CPU.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_reason(flags=None) -> str:
+  """'' when int8 products go to oneDNN here, else why not."""
+  flags = device_dtype.cpu_flags() if flags is None else flags
+  if not any(f in flags for f in INT8_DOT_FLAGS):
+    return ("this CPU has no int8 dot-product instructions (" + ", ".join(INT8_DOT_FLAGS) +
+            ")")
+  return _load()
+
+
+def int8_enabled(environ=os.environ) -> bool:
+  """Whether int8_matmul runs on oneDNN (BERT_JAX_ONEDNN, a usable kernel, a VNNI/AMX CPU)."""
+  if choice(environ) == "off":
+    return False
+  reason = int8_reason()
+  if reason and choice(environ) == "on":
+    raise ConfigError(f"{ENV}=on but oneDNN cannot compute the int8 products: {reason}.")
+  return not reason
+
+
 def unavailable_reason() -> str:
   """'' when the kernel is usable here, else why not (what to install)."""
   return _load()
@@ -171,11 +196,11 @@ def matmul(a: jax.Array, b: jax.Array, out_dtype, *, transpose_a: bool = False,
 
 
 def int8_matmul(a_MxK: jax.Array, b_KxN: jax.Array) -> jax.Array:
-  """int8 [M, K] @ int8 [K, N] -> the exact int32 [M, N]: oneDNN on CPU when enabled()."""
+  """int8 [M, K] @ int8 [K, N] -> the exact int32 [M, N]: oneDNN on CPU when int8_enabled()."""
   def xla(a, b):
     return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
 
-  if not enabled() or jax.device_count() > 1:  # a custom call has no sharding rule
+  if not int8_enabled() or jax.device_count() > 1:  # a custom call has no sharding rule
     return xla(a_MxK, b_KxN)
   return jax.lax.platform_dependent(
       a_MxK, b_KxN, cpu=lambda a, b: matmul(a, b, jnp.int32), default=xla)

@@ -83,7 +83,7 @@ def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False
     raise ModelFileError(f"{type(model).__name__} holds {', '.join(bad)} kernels; int8 "
                          f"quantization needs float weights.")
   if activations and jax.default_backend() == "cpu" and onednn.choice() != "off":
-    reason = onednn.unavailable_reason()
+    reason = onednn.int8_reason()
     if reason:  # Correct either way, but XLA:CPU's int8 product is slower than its bf16 one.
       logging.warning("int8 activations: the int8 matmuls run on XLA, slower than bf16 on this "
                       "CPU, because the oneDNN kernel is unavailable: %s.", reason)
@@ -111,7 +111,7 @@ def dense(layer: layers.Dense, x: jax.Array) -> jax.Array:
   dims = (((1,), (0,)), ((), ()))
   if getattr(layer, "quantize_activations", False):
     x_MxK = qwix.quantize(x_MxK.astype(jnp.float32), jnp.int8, channelwise_axes=(0,))
-    if x_MxK.zero_point is None and q_KxN.zero_point is None and onednn.enabled():
+    if x_MxK.zero_point is None and q_KxN.zero_point is None and onednn.int8_enabled():
       # qwix.dot_general's arithmetic (int32 product, times the row scales, times the column
       # scales), with the int8 product on oneDNN's VNNI kernels on CPU: the same values.
       y_MxN = onednn.int8_matmul(x_MxK.qvalue, q_KxN.qvalue).astype(jnp.float32)

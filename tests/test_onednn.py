@@ -17,9 +17,11 @@ from bert_jax.errors import ConfigError
 
 REASON = onednn.unavailable_reason()
 needs_kernel = pytest.mark.skipif(bool(REASON), reason=f"oneDNN kernel unavailable: {REASON}")
+INT8_REASON = onednn.int8_reason()
+needs_int8 = pytest.mark.skipif(bool(INT8_REASON), reason=f"no oneDNN int8 here: {INT8_REASON}")
 
 
-@needs_kernel
+@needs_int8
 @pytest.mark.parametrize("transpose_a,transpose_b", [(False, False), (True, False),
                                                      (False, True)])
 def test_int8_products_are_xlas_integers(transpose_a, transpose_b):
@@ -59,7 +61,7 @@ def test_float_products_match_xla(dtype, tol):
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol)
 
 
-@needs_kernel
+@needs_int8
 def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
   """The real model, int8 weights and per-token int8 activations, on real sentences: the same
   embeddings bit for bit whichever computes the int8 products (subprocesses: the choice is
@@ -128,6 +130,7 @@ def test_int8_activations_without_the_kernel_warn_and_still_compute(monkeypatch,
                                                  intermediate_size=32),
                              rngs=nnx.Rngs(params=0))
   monkeypatch.setattr(onednn, "_load", lambda: "no C++ compiler (test)")
+  monkeypatch.setattr(onednn, "int8_reason", lambda: "no C++ compiler (test)")
   monkeypatch.setenv(onednn.ENV, "auto")
   with caplog.at_level("WARNING"):
     q = quantization.quantize(model, "int8_dynamic")
@@ -138,3 +141,11 @@ def test_int8_activations_without_the_kernel_warn_and_still_compute(monkeypatch,
   monkeypatch.setenv(onednn.ENV, "on")
   with pytest.raises(ConfigError, match="BERT_JAX_ONEDNN=on but the oneDNN kernel cannot be used"):
     onednn.enabled()
+  with pytest.raises(ConfigError, match="BERT_JAX_ONEDNN=on but oneDNN cannot compute the int8"):
+    onednn.int8_enabled()
+
+
+def test_no_int8_dot_instructions_keep_xla():
+  """Without VNNI / AMX oneDNN's int8 pairs saturate in 16 bits: XLA's integers are kept."""
+  reason = onednn.int8_reason(frozenset({"avx2", "fma", "avx512_bf16"}))
+  assert reason.startswith("this CPU has no int8 dot-product instructions (avx512_vnni")
