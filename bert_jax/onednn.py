@@ -146,9 +146,14 @@ def _load_once() -> str:
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
+@functools.cache
+def _this_cpu_flags() -> frozenset[str]:
+  return device_dtype.cpu_flags()
+
+
 def int8_reason(flags=None) -> str:
   """'' when int8 products go to oneDNN here, else why not."""
-  flags = device_dtype.cpu_flags() if flags is None else flags
+  flags = _this_cpu_flags() if flags is None else flags
   if not any(f in flags for f in INT8_DOT_FLAGS):
     return ("this CPU has no int8 dot-product instructions (" + ", ".join(INT8_DOT_FLAGS) +
             ")")
@@ -171,7 +176,8 @@ def unavailable_reason() -> str:
 
 
 def enabled(environ=os.environ) -> bool:
-  """Whether int8_matmul runs on oneDNN for CPU computations (BERT_JAX_ONEDNN)."""
+  """Whether the oneDNN kernel may be used here (BERT_JAX_ONEDNN and a usable kernel); int8
+  products also need int8_enabled()."""
   mode = choice(environ)
   if mode == "off":
     return False

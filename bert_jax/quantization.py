@@ -86,7 +86,7 @@ def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False
     reason = onednn.int8_reason()
     if reason:  # Correct either way, but XLA:CPU's int8 product is slower than its bf16 one.
       logging.warning("int8 activations: the int8 matmuls run on XLA, slower than bf16 on this "
-                      "CPU, because the oneDNN kernel is unavailable: %s.", reason)
+                      "CPU, because oneDNN cannot compute them here: %s.", reason)
   model = nnx.clone(model)
   for module in [m for _, m in nnx.iter_graph(model)]:
     if isinstance(module, layers.Dense):
