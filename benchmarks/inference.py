@@ -145,9 +145,8 @@ def bert_jax_worker(precision: str, work: pathlib.Path, data: dict) -> list[dict
   from bert_jax.tasks import classification
   int8 = precision == "int8_dynamic"  # int8 weights and per-token activations, the rest "auto"
   dtype = device_dtype.resolve("auto" if int8 else precision)
-  shrink = ((lambda m: quantization.quantize(m, "int8", activations=True)) if int8
-            else (lambda m: m))
-  note = str(dtype) + (f", int8 matmuls on {'oneDNN' if onednn.enabled() else 'XLA'}"
+  shrink = (lambda m: quantization.quantize(m, "int8_dynamic")) if int8 else (lambda m: m)
+  note = str(dtype) + (f", int8 matmuls on {'oneDNN' if onednn.int8_enabled() else 'XLA'}"
                        if int8 else "")
   rows = []
   if "embed" in data:
