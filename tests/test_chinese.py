@@ -3,6 +3,7 @@ for the NER task, reviews -> pos / neg rows for the classification task, and bad
 encoding, malformed `word/TAG` tokens)."""
 from __future__ import annotations
 
+import collections
 import os
 import re
 
@@ -85,7 +86,28 @@ def test_demo_splits_are_disjoint(tmp_path):
   test_reviews = chinese.read_sentiment(s["sentiment_test"])["text"]
   train_reviews = set(chinese.read_sentiment(s["sentiment_train"])["text"])
   assert 500 < len(test_reviews) and not set(test_reviews) & (train_reviews | corpus)
+  # Pretraining's extra weight on the reviews: REVIEW_WEIGHT - 1 more copies of each TRAINING one.
+  extra = collections.Counter(open(s["reviews_extra"], encoding="utf-8").read().splitlines())
+  assert set(extra) == train_reviews and set(extra.values()) == {demo_zh.REVIEW_WEIGHT - 1}
   assert demo_zh.split_data(str(tmp_path)) == s  # reused
+
+
+def test_demo_preparation_reads_the_extra_review_copies(tmp_path):
+  """Tiny real slice: the prepared corpus holds every copy of the reviews (preparation's held-out
+  split hashes the text, so all copies of one review are on the same side)."""
+  import json
+
+  from bert_jax import demo_zh
+  reviews = chinese.read_sentiment()["text"][:150]
+  pd = ["".join(w for w, _ in chinese.parse_peoples_daily_line(l))
+        for l in chinese.read_lines(chinese.peoples_daily_path())[:100] if l.strip()]
+  (tmp_path / "corpus.txt").write_text("\n".join(pd + reviews) + "\n", encoding="utf-8")
+  (tmp_path / "extra.txt").write_text("\n".join(reviews * 2) + "\n", encoding="utf-8")
+  splits = {"corpus": str(tmp_path / "corpus.txt"), "reviews_extra": str(tmp_path / "extra.txt")}
+  _, data_dir = demo_zh.prepare_zh(str(tmp_path), splits)
+  meta = json.loads((tmp_path / "data_wwm" / "metadata.json").read_text(encoding="utf-8"))
+  assert meta["stats"]["documents"] == len(pd) + 3 * len(reviews)
+  assert meta["options"]["whole_word_segmenter"] == "jieba"
 
 
 def test_bracketed_compounds_are_one_entity():
