@@ -162,10 +162,11 @@ def int8_reason(flags=None) -> str:
 
 def int8_enabled(environ=os.environ) -> bool:
   """Whether int8_matmul runs on oneDNN (BERT_JAX_ONEDNN, a usable kernel, a VNNI/AMX CPU)."""
-  if choice(environ) == "off":
+  mode = choice(environ)
+  if mode == "off":
     return False
   reason = int8_reason()
-  if reason and choice(environ) == "on":
+  if reason and mode == "on":
     raise ConfigError(f"{ENV}=on but oneDNN cannot compute the int8 products: {reason}.")
   return not reason
 
@@ -175,23 +176,11 @@ def unavailable_reason() -> str:
   return _load()
 
 
-def enabled(environ=os.environ) -> bool:
-  """Whether the oneDNN kernel may be used here (BERT_JAX_ONEDNN and a usable kernel); int8
-  products also need int8_enabled()."""
-  mode = choice(environ)
-  if mode == "off":
-    return False
-  reason = _load()
-  if reason and mode == "on":
-    raise ConfigError(f"{ENV}=on but the oneDNN kernel cannot be used: {reason}.")
-  return not reason
-
-
 def matmul(a: jax.Array, b: jax.Array, out_dtype, *, transpose_a: bool = False,
            transpose_b: bool = False) -> jax.Array:
-  """op(a) @ op(b) -> [..., M, N] of out_dtype through the oneDNN custom call (CPU only; call
-  `enabled()` first); leading dims are batch dims, equal in a and b; op transposes the last
-  two. Types: f32/bf16 -> f32, or s8/u8 x s8 -> s32."""
+  """op(a) @ op(b) -> [..., M, N] of out_dtype through the oneDNN custom call (CPU only; a
+  ConfigError when the kernel is unusable here); leading dims are batch dims, equal in a and b;
+  op transposes the last two. Types: f32/bf16 -> f32, or s8/u8 x s8 -> s32."""
   reason = _load()  # registers the target on first use
   if reason:
     raise ConfigError(f"the oneDNN kernel cannot be used: {reason}.")

@@ -105,7 +105,8 @@ def test_demo_preparation_reads_the_extra_review_copies(tmp_path):
   (tmp_path / "extra.txt").write_text("\n".join(reviews * 2) + "\n", encoding="utf-8")
   splits = {"corpus": str(tmp_path / "corpus.txt"), "reviews_extra": str(tmp_path / "extra.txt")}
   _, data_dir = demo_zh.prepare_zh(str(tmp_path), splits)
-  meta = json.loads((tmp_path / "data_wwm" / "metadata.json").read_text(encoding="utf-8"))
+  with open(os.path.join(data_dir, "metadata.json"), encoding="utf-8") as f:
+    meta = json.load(f)
   assert meta["stats"]["documents"] == len(pd) + 3 * len(reviews)
   assert meta["options"]["whole_word_segmenter"] == "jieba"
 
