@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import time
 
 import jax
@@ -100,8 +101,14 @@ def run_steps(built: dict, n: int) -> tuple[list[float], list[float]]:
   return times, losses
 
 
+def custom_calls(compiled) -> list[str]:
+  """The custom-call targets in a compiled step's HLO (e.g. cuDNN's fused attention), so a run
+  records which kernels it really used rather than the one it asked for."""
+  return sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())))
+
+
 def measure(config, vocab_size: int = 30522, steps: int = 7, warmup: int = 2,
-            seed: int = 0) -> dict:
+            seed: int = 0, with_custom_calls: bool = False) -> dict:
   """Compiles, runs `warmup` steps, then times `steps` steps; returns the figures."""
   built = build(config, vocab_size, seed)
   _, warm_losses = run_steps(built, warmup)
@@ -121,4 +128,6 @@ def measure(config, vocab_size: int = 30522, steps: int = 7, warmup: int = 2,
       params=train.param_count(built["state"].params),
       first_loss=losses[0], last_loss=losses[-1],
       losses_finite=bool(np.all(np.isfinite(losses))))
+  if with_custom_calls:
+    out["custom_calls"] = custom_calls(built["compiled"])
   return out

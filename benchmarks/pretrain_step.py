@@ -329,7 +329,8 @@ def gpu_mode(write=None) -> dict:
     config.model.attention_probs_dropout_prob = 0.0
     print(f"[{preset} seq {seq} batch {b} attention {impl}] ...", flush=True)
     try:
-      r = bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value)
+      r = bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value,
+                                with_custom_calls=True)
     except Exception as e:  # noqa: BLE001 - e.g. out of memory: report it and go on.
       results["rows"].append({"preset": preset, "seq_len": seq, "batch_size": b,
                               "attention_impl": impl, "error": str(e).splitlines()[0][:300]})
@@ -347,7 +348,8 @@ def gpu_mode(write=None) -> dict:
     write and write(results)
     print(f"  {1e3 * r['median_s']:.1f} ms/step, {r['tokens_per_s_per_chip']:,.0f} tokens/s/chip, "
           f"MFU {r['mfu_vs_measured']:.1%} of measured, {(r['mfu_vs_vendor'] or 0):.1%} of "
-          f"vendor peak, step memory {(r.get('step_bytes') or 0) / 2**30:.1f} GiB", flush=True)
+          f"vendor peak, step memory {(r.get('step_bytes') or 0) / 2**30:.1f} GiB; custom calls "
+          f"{r['custom_calls']}", flush=True)
   return results
 
 
