@@ -69,6 +69,8 @@ _GPU = flags.DEFINE_bool("gpu", False, "GPU mode: bf16, cuDNN attention, BERT-ba
 
 _GPU_CASES = flags.DEFINE_list("gpu_cases", ["base:128", "base:512", "large:128", "large:512"],
                                "GPU mode: PRESET:SEQ cases to run.")
+_PRNG = flags.DEFINE_enum("prng_impl", "threefry2x32", ["threefry2x32", "rbg", "unsafe_rbg"],
+                          "jax_default_prng_impl for every key of the run (dropout's masks).")
 _GPU_ATTENTION = flags.DEFINE_list("gpu_attention", ["cudnn", "xla"],
                                    "GPU mode: attention kernels to compare on every case.")
 
@@ -313,7 +315,7 @@ def gpu_mode(write=None) -> dict:
   chip = flops_lib.chip_name(dev)
   results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
              "machine": machine(), "jax": jax.__version__, "device": dev.device_kind,
-             "command": " ".join(sys.argv), "rows": []}
+             "command": " ".join(sys.argv), "prng_impl": _PRNG.value, "rows": []}
   measured = matmul_peak.matmul_flops_per_s(8192, jax.numpy.bfloat16, reps=10, chain=8)
   vendor = None if chip == "cpu" else flops_lib.CHIPS[chip]["peak_flops"]  # None: unknown GPU.
   n_dev = jax.device_count()
@@ -368,6 +370,8 @@ def main(argv):
   if _JSON.value and os.path.exists(_JSON.value):
     raise app.UsageError(f"{_JSON.value} already exists; choose another --json path.")
   write = (lambda r: write_json(_JSON.value, r)) if _JSON.value else None
+  import jax
+  jax.config.update("jax_default_prng_impl", _PRNG.value)
   results = gpu_mode(write) if _GPU.value else cpu_mode(write)
   if write:
     write(results)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import NamedTuple
 
 import jax
@@ -159,7 +160,8 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
   if kernel == "cudnn":
     ctx = jax.nn.dot_product_attention(
         q_BxLxNxH.astype(dtype), k_BxMxNxH.astype(dtype), v_BxMxNxH.astype(dtype),
-        mask=dense_mask(mask, half_window), scale=float(scale), implementation="cudnn")
+        mask=dense_mask(mask, half_window), scale=1.0 / math.sqrt(head_size),
+        implementation="cudnn")  # a Python float: cuDNN's scale is static, not traced
     return ctx.astype(jnp.float32), None
   if kernel == "splash":
     return splash_attention(q_BxLxNxH * scale, k_BxMxNxH, v_BxMxNxH, mask, dtype=dtype,

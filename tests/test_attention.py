@@ -132,6 +132,30 @@ def test_kernels_fall_back_on_cpu_with_one_reason(caplog):
   np.testing.assert_array_equal(got, want)
 
 
+def test_cudnn_branch_traces_under_jit(monkeypatch):
+  """The cuDNN call as a jitted step makes it (found on an H200: a traced `scale` made every
+  cudnn row fail): CPU has no cuDNN, so jax's own XLA implementation stands in for it, with a
+  check that what cuDNN takes as static arrives as a Python value."""
+  seen = {}
+  real = jax.nn.dot_product_attention
+
+  def stand_in(q, k, v, *, mask, scale, implementation):
+    assert implementation == "cudnn" and isinstance(scale, float), (implementation, scale)
+    seen["mask"] = mask.shape
+    return real(q, k, v, mask=mask, scale=scale, implementation="xla")
+
+  monkeypatch.setattr(att, "resolve_impl", lambda impl, *a: impl)
+  monkeypatch.setattr(jax.nn, "dot_product_attention", stand_in)
+  q, k, v = _inputs(2, 16, 2, 8, seed=2)
+  mask = _mask(2, 16, packed=True, seed=2)
+  run = jax.jit(lambda q, k, v, impl: att.dot_product_attention(
+      q, k, v, mask, impl=impl, dtype=jnp.bfloat16, dropout_rate=0.0, dropout_rng=None,
+      half_window=5)[0], static_argnums=3)
+  got, want = run(q, k, v, "cudnn"), run(q, k, v, "xla")
+  assert seen["mask"] == (2, 1, 16, 16)
+  np.testing.assert_allclose(_real(got, mask), _real(want, mask), atol=2e-2)
+
+
 def test_splash_train_step_compiles_for_v5e():
   """The ModernBERT MLM train step with Splash attention (packed rows, local and global layers),
   compiled for a v5e:2x2 slice by libtpu on this CPU machine (tests/aot_modern_step.py)."""
