@@ -158,10 +158,13 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
   dropout_active = dropout_rng is not None and dropout_rate > 0.0
   kernel = resolve_impl(impl, dtype, dropout_active, want_probs, seq_len)
   if kernel == "cudnn":
+    # cuDNN takes the mask as a bias of the whole [B, 1, L, M] (a padding-only mask is
+    # [B, 1, 1, M]: "Bias must have same seq length as QKV" on an H200) and a static scale.
+    mask_Bx1xLxM = jnp.broadcast_to(dense_mask(mask, half_window),
+                                    (q_BxLxNxH.shape[0], 1, seq_len, k_BxMxNxH.shape[1]))
     ctx = jax.nn.dot_product_attention(
         q_BxLxNxH.astype(dtype), k_BxMxNxH.astype(dtype), v_BxMxNxH.astype(dtype),
-        mask=dense_mask(mask, half_window), scale=1.0 / math.sqrt(head_size),
-        implementation="cudnn")  # a Python float: cuDNN's scale is static, not traced
+        mask=mask_Bx1xLxM, scale=1.0 / math.sqrt(head_size), implementation="cudnn")
     return ctx.astype(jnp.float32), None
   if kernel == "splash":
     return splash_attention(q_BxLxNxH * scale, k_BxMxNxH, v_BxMxNxH, mask, dtype=dtype,

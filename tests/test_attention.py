@@ -132,10 +132,12 @@ def test_kernels_fall_back_on_cpu_with_one_reason(caplog):
   np.testing.assert_array_equal(got, want)
 
 
-def test_cudnn_branch_traces_under_jit(monkeypatch):
-  """The cuDNN call as a jitted step makes it (found on an H200: a traced `scale` made every
-  cudnn row fail): CPU has no cuDNN, so jax's own XLA implementation stands in for it, with a
-  check that what cuDNN takes as static arrives as a Python value."""
+@pytest.mark.parametrize("packed,half_window", [(False, None), (True, 5)])
+def test_cudnn_branch_traces_under_jit(monkeypatch, packed, half_window):
+  """The cuDNN call as a jitted step makes it. Two things failed every cudnn row on an H200: a
+  traced `scale`, and a padding-only mask of [B, 1, 1, M] ("Bias must have same seq length as
+  QKV"). CPU has no cuDNN, so jax's own XLA implementation stands in for it, after checks of
+  what cuDNN needs: a Python scale and a mask of the whole [B, 1, L, M]."""
   seen = {}
   real = jax.nn.dot_product_attention
 
@@ -147,10 +149,10 @@ def test_cudnn_branch_traces_under_jit(monkeypatch):
   monkeypatch.setattr(att, "resolve_impl", lambda impl, *a: impl)
   monkeypatch.setattr(jax.nn, "dot_product_attention", stand_in)
   q, k, v = _inputs(2, 16, 2, 8, seed=2)
-  mask = _mask(2, 16, packed=True, seed=2)
+  mask = _mask(2, 16, packed=packed, seed=2)
   run = jax.jit(lambda q, k, v, impl: att.dot_product_attention(
       q, k, v, mask, impl=impl, dtype=jnp.bfloat16, dropout_rate=0.0, dropout_rng=None,
-      half_window=5)[0], static_argnums=3)
+      half_window=half_window)[0], static_argnums=3)
   got, want = run(q, k, v, "cudnn"), run(q, k, v, "xla")
   assert seen["mask"] == (2, 1, 16, 16)
   np.testing.assert_allclose(_real(got, mask), _real(want, mask), atol=2e-2)
