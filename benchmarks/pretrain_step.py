@@ -311,7 +311,7 @@ def gpu_mode(write=None) -> dict:
   dev = jax.devices()[0]
   if dev.platform != "gpu":
     raise app.UsageError(f"--gpu needs a GPU but JAX sees {dev.platform} devices; install "
-                         f"jax[cuda12] or drop --gpu.")
+                         f"jax[cuda12] or jax[cuda13] (as the driver needs) or drop --gpu.")
   chip = flops_lib.chip_name(dev)
   results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
              "machine": machine(), "jax": jax.__version__, "device": dev.device_kind,
