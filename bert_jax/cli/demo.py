@@ -81,8 +81,17 @@ def main_zh():
     random = r.get(f"{key}_random_init")
     return f"{r[f'{key}_pretrained']:.4f} pretrained" + (
         "" if random is None else f" vs {random:.4f} from random init")
-  print(f"Sentiment accuracy on {r['splits']['sentiment_test_rows']} unseen reviews: "
-        f"{vs('sentiment_accuracy')} ({r['sentiment_steps_pretrained']} steps each).")
+  ensemble = r.get("sentiment_accuracy_pretrained_ensemble")
+  if ensemble is not None:
+    n = len(r["sentiment_accuracy_pretrained_seeds"])
+    print(f"Sentiment accuracy on {r['splits']['sentiment_test_rows']} unseen reviews: "
+          f"{ensemble:.4f} pretrained, the mean of {n} fine-tunings' probabilities (seeds: "
+          + ", ".join(f"{a:.4f}" for a in r["sentiment_accuracy_pretrained_seeds"]) + ").")
+    print(f"  one fine-tuning (seed 0): {vs('sentiment_accuracy')} "
+          f"({r['sentiment_steps_pretrained']} steps each).")
+  else:
+    print(f"Sentiment accuracy on {r['splits']['sentiment_test_rows']} unseen reviews: "
+          f"{vs('sentiment_accuracy')} ({r['sentiment_steps_pretrained']} steps each).")
   print(f"People's Daily NER entity F1 on {r['splits']['pd_test_paragraphs']} unseen paragraphs: "
         f"{vs('ner_f1')} ({r['ner_steps_pretrained']} steps each).")
   print(f"Total {r['total_seconds'] / 60:.1f} min. Results: "
