@@ -43,12 +43,9 @@ def bench_config(preset: str, batch_size: int, seq_len: int, max_predictions: in
   return c
 
 
-def build(config, vocab_size: int = 30522, seed: int = 0, compiler_options: dict | None = None):
-  """The compiled train step, its initial state and a device batch, as `train._run_locked`.
-
-  `compiler_options`: XLA debug options for this one compile (A/B runs of XLA flags in one
-  process, e.g. {"xla_cpu_use_multi_output_fusion": True}).
-  """
+def prepare(config, vocab_size: int = 30522, seed: int = 0) -> dict:
+  """The jitted train step, its initial state, a device batch, rng and mesh, as
+  `train._run_locked` builds them; not yet compiled (tests trace it for other backends)."""
   d = config.data
   bert_config = bert_config_from(config.model, vocab_size)
   task = train.Task(name="pretraining",
@@ -68,12 +65,25 @@ def build(config, vocab_size: int = 30522, seed: int = 0, compiler_options: dict
         in_shardings=(shardings, None, None), out_shardings=(shardings, None),
         donate_argnums=0)
     batch = train.to_global(host, mesh)
-    rng = jax.random.key(seed)
+  return dict(step_fn=step_fn, state=state, batch=batch, rng=jax.random.key(seed), mesh=mesh,
+              bert_config=bert_config)
+
+
+def build(config, vocab_size: int = 30522, seed: int = 0, compiler_options: dict | None = None):
+  """`prepare`, compiled: the step, its initial state and a device batch.
+
+  `compiler_options`: XLA debug options for this one compile (A/B runs of XLA flags in one
+  process, e.g. {"xla_cpu_use_multi_output_fusion": True}).
+  """
+  p = prepare(config, vocab_size, seed)
+  with jax.set_mesh(p["mesh"]):
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batch, rng).compile(compiler_options=compiler_options)
+    compiled = p["step_fn"].lower(p["state"], p["batch"], p["rng"]).compile(
+        compiler_options=compiler_options)
     compile_s = time.perf_counter() - t0
-  return dict(compiled=compiled, state=state, batch=batch, rng=rng, mesh=mesh,
-              bert_config=bert_config, compile_s=compile_s, step_bytes=step_bytes(compiled))
+  return dict(compiled=compiled, state=p["state"], batch=p["batch"], rng=p["rng"],
+              mesh=p["mesh"], bert_config=p["bert_config"], compile_s=compile_s,
+              step_bytes=step_bytes(compiled))
 
 
 def step_bytes(compiled) -> int | None:

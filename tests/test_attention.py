@@ -158,6 +158,60 @@ def test_cudnn_branch_traces_under_jit(monkeypatch, packed, half_window):
   np.testing.assert_allclose(_real(got, mask), _real(want, mask), atol=2e-2)
 
 
+def _pretend_hopper_with_cudnn(monkeypatch):
+  """JAX's own cuDNN attention path, traced on this CPU as if on an H100/H200 with cuDNN 9.10:
+  its version and compute-capability probes patched, everything else (layout and mask checks,
+  static arguments, the custom VJP) JAX's real code, up to the jaxpr (no lowering)."""
+  fa = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+  probes = ("check_cudnn_version", "check_compute_capability", "is_cuda_compute_capability_equal")
+  if not all(hasattr(fa, p) for p in probes):
+    pytest.skip(f"this jax ({jax.__version__}) has no {probes} in {fa.__name__}")
+  monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(fa, "check_compute_capability", lambda capability: True)
+  monkeypatch.setattr(fa, "is_cuda_compute_capability_equal", lambda capability: False)
+  monkeypatch.setattr(att, "target_backend", lambda: "gpu")
+
+
+def test_gpu_train_step_traces_through_jaxs_cudnn_attention(monkeypatch):
+  """The GPU benchmark's train step (benchmarks/bert_jax_step.py, bf16, cuDNN attention, as run
+  on an H200) through JAX's real cuDNN checks: both bugs that run found (a traced scale, a
+  [B, 1, 1, M] padding mask) fail here, and the fused kernel is in the step, backward too."""
+  from benchmarks import bert_jax_step
+  _pretend_hopper_with_cudnn(monkeypatch)
+  config = bert_jax_step.bench_config("mini", 2, 128, 16, "bfloat16", "cudnn", dropout=0.1)
+  config.model.attention_probs_dropout_prob = 0.0
+  p = bert_jax_step.prepare(config)
+  with jax.set_mesh(p["mesh"]):
+    jaxpr = str(p["step_fn"].trace(p["state"], p["batch"], p["rng"]).jaxpr)
+  assert "dot_product_attention_fwd_wrapper" in jaxpr
+  assert "dot_product_attention_bwd_wrapper" in jaxpr
+
+
+def test_modern_gradients_trace_through_jaxs_cudnn_attention(monkeypatch):
+  """ModernBERT with cuDNN attention: packed rows (segment ids), padding, local and global
+  layers, forward and gradients, through JAX's real cuDNN checks as above."""
+  from flax import nnx
+
+  from bert_jax import modern_modeling
+  from bert_jax.modern_configuration import ModernBertConfig
+  _pretend_hopper_with_cudnn(monkeypatch)
+  config = ModernBertConfig(vocab_size=128, hidden_size=32, intermediate_size=48,
+                            num_hidden_layers=3, num_attention_heads=2, local_attention=16,
+                            global_attn_every_n_layers=3, dtype="bfloat16",
+                            attention_impl="cudnn")
+  graphdef, state = nnx.split(modern_modeling.ModernBertModel(config, rngs=nnx.Rngs(params=0)))
+  mask = _mask(2, 64, packed=True, seed=3)
+  ids = jnp.asarray(np.random.default_rng(3).integers(5, 128, (2, 64)), jnp.int32)
+
+  def loss(state, ids, key_mask, segments):
+    out = nnx.merge(graphdef, state)(ids, key_mask, None, None, packed_segment_ids=segments)
+    return out.last_hidden_state.astype(jnp.float32).sum()
+
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(state, ids, mask.key_mask_BxL, mask.segment_ids_BxL))
+  assert jaxpr.count("dot_product_attention_fwd_wrapper") >= 3  # every layer, local and global
+  assert "dot_product_attention_bwd_wrapper" in jaxpr
+
+
 def test_splash_train_step_compiles_for_v5e():
   """The ModernBERT MLM train step with Splash attention (packed rows, local and global layers),
   compiled for a v5e:2x2 slice by libtpu on this CPU machine (tests/aot_modern_step.py)."""
