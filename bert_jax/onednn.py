@@ -10,7 +10,10 @@ matmul ran at XLA's bf16 speed, within 10%, so floats stay on XLA.)
 `int8_matmul(a, b)` is the int32 product of two int8 matrices: through oneDNN on CPU when the
 kernel is usable and the CPU has int8 dot-product instructions (VNNI or AMX), XLA's dot
 elsewhere (`jax.lax.platform_dependent`, so a TPU or GPU lowering never sees the custom call),
-with the same integers either way. bert_jax.quantization's int8 activations use it.
+with the same integers either way. bert_jax.quantization's int8 activations use it, with each
+kernel packed once into oneDNN's blocked layout (`pack_int8`): its kernels otherwise copy the
+plain weights into that layout on every call (3-40% of a product, most at few rows; batch-1
+BERT-base classification p50 52.0 vs 59.3 ms, 8 interleaved rounds, benchmarks/RESULTS.md).
 
 The kernel is compiled once, on first use, into $XDG_CACHE_HOME/bert_jax/kernels (a few seconds),
 keyed by the source, jaxlib and oneDNN. It needs a C++17 compiler (`g++`, or $CXX) and oneDNN
@@ -46,6 +49,8 @@ ENV = "BERT_JAX_ONEDNN"
 CHOICES = ("auto", "on", "off")
 ROOT_ENV = "BERT_JAX_ONEDNN_ROOT"
 TARGET = "bert_jax_onednn_matmul"
+PACK_TARGET = "bert_jax_onednn_pack"
+PACKED_TARGET = "bert_jax_onednn_matmul_packed"
 SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "onednn_matmul.cc")
 
 
@@ -129,14 +134,22 @@ def _load() -> str:
     return _load_once()
 
 
+_LIBRARY: list = []  # the loaded kernel library, once _load succeeded
+
+
 @functools.cache
 def _load_once() -> str:
   try:
     library = ctypes.CDLL(build())
   except (OSError, RuntimeError, FileNotFoundError) as e:
     return str(e)
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.BertJaxOnednnMatmul),
-                              platform="cpu")
+  for target, symbol in ((TARGET, library.BertJaxOnednnMatmul),
+                         (PACK_TARGET, library.BertJaxOnednnPack),
+                         (PACKED_TARGET, library.BertJaxOnednnMatmulPacked)):
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
+  library.BertJaxOnednnPackedBytes.argtypes = [ctypes.c_int64, ctypes.c_int64]
+  library.BertJaxOnednnPackedBytes.restype = ctypes.c_int64
+  _LIBRARY.append(library)
   return ""
 
 
@@ -190,12 +203,39 @@ def matmul(a: jax.Array, b: jax.Array, out_dtype, *, transpose_a: bool = False,
   return call(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
 
 
-def int8_matmul(a_MxK: jax.Array, b_KxN: jax.Array) -> jax.Array:
-  """int8 [M, K] @ int8 [K, N] -> the exact int32 [M, N]: oneDNN on CPU when int8_enabled()."""
-  def xla(a, b):
+def packs_int8() -> bool:
+  """Whether int8 weights are worth packing here: int8_matmul runs on oneDNN (one device)."""
+  return int8_enabled() and jax.device_count() == 1
+
+
+def pack_int8(b_KxN: jax.Array) -> jax.Array:
+  """int8 [K, N] weights in oneDNN's blocked layout for int8_matmul(..., packed=): uint8 bytes,
+  made once (oneDNN's kernels otherwise copy the plain weights into that layout on every call).
+  The layout belongs to this CPU: keep it in memory, never in a checkpoint."""
+  reason = _load()
+  if reason:
+    raise ConfigError(f"the oneDNN kernel cannot be used: {reason}.")
+  k, n = b_KxN.shape
+  size = _LIBRARY[0].BertJaxOnednnPackedBytes(k, n)
+  if size < 0:
+    raise ConfigError(f"oneDNN has no int8 matmul for {k} x {n} weights here.")
+  call = jax.ffi.ffi_call(PACK_TARGET, jax.ShapeDtypeStruct((size,), jnp.uint8))
+  return jax.jit(call)(jnp.asarray(b_KxN, jnp.int8))
+
+
+def int8_matmul(a_MxK: jax.Array, b_KxN: jax.Array, packed: jax.Array | None = None) -> jax.Array:
+  """int8 [M, K] @ int8 [K, N] -> the exact int32 [M, N]: oneDNN on CPU when int8_enabled(),
+  reading `packed` (pack_int8(b_KxN)) instead of b when given."""
+  def xla(a, b, *_):
     return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
 
   if not int8_enabled() or jax.device_count() > 1:  # a custom call has no sharding rule
     return xla(a_MxK, b_KxN)
+  if packed is None:
+    return jax.lax.platform_dependent(
+        a_MxK, b_KxN, cpu=lambda a, b: matmul(a, b, jnp.int32), default=xla)
+  n = b_KxN.shape[1]
+  on_cpu = jax.ffi.ffi_call(PACKED_TARGET,
+                            jax.ShapeDtypeStruct((a_MxK.shape[0], n), jnp.int32))
   return jax.lax.platform_dependent(
-      a_MxK, b_KxN, cpu=lambda a, b: matmul(a, b, jnp.int32), default=xla)
+      a_MxK, b_KxN, packed, cpu=lambda a, b, p: on_cpu(a, p), default=xla)

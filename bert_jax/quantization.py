@@ -15,7 +15,9 @@ function and runs the float matmul, which XLA fuses; the weights are stored and 
 quarter of f32), the arithmetic is what it was. With `activations=True` each Dense input is
 quantized per token on the fly (dynamic range) and the matmul runs int8 x int8 -> int32, then is
 rescaled; on CPU the int8 product runs on oneDNN's int8 dot-product kernels when they are
-available (bert_jax/onednn.py: 1.5-2.4x XLA:CPU's bf16 matmul speed, the same integers).
+available (bert_jax/onednn.py: 1.5-2.4x XLA:CPU's bf16 matmul speed, the same integers), and each
+kernel is also kept packed in oneDNN's blocked layout (an `OnednnPacked` variable beside it, made
+once here instead of on every call; this CPU's layout, so it is not part of what a model saves).
 
 Why not `qwix.quantize_model` (qwix's interception of `jax.lax.dot_general`): it finds a weight by
 following the traced value back to the module's parameter and swaps the parameter in during the
@@ -37,6 +39,11 @@ from bert_jax import layers, onednn
 from bert_jax.errors import ConfigError, ModelFileError
 
 MODES = ("none", "int8", "int8_dynamic")  # int8_dynamic: int8 with activations=True
+
+
+class OnednnPacked(nnx.Variable):
+  """An int8 Dense kernel in oneDNN's blocked layout for this CPU (onednn.pack_int8): a cache
+  of the kernel beside it, read by the int8 x int8 product; not a parameter, never saved."""
 
 
 def _qwix():
@@ -87,6 +94,7 @@ def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False
     if reason:  # Correct either way, but XLA:CPU's int8 product is slower than its bf16 one.
       logging.warning("int8 activations: the int8 matmuls run on XLA, slower than bf16 on this "
                       "CPU, because oneDNN cannot compute them here: %s.", reason)
+  pack = activations and onednn.packs_int8()
   model = nnx.clone(model)
   for module in [m for _, m in nnx.iter_graph(model)]:
     if isinstance(module, layers.Dense):
@@ -94,6 +102,10 @@ def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False
       out_axes = tuple(range(module.n_in, kernel.ndim))  # One scale per output channel.
       module.kernel = qwix.quantize(kernel, jnp.int8, channelwise_axes=out_axes)
       module.quantize_activations = bool(activations)
+      if pack and module.kernel.zero_point is None:
+        k = math.prod(kernel.shape[:module.n_in])
+        module.onednn_packed = OnednnPacked(
+            onednn.pack_int8(module.kernel.qvalue.reshape(k, -1)))
     elif isinstance(module, layers.Embed):  # One scale per row (a token's vector).
       module.embedding = qwix.quantize(module.embedding[...], jnp.int8, channelwise_axes=(0,))
   return model
@@ -114,7 +126,9 @@ def dense(layer: layers.Dense, x: jax.Array) -> jax.Array:
     if x_MxK.zero_point is None and q_KxN.zero_point is None and onednn.int8_enabled():
       # qwix.dot_general's arithmetic (int32 product, times the row scales, times the column
       # scales), with the int8 product on oneDNN's VNNI kernels on CPU: the same values.
-      y_MxN = onednn.int8_matmul(x_MxK.qvalue, q_KxN.qvalue).astype(jnp.float32)
+      packed = getattr(layer, "onednn_packed", None)
+      y_MxN = onednn.int8_matmul(x_MxK.qvalue, q_KxN.qvalue,
+                                 None if packed is None else packed[...]).astype(jnp.float32)
       return _finish(layer, y_MxN * x_MxK.scale * q_KxN.scale, lead, out_shape)
   else:  # Dequantized to the compute dtype; f32 accumulation as layers.matmul.
     x_MxK, q_KxN = x_MxK.astype(layer.dtype), q_KxN.astype(layer.dtype)
@@ -144,6 +158,7 @@ def attend(table, x: jax.Array, dtype) -> jax.Array:
 
 
 def parameter_bytes(model: nnx.Module) -> int:
-  """Bytes of the model's state (int8 values and their scales for a quantized model)."""
-  state = nnx.state(model)
+  """Bytes of the model's state (int8 values and their scales for a quantized model; the
+  oneDNN-packed copies of its kernels, a per-process cache, not counted)."""
+  state = nnx.state(model, nnx.Not(OnednnPacked))
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))

@@ -62,10 +62,25 @@ def test_float_products_match_xla(dtype, tol):
 
 
 @needs_int8
+@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (7, 40, 56), (130, 768, 768), (300, 384, 1536)])
+def test_packed_int8_products_are_xlas_integers(m, k, n):
+  """Weights packed once into oneDNN's blocked layout (s8 compensation included) give the exact
+  integers at any number of rows, including ones the layout was not chosen at."""
+  ka, kb = jax.random.split(jax.random.key(m))
+  a = jax.random.randint(ka, (m, k), -128, 128).astype(jnp.int8)
+  b = jax.random.randint(kb, (k, n), -128, 128).astype(jnp.int8)
+  packed = onednn.pack_int8(b)
+  assert packed.dtype == jnp.uint8 and packed.size >= k * n
+  got = jax.jit(onednn.int8_matmul)(a, b, packed)
+  np.testing.assert_array_equal(np.asarray(got),
+                                np.asarray(a.astype(jnp.int32) @ b.astype(jnp.int32)))
+
+
+@needs_int8
 def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
   """The real model, int8 weights and per-token int8 activations, on real sentences: the same
   embeddings bit for bit whichever computes the int8 products (subprocesses: the choice is
-  read when a function is traced)."""
+  read when a function is traced), oneDNN reading its kernels packed."""
   code = (
       "import sys, numpy as np, jax, bert_jax\n"
       "from bert_jax import quantization\n"
@@ -78,7 +93,11 @@ def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
       "g, s = inference.inference_split(q)\n"
       "ids = np.ones((2, 16), np.int32)\n"
       "hlo = inference.encode.lower(g, s, ids, ids, 0 * ids, pooling='mean').as_text()\n"
-      "print('custom_call' in hlo and 'bert_jax_onednn_matmul' in hlo)\n")
+      "from flax import nnx\n"
+      "from bert_jax import layers\n"
+      "packed = sum(isinstance(v, quantization.OnednnPacked) for _, v in nnx.iter_graph(q))\n"
+      "dense = sum(isinstance(v, layers.Dense) for _, v in nnx.iter_graph(q))\n"
+      "print('bert_jax_onednn_matmul_packed' in hlo, packed == dense > 30)\n")
   out = {}
   for mode in ("on", "off"):
     path = str(tmp_path / f"{mode}.npy")
@@ -86,7 +105,8 @@ def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
                           env={**os.environ, onednn.ENV: mode, "PYTHONPATH": str(REPO)},
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == str(mode == "on")
+    # On: every Dense kernel (6 layers x 6, the pooler) packed once and read packed.
+    assert proc.stdout.strip().splitlines()[-1] == f"{mode == 'on'} {mode == 'on'}"
     out[mode] = np.load(path)
   assert out["on"].shape == (12, 384)
   np.testing.assert_array_equal(out["on"], out["off"])
