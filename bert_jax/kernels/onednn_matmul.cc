@@ -61,6 +61,22 @@ dnnl::matmul Primitive(const Key& key, const memory::desc& a, const memory::desc
   return it->second;
 }
 
+// Runs the cached primitive for `key` on the three buffers; a oneDNN error becomes an FFI one.
+ffi::Error Execute(const Key& key, const memory::desc& a_md, void* a, const memory::desc& b_md,
+                   void* b, const memory::desc& c_md, void* c) {
+  try {
+    dnnl::matmul primitive = Primitive(key, a_md, b_md, c_md);
+    dnnl::stream stream(Engine());
+    memory a_mem(a_md, Engine(), a), b_mem(b_md, Engine(), b), c_mem(c_md, Engine(), c);
+    primitive.execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem},
+                               {DNNL_ARG_DST, c_mem}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
                   bool transpose_a, bool transpose_b) {
   auto a_dims = a.dimensions(), b_dims = b.dimensions(), c_dims = c->dimensions();
@@ -98,19 +114,7 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
   const memory::desc c_md({batch, m, n}, c_type, memory::dims{m * n, n, 1});
   const Key key{batch, m, k, n, static_cast<int>(a_type), static_cast<int>(b_type),
                 static_cast<int>(c_type), transpose_a, transpose_b, false};
-  try {
-    dnnl::matmul primitive = Primitive(key, a_md, b_md, c_md);
-    dnnl::stream stream(Engine());
-    memory a_mem(a_md, Engine(), a.untyped_data());
-    memory b_mem(b_md, Engine(), b.untyped_data());
-    memory c_mem(c_md, Engine(), c->untyped_data());
-    primitive.execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem},
-                               {DNNL_ARG_DST, c_mem}});
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  return Execute(key, a_md, a.untyped_data(), b_md, b.untyped_data(), c_md, c->untyped_data());
 }
 
 // The packed layout of s8 [K, N] weights for s8 activations (the layout the primitive picks with
@@ -164,29 +168,23 @@ ffi::Error MatmulPacked(ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Result<ffi
         "bert_jax onednn packed matmul takes s8 [M, K] and packed weights -> s32 [M, N]");
   }
   const int64_t m = a_dims[0], k = a_dims[1], n = c_dims[1];
+  memory::desc b_md;
   try {
-    const memory::desc b_md = PackedDesc(k, n);
-    if (packed.size_bytes() != b_md.get_size()) {
-      return ffi::Error::InvalidArgument(
-          "bert_jax onednn packed matmul: the weights were not packed for this K and N");
-    }
-    const memory::desc a_md({m, k}, memory::data_type::s8, memory::format_tag::ab);
-    const memory::desc c_md({m, n}, memory::data_type::s32, memory::format_tag::ab);
-    const Key key{1, m, k, n, static_cast<int>(memory::data_type::s8),
-                  static_cast<int>(memory::data_type::s8), static_cast<int>(memory::data_type::s32),
-                  false, false, true};
-    dnnl::matmul primitive = Primitive(key, a_md, b_md, c_md);
-    dnnl::stream stream(Engine());
-    memory a_mem(a_md, Engine(), a.untyped_data());
-    memory b_mem(b_md, Engine(), packed.untyped_data());
-    memory c_mem(c_md, Engine(), c->untyped_data());
-    primitive.execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem},
-                               {DNNL_ARG_DST, c_mem}});
-    stream.wait();
+    b_md = PackedDesc(k, n);
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
-  return ffi::Error::Success();
+  if (packed.size_bytes() != b_md.get_size()) {
+    return ffi::Error::InvalidArgument(
+        "bert_jax onednn packed matmul: the weights were not packed for this K and N");
+  }
+  const memory::desc a_md({m, k}, memory::data_type::s8, memory::format_tag::ab);
+  const memory::desc c_md({m, n}, memory::data_type::s32, memory::format_tag::ab);
+  const Key key{1, m, k, n, static_cast<int>(memory::data_type::s8),
+                static_cast<int>(memory::data_type::s8), static_cast<int>(memory::data_type::s32),
+                false, false, true};
+  return Execute(key, a_md, a.untyped_data(), b_md, packed.untyped_data(), c_md,
+                 c->untyped_data());
 }
 
 }  // namespace
