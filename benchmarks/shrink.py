@@ -51,8 +51,7 @@ def disk_bytes(path: pathlib.Path) -> int:
 def quantized_bytes(model) -> int:
   """Bytes of the int8 state saved as numpy arrays (the int8 values and their f32 scales; not
   the per-process oneDNN-packed copies of the kernels)."""
-  leaves = jax.tree_util.tree_leaves_with_path(
-      nnx.state(model, nnx.Not(quantization.OnednnPacked)))
+  leaves = jax.tree_util.tree_leaves_with_path(quantization.stored_state(model))
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "params.npz"
     np.savez(out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})

@@ -203,8 +203,9 @@ def matmul(a: jax.Array, b: jax.Array, out_dtype, *, transpose_a: bool = False,
   return call(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
 
 
-def packs_int8() -> bool:
-  """Whether int8 weights are worth packing here: int8_matmul runs on oneDNN (one device)."""
+def int8_on_onednn() -> bool:
+  """Whether int8_matmul runs on oneDNN here: int8_enabled() and one device (a custom call has
+  no sharding rule). Only then are int8 weights worth packing."""
   return int8_enabled() and jax.device_count() == 1
 
 
@@ -220,7 +221,7 @@ def pack_int8(b_KxN: jax.Array) -> jax.Array:
   if size < 0:
     raise ConfigError(f"oneDNN has no int8 matmul for {k} x {n} weights here.")
   call = jax.ffi.ffi_call(PACK_TARGET, jax.ShapeDtypeStruct((size,), jnp.uint8))
-  return jax.jit(call)(jnp.asarray(b_KxN, jnp.int8))
+  return call(jnp.asarray(b_KxN, jnp.int8))
 
 
 def int8_matmul(a_MxK: jax.Array, b_KxN: jax.Array, packed: jax.Array | None = None) -> jax.Array:
@@ -229,7 +230,7 @@ def int8_matmul(a_MxK: jax.Array, b_KxN: jax.Array, packed: jax.Array | None = N
   def xla(a, b, *_):
     return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
 
-  if not int8_enabled() or jax.device_count() > 1:  # a custom call has no sharding rule
+  if not int8_on_onednn():
     return xla(a_MxK, b_KxN)
   if packed is None:
     return jax.lax.platform_dependent(

@@ -94,7 +94,7 @@ def quantize(model: nnx.Module, mode: str = "int8", *, activations: bool = False
     if reason:  # Correct either way, but XLA:CPU's int8 product is slower than its bf16 one.
       logging.warning("int8 activations: the int8 matmuls run on XLA, slower than bf16 on this "
                       "CPU, because oneDNN cannot compute them here: %s.", reason)
-  pack = activations and onednn.packs_int8()
+  pack = activations and onednn.int8_on_onednn()
   model = nnx.clone(model)
   for module in [m for _, m in nnx.iter_graph(model)]:
     if isinstance(module, layers.Dense):
@@ -157,8 +157,13 @@ def attend(table, x: jax.Array, dtype) -> jax.Array:
   return logits_MxV.astype(jnp.float32).reshape(*x.shape[:-1], table.shape[0])
 
 
+def stored_state(model: nnx.Module) -> nnx.State:
+  """The model's state without the oneDNN-packed copies of its kernels (a per-process cache):
+  what a quantized model holds as its own values."""
+  return nnx.state(model, nnx.Not(OnednnPacked))
+
+
 def parameter_bytes(model: nnx.Module) -> int:
   """Bytes of the model's state (int8 values and their scales for a quantized model; the
-  oneDNN-packed copies of its kernels, a per-process cache, not counted)."""
-  state = nnx.state(model, nnx.Not(OnednnPacked))
-  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
+  oneDNN-packed copies of its kernels not counted: stored_state)."""
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(stored_state(model))))
