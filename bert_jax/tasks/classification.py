@@ -48,18 +48,27 @@ def _logits(model, batch):
 
 
 def classification_loss(model, batch, dropout_rng):
-  """Mean cross-entropy, or mean squared error when the model has one output (regression)."""
-  logits_BxK = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                     dropout_rng=dropout_rng).astype(jnp.float32)
-  n = jnp.float32(logits_BxK.shape[0])
-  if logits_BxK.shape[-1] == 1:
-    err_B = logits_BxK[:, 0] - batch["labels"].astype(jnp.float32)
-    return jnp.mean(err_B ** 2), {"mse": (jnp.sum(err_B ** 2), n)}
-  labels_B = batch["labels"].astype(jnp.int32)
-  logp_BxK = jax.nn.log_softmax(logits_BxK, axis=-1)
-  nll_B = -jnp.take_along_axis(logp_BxK, labels_B[:, None], axis=-1)[:, 0]
-  correct = jnp.sum(jnp.argmax(logits_BxK, -1) == labels_B)
-  return jnp.mean(nll_B), {"accuracy": (correct.astype(jnp.float32), n)}
+  """Mean cross-entropy, or mean squared error when the model has one output (regression).
+
+  A packed batch (tasks/packing.py) scores every example of its rows: logits, labels and
+  example_weights [B, K] per packed slot, the mean over the real examples.
+  """
+  packed = {k: batch[k] for k in common.PACKED_INPUTS if k in batch}
+  logits_ExC = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                     dropout_rng=dropout_rng, **packed).astype(jnp.float32)
+  labels_E = batch["labels"]
+  w_E = batch.get("example_weights", jnp.ones(labels_E.shape, jnp.float32))
+  logits_ExC, labels_E, w_E = (logits_ExC.reshape(-1, logits_ExC.shape[-1]),
+                               labels_E.reshape(-1), w_E.reshape(-1))
+  n = jnp.sum(w_E)
+  if logits_ExC.shape[-1] == 1:
+    sq_E = (logits_ExC[:, 0] - labels_E.astype(jnp.float32)) ** 2 * w_E
+    return jnp.sum(sq_E) / n, {"mse": (jnp.sum(sq_E), n)}
+  labels_E = labels_E.astype(jnp.int32)
+  logp_ExC = jax.nn.log_softmax(logits_ExC, axis=-1)
+  nll_E = -jnp.take_along_axis(logp_ExC, labels_E[:, None], axis=-1)[:, 0]
+  correct = jnp.sum((jnp.argmax(logits_ExC, -1) == labels_E) * w_E)
+  return jnp.sum(nll_E * w_E) / n, {"accuracy": (correct, n)}
 
 
 def encode(tokenizer, texts, pairs, max_seq_length: int) -> dict[str, np.ndarray]:

@@ -17,6 +17,10 @@ from flax import nnx
 from bert_jax.errors import DataError
 from bert_jax.tasks import buckets as buckets_lib
 
+# The model inputs of a packed batch (tasks/packing.py), as the heads name them; NER rows carry
+# the first two.
+PACKED_INPUTS = ("position_ids", "packed_segment_ids", "cls_positions")
+
 
 # ----------------------------------------------------------------------------- reading tables
 def table_format(path, fmt: str = "auto") -> str:

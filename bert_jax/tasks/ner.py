@@ -131,8 +131,9 @@ def _logits(model, batch):
 
 def token_classification_loss(model, batch, dropout_rng):
   """Cross-entropy over the labelled (first sub-token) positions."""
+  packed = {k: batch[k] for k in common.PACKED_INPUTS[:2] if k in batch}  # tasks/packing.py
   logits_BxLxK = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                       dropout_rng=dropout_rng).astype(jnp.float32)
+                       dropout_rng=dropout_rng, **packed).astype(jnp.float32)
   labels_BxL = batch["labels"]
   w_BxL = (labels_BxL >= 0).astype(jnp.float32)
   safe_BxL = jnp.maximum(labels_BxL, 0)
