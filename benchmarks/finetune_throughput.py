@@ -70,7 +70,7 @@ STEPS_PER_EPOCH = 100  # 3,200 training rows // 32
 
 
 def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False,
-                 packing: bool = False, task: str = "classification") -> dict:
+                 packing: bool = False, task: str = "classification", seed: int = 0) -> dict:
   """timing_only: train on all 4,000 rows for epochs * 100 steps and evaluate on 64 rows only
   (the step time is the same; a slow variant's dev evaluation would cost minutes of the lock).
   packing: data.packing=True (rows of 128 holding ~32 examples' tokens a batch; an epoch is
@@ -82,6 +82,7 @@ def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False,
   if task == "ner" and timing_only:
     sys.exit("--timing_only is for the polarity workload; run --task=ner without it.")
   config = bert_jax_config(epochs, buckets, packing, task)
+  config.train.seed = seed
   with tempfile.TemporaryDirectory() as workdir:
     if timing_only:
       dev = pathlib.Path(workdir) / "dev.csv"
@@ -101,6 +102,7 @@ def run_bert_jax(epochs: float, buckets: str, timing_only: bool = False,
   out = {"seconds_per_epoch": summary["train_seconds"] / steps * per_epoch,
          "seconds_per_epoch_after_step_10": steady, "steps": steps,
          "steps_per_epoch": per_epoch, "length_buckets": buckets, "packing": packing,
+         "seed": seed,
          "dtype": device_dtype.resolve(str(summary["config"].model.dtype)),
          "loadavg_before": load0, "loadavg_after": os.getloadavg()}
   if task == "ner":
@@ -173,6 +175,8 @@ def main():
   p.add_argument("--task", default="classification", choices=("classification", "ner"),
                  help="ner: MiniLM on wikigold (tests/data, 1,841 sentences; seeded 80/20 split), "
                       "bert_jax variants only (packed, bucketed, padded), entity F1")
+  p.add_argument("--seed", type=int, default=0,
+                 help="bert_jax's train.seed (head initialisation, batch order, dropout)")
   p.add_argument("--timing_only", action="store_true",
                  help="time the training steps only: no dev accuracy (bert_jax then trains on "
                       "all 4,000 rows and evaluates on 64; the s/epoch is for 100 steps)")
@@ -206,7 +210,7 @@ def main():
       r = run_trainer(epochs, a.timing_only, bf16=v == "trainer_bf16")
     elif v in ("bucketed", "padded", "packed"):
       r = run_bert_jax(epochs, {"bucketed": "auto", "padded": "off", "packed": "off"}[v],
-                       a.timing_only, packing=v == "packed", task=a.task)
+                       a.timing_only, packing=v == "packed", task=a.task, seed=a.seed)
     else:
       sys.exit(f"--variants: {v!r} is not one of packed, bucketed, padded, trainer, "
                f"trainer_bf16.")
