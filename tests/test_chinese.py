@@ -249,3 +249,53 @@ def test_demo_sentiment_ensemble_averages_probabilities(tmp_path):
                       encoding="utf-8")
   with pytest.raises(DataError, match="same order"):
     demo_zh.ensemble_accuracy([files[0], str(shuffled)])
+
+
+def test_demo_rtd_recipe_pretrains_and_fine_tunes_the_discriminator(tmp_path):
+  """pretrain.py:demo_zh_rtd at tiny size on real Chinese text with jieba whole words: the
+  demo reports the generator's held-out MLM accuracy (and the discriminator's beside its
+  baseline), and sentiment fine-tunes the discriminator as a BERT classifier ([CLS] through the
+  pooler; the MLM recipe's mean pooling is refused for BERT)."""
+  import json
+
+  from bert_jax import demo_zh, finetune, pretraining
+  from bert_jax.configs import pretrain
+  from bert_jax.errors import ConfigError
+  reviews = chinese.read_sentiment()["text"][:120]
+  pd = ["".join(w for w, _ in chinese.parse_peoples_daily_line(l))
+        for l in chinese.read_lines(chinese.peoples_daily_path())[:80] if l.strip()]
+  zh = tmp_path / "zh"
+  zh.mkdir()
+  (zh / "corpus.txt").write_text("\n".join(pd + reviews) + "\n", encoding="utf-8")
+  vocab, data_dir = demo_zh.prepare_zh(str(zh), {"corpus": str(zh / "corpus.txt")})
+  c = pretrain.get_config("demo_zh_rtd")
+  assert (c.model.family, c.model.objective, c.data.whole_word_mask) == ("bert", "rtd", True)
+  c.model.update(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                 intermediate_size=128, max_position_embeddings=64)
+  c.data.update(dir=data_dir, vocab=vocab, seq_len=32, max_predictions=6, eval_batches=2)
+  c.optimizer.warmup_steps = 1
+  c.checkpoint.update(every_steps=100, async_save=False)
+  c.train.update(batch_size=8, num_steps=3, max_train_seconds=0.0, log_every=1)
+  summary = pretraining.train_and_evaluate(c, str(tmp_path / "run"))
+  figures = demo_zh.pretraining_figures(c, summary)
+  assert figures["objective"] == "rtd" and figures["pretrain_steps"] == 3
+  assert figures["mlm_accuracy"] == summary["eval"]["gen_mlm_accuracy"]
+  assert 0 < figures["unigram_baseline_mlm_accuracy"] < 1
+  assert figures["disc_original_baseline_accuracy"] == pytest.approx(
+      1 - summary["eval"]["replaced_fraction"])
+  model = tmp_path / "run" / "model"
+  with open(model / "model_info.json", encoding="utf-8") as f:
+    assert json.load(f)["architecture"] == "ElectraForPreTraining"
+
+  folder, _ = _sentiment_folder(tmp_path, 60)
+  splits = {"sentiment_train": str(folder), "sentiment_test": str(folder)}
+  f = demo_zh.finetune_config("classification", splits, str(model), False, 0.0, 2,
+                              c.model.family)
+  assert f.model.family == "bert" and not f.model.classifier_pooling
+  f.data.max_seq_length = 32
+  f.train.eval_batch_size = 16
+  s = finetune.finetune_and_evaluate(f, str(tmp_path / "ft"))
+  assert s["step"] == 2 and 0 < s["eval"]["accuracy"] <= 1
+  f.model.classifier_pooling = "mean"
+  with pytest.raises(ConfigError, match="pooler"):
+    finetune.finetune_and_evaluate(f, str(tmp_path / "ft_mean"))

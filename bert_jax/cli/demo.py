@@ -75,8 +75,13 @@ def main_zh():
     return
   print(f"\nPretrained {r['pretrain_steps']} steps in {r['pretrain_seconds']} s "
         f"(whole-word masking: {r['whole_word_mask']}).")
-  print(f"Held-out MLM accuracy {r['mlm_accuracy']:.4f} vs unigram baseline "
+  whose = " (the ELECTRA generator's)" if r["objective"] == "rtd" else ""
+  print(f"Held-out MLM accuracy{whose} {r['mlm_accuracy']:.4f} vs unigram baseline "
         f"{r['unigram_baseline_mlm_accuracy']:.4f} ({r['eval_masked_lm_prob']:.0%} masked).")
+  if r["objective"] == "rtd":
+    print(f"Held-out replaced-token detection accuracy (the discriminator) "
+          f"{r['disc_accuracy']:.4f} vs {r['disc_original_baseline_accuracy']:.4f} for "
+          f"calling every token original.")
   def vs(key):
     random = r.get(f"{key}_random_init")
     return f"{r[f'{key}_pretrained']:.4f} pretrained" + (
