@@ -14,8 +14,8 @@ token slot holds a real token. Each packed example keeps its own view of the mod
 
 Each epoch is a seeded permutation of the training examples, put first-fit into rows (an
 example goes into the first of the `WINDOW` newest rows with room, else opens a row), the rows
-cut into global batches of R rows in order, the last partial batch dropped. R = ceil(batch_size
-x mean tokens per example / max_seq_length), so a batch holds about train.batch_size examples;
+cut into global batches of R rows in order, the last partial batch dropped. R = batch_size /
+(epoch 0's examples per row), rounded, so a batch holds about train.batch_size examples;
 their number varies a little from batch to batch, and an epoch has about as many batches as
 unpacked (`steps_per_epoch`: epoch 0's count, which sets the schedule). The order is a function
 of (seed, epoch) alone, so every process builds the same batches and a resumed run feeds the
@@ -79,17 +79,18 @@ class PackedEpochIterator:
     mask_NxW = np.asarray(arrays["attention_mask"])
     self.n, self.width = mask_NxW.shape
     self.lengths_N = buckets_lib.row_lengths(arrays)
-    rows = math.ceil(batch_size * float(self.lengths_N.mean()) / self.width)
+    self.epoch, self.pos = 0, 0
+    self._rows = self._plan(0)
+    # The rows whose examples number closest to batch_size, by epoch 0's examples per row.
     multiple = math.lcm(multiple, process_count)
-    self.rows_per_batch = multiple * math.ceil(rows / multiple)
+    rows = batch_size * len(self._rows) / self.n
+    self.rows_per_batch = multiple * max(1, round(rows / multiple))
     self.per = self.rows_per_batch // process_count
     self.offset = process_index * self.per
     # Examples a row can hold at most: its width over the shortest example.
     self.max_packed = int(min(self.width // max(1, int(self.lengths_N.min())), self.n))
     self.token_keys = [k for k, v in arrays.items() if np.ndim(v) >= 2 and v.shape[1] == self.width]
     self.example_keys = [k for k in arrays if k not in self.token_keys]
-    self.epoch, self.pos = 0, 0
-    self._rows = self._plan(0)
     if len(self._rows) < self.rows_per_batch:
       raise DataError(f"{self.n} training examples fill only {len(self._rows)} packed rows, fewer "
                       f"than one batch of {self.rows_per_batch}; lower train.batch_size, add data "
