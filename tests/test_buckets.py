@@ -145,6 +145,13 @@ def test_bucketed_run_resumes_bitwise(topics, tmp_path):
   task, _, data = finetune.make_task(c, str(tmp_path / "whole"))
   widths = {next(it)["input_ids"].shape[1] for it in [task.train_iter()] for _ in range(6)}
   assert data.length_buckets == (32, 64) and widths == {32, 64}  # Both before and after step 3.
+  whole, again = resumed_run(c, tmp_path)
+  assert again["eval"] == whole["eval"]
+
+
+def resumed_run(c, tmp_path) -> tuple[dict, dict]:
+  """(summary of a 6-step run, summary of the same run resumed from its step-3 checkpoint),
+  after checking the resumed run ends with bit-identical parameters."""
   whole = finetune.finetune_and_evaluate(c, str(tmp_path / "whole"))
   resumed = tmp_path / "resumed"
   shutil.copytree(tmp_path / "whole" / "checkpoints", resumed / "checkpoints")
@@ -154,7 +161,7 @@ def test_bucketed_run_resumes_bitwise(topics, tmp_path):
   for a, b in zip(jax.tree.leaves(whole["state"].params), jax.tree.leaves(again["state"].params),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert again["eval"] == whole["eval"]
+  return whole, again
 
 
 _SHARDED = """
