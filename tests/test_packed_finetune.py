@@ -3,11 +3,14 @@ epoch in rows of one shape, each packed example scored exactly as alone (real Mi
 classification and NER heads, both ModernBERT poolings), the same loss as the examples unpacked,
 bitwise resume, and one sentence for a task that cannot pack."""
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import TESTDATA
+from conftest import REPO, TESTDATA
 from flax import nnx
 from test_buckets import _config, _minilm_model, minilm, resumed_run, topics  # noqa: F401
 
@@ -161,3 +164,33 @@ def test_packing_is_refused_where_it_cannot_apply(topics):  # noqa: F811
   c = _config(topics, "squad", packing=True)
   with pytest.raises(ConfigError, match="is for classification and ner fine-tuning, not squad"):
     packing.enabled(c)
+
+
+_EIGHT = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import jax
+from test_tasks_classification import finetune_config
+from bert_jax import finetune
+c = finetune_config("task=classification,tiny")
+c.data.update(train_file=sys.argv[1], text_column="sentence", label_column="topic", packing=True)
+c.train.update(num_steps=2, batch_size=16, log_every=1)
+task, _, _ = finetune.make_task(c, sys.argv[3])
+rows = next(task.train_iter())["input_ids"].shape[0]
+s = finetune.finetune_and_evaluate(c, sys.argv[3])
+print(json.dumps({"devices": jax.device_count(), "rows": rows, "loss": s["train"]["loss"],
+                  "accuracy": s["eval"]["accuracy"]}))
+"""
+
+
+@pytest.mark.slow
+def test_packed_rows_shard_over_eight_devices(topics, tmp_path):  # noqa: F811
+  """On 8 simulated devices a packed batch has a multiple of 8 rows and trains sharded."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  p = subprocess.run([sys.executable, "-c", _EIGHT, str(topics), str(REPO / "tests"),
+                      str(tmp_path / "w")], capture_output=True, text=True, env=env, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  out = json.loads(p.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8 and out["rows"] % 8 == 0 and out["rows"] > 0
+  assert np.isfinite(out["loss"]) and 0 <= out["accuracy"] <= 1
