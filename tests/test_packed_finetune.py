@@ -77,7 +77,8 @@ def test_packed_epochs_hold_each_example_once_and_resume_exactly(topics, vocab_p
 
 
 def _packed_and_alone(model, arrays, token_outputs=False):
-  """(packed outputs at each example, the same examples' outputs run one by one)."""
+  """(packed outputs at each example, the same examples' outputs unpacked: one padded row each,
+  the padding masked, as buckets and padded rows run them)."""
   it = packing.PackedEpochIterator(arrays, 8, seed=0)
   b = next(it)
   inputs = {k: b[k] for k in ("position_ids", "packed_segment_ids", "cls_positions") if k in b}
@@ -85,17 +86,15 @@ def _packed_and_alone(model, arrays, token_outputs=False):
   lengths = arrays["attention_mask"].sum(1)
   index = {tuple(r[:k]): i for i, (r, k) in enumerate(zip(arrays["input_ids"], lengths,
                                                           strict=True))}
-  packed, alone = [], []
+  packed, rows = [], []
   for r, seg in enumerate(b["packed_segment_ids"]):
     for s in range(1, seg.max() + 1):
-      i = index[tuple(b["input_ids"][r][seg == s])]
-      n = int(lengths[i])
-      alone_arrays = {k: arrays[k][i:i + 1, :n]
-                      for k in ("input_ids", "attention_mask", "token_type_ids")}
-      one = np.asarray(model(alone_arrays["input_ids"], alone_arrays["attention_mask"],
-                             alone_arrays["token_type_ids"]))[0]
+      rows.append(index[tuple(b["input_ids"][r][seg == s])])
       packed.append(out[r][seg == s] if token_outputs else out[r, s - 1])
-      alone.append(one)
+  width = int(lengths[rows].max())
+  unpacked = np.asarray(model(*(arrays[k][rows, :width]
+                                for k in ("input_ids", "attention_mask", "token_type_ids"))))
+  alone = [u[:lengths[i]] if token_outputs else u for u, i in zip(unpacked, rows, strict=True)]
   return b, packed, alone
 
 
