@@ -200,7 +200,6 @@ def make_task(config, workdir: str):
     init = data.init_params(conv)
   else:
     init = init_params_from(conv, arch, data, config.new_head)
-  tc = config.train
   evaluate = best_keeper(data, config, workdir, tokenizer)
 
   identity = {"bert_config": bert_config.shape_identity(),
