@@ -19,6 +19,7 @@ from bert_jax.errors import ConfigError
 from bert_jax.modern_configuration import ModernBertConfig
 from bert_jax.tasks import classification, ner, packing
 from bert_jax.tokenization import Tokenizer
+from bert_jax.train import TrainingError
 
 
 def _pieces(batch, key="input_ids"):
@@ -155,7 +156,7 @@ def test_packed_run_trains_and_resumes_bitwise(topics, tmp_path):  # noqa: F811
   assert resolved.train.num_steps == task.train_iter().steps_per_epoch
 
 
-def test_packing_is_refused_where_it_cannot_apply(topics):  # noqa: F811
+def test_packing_is_refused_where_it_cannot_apply(topics, tmp_path):  # noqa: F811
   c = _config(topics, packing=True)
   c.train.update(batch_size_warmup_steps=4, batch_size_warmup_min=2)
   with pytest.raises(ConfigError, match="batch-size warm-up cannot"):
@@ -163,6 +164,12 @@ def test_packing_is_refused_where_it_cannot_apply(topics):  # noqa: F811
   c = _config(topics, "squad", packing=True)
   with pytest.raises(ConfigError, match="is for classification and ner fine-tuning, not squad"):
     packing.enabled(c)
+  # Too few examples for one packed batch: one sentence naming the fixes, before any training.
+  c = _config(topics, packing=True)
+  c.train.update(batch_size=4096)
+  with pytest.raises(TrainingError, match="fewer than one batch of .*lower train.batch_size"):
+    finetune.make_task(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
 
 
 _EIGHT = """
