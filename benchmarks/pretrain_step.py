@@ -49,8 +49,9 @@ _CASES = flags.DEFINE_list(
     "cases", ["base:8x128", "base:2x512", "mini:8x128"],
     "CPU mode: PRESET:BATCHxSEQ[:PREDICTIONS] per row group (predictions default: 20 at seq 128 "
     "and 80 at 512, BERT's values; 15% of the sequence otherwise).")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
-                           "bert_jax matmul input dtype (model.dtype).")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "bfloat16", "float32"],
+                           "bert_jax matmul input dtype (model.dtype); auto: bf16 where this "
+                           "device computes it natively, else f32 (bert_jax.device_dtype).")
 _STEPS = flags.DEFINE_integer("steps", 7, "Timed steps (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _PEERS = flags.DEFINE_list("peers", ["pytorch", "hf_flax"], "Peers to run: pytorch, hf_flax.")
@@ -216,9 +217,11 @@ def cpu_mode(write=None) -> dict:
     bc = bert_config_from(config.model, 30522)
     model_flops = flops_lib.train_flops_per_step(bc, b, l, pred)
     all_positions = flops_lib.train_flops_per_step(bc, b, l, None)
-    print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value}) ...", flush=True)
+    print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value} -> {bc.dtype}) ...", flush=True)
     row = bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value)
-    rows = [add_rates(dict(row, variant=_DTYPE.value), b * l, model_flops, model_flops, peaks)]
+    variant = _DTYPE.value if _DTYPE.value != "auto" else f"auto ({bc.dtype})"
+    rows = [add_rates(dict(row, variant=variant, dtype=bc.dtype), b * l, model_flops,
+                      model_flops, peaks)]
     for name, variant in variants:
       print(f"[{preset} {b}x{l}] {name} {variant} ...", flush=True)
       rows.append(add_rates(run_peer(name, variant, case, python), b * l, model_flops,
