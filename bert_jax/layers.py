@@ -52,13 +52,19 @@ def _dims(nb: int, lhs_contract, rhs_contract):
 # 2x slower, plus a convert of both operands); an optimization barrier does not stop it (XLA:CPU
 # drops barriers early). Splitting the transposed axis in two (a reshape the folding does not see
 # through) makes XLA materialise the transpose as a bf16 copy and keeps the dot on the fast path.
-# The products and their f32 sums are the same.
+# The products and their f32 sums are the same. In f32 the copy is pure cost: XLA's f32 dot reads
+# the transposed operand through its dimension numbers (BERT-base f32 training step 2.40 vs 2.76
+# s, 3 interleaved rounds on a 2-core Xeon without avx512_bf16, benchmarks/RESULTS.md), so f32
+# dots keep the plain transposed form.
 
 
 def _mm_nt(a_xMxK: jax.Array, b_xNxK: jax.Array, dtype) -> jax.Array:
   """a @ b^T -> [..., M, N], f32 accumulation."""
   nb, n, k = a_xMxK.ndim - 2, b_xNxK.shape[-2], b_xNxK.shape[-1]
   a, b = a_xMxK.astype(dtype), b_xNxK.astype(dtype)
+  if jnp.dtype(dtype) == jnp.float32 and b.ndim == a.ndim:
+    return jax.lax.dot_general(a, b, _dims(nb, (nb + 1,), (nb + 1,)),
+                               preferred_element_type=jnp.float32)
   if n % 2 or b.ndim != a.ndim:
     return _mm(a, jnp.swapaxes(b, -1, -2), dtype)
   b_xKxN2x2 = jnp.moveaxis(b.reshape(*b.shape[:-2], n // 2, 2, k), -1, -3)
@@ -71,6 +77,9 @@ def _mm_tn(a_xMxK: jax.Array, b_xMxN: jax.Array, dtype) -> jax.Array:
   """a^T @ b -> [..., K, N], f32 accumulation."""
   nb, m, k = a_xMxK.ndim - 2, a_xMxK.shape[-2], a_xMxK.shape[-1]
   a, b = a_xMxK.astype(dtype), b_xMxN.astype(dtype)
+  if jnp.dtype(dtype) == jnp.float32 and b.ndim == a.ndim:
+    return jax.lax.dot_general(a, b, _dims(nb, (nb,), (nb,)),
+                               preferred_element_type=jnp.float32)
   if m % 2 or b.ndim != a.ndim:
     return _mm(jnp.swapaxes(a, -1, -2), b, dtype)
   a_xKxM2x2 = jnp.moveaxis(a.reshape(*a.shape[:-2], m // 2, 2, k), -1, -3)

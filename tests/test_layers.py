@@ -38,6 +38,19 @@ def test_matmul_value_and_grads_match_plain_matmul(shape_a, shape_b, transpose_b
     assert float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w))) < 2e-2
 
 
+def test_only_bf16_backward_materialises_transposes():
+  """bf16: the split-axis copy (a transpose of a rank+1 array) keeps XLA:CPU on its bf16 kernels;
+  f32: no copy, the dots read the transposed operands (14% faster BERT-base f32 step)."""
+  a, b = jnp.ones((6, 8)), jnp.ones((8, 10))
+
+  def transposes(dtype):
+    jaxpr = jax.make_jaxpr(jax.grad(lambda a, b: jnp.sum(matmul(a, b, dtype)), (0, 1)))(a, b)
+    return str(jaxpr).count("transpose[")
+
+  assert transposes(jnp.float32) == 0
+  assert transposes(jnp.bfloat16) > 0
+
+
 # ----------------------------------------------------------------------------- dropout
 
 def test_dropout_drops_at_the_rate_and_keeps_the_mean():
