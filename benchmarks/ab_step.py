@@ -30,6 +30,8 @@ _PRESET = flags.DEFINE_string("preset", "base", "Model size (configuration.PRESE
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds (one step of every variant each).")
 _VARIANTS = flags.DEFINE_string("variants", "{}", "JSON {name: {xla compile option: value}}.")
 _BF16_COPY = flags.DEFINE_bool("bf16_copy", False, "Also run the bf16-kernel-copy experiment.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "bfloat16", "float32"],
+                           "Matmul input dtype (auto: bf16 where native, else f32).")
 _JSON = flags.DEFINE_string("json", "", "Write the step times here.")
 
 
@@ -106,7 +108,7 @@ def main(argv):
   import numpy as np
 
   from benchmarks import bert_jax_step
-  config = bert_jax_step.bench_config(_PRESET.value, 8, 128, 20, "bfloat16")
+  config = bert_jax_step.bench_config(_PRESET.value, 8, 128, 20, _DTYPE.value)
   runners = {}
   for name, options in variants.items():
     built = bert_jax_step.build(config, compiler_options=options or None)
