@@ -28,9 +28,10 @@ same texts, so every shape is compiled before the timed pass, whose compiles ber
 `timed_compiles`; classify: one batch), then the timed pass; batch-1 calls after warm-up calls
 (embed: each timed text once; classify: 3). Outputs are compared with PyTorch eager f32: f32
 stacks within F32_TOL (max |difference| of the unit embeddings, of the logits), the others on
-cosine similarity (>= 0.999) and on identical predicted labels. One-off preparation (the BERT-base folder, the ONNX exports) is cached in
-`--workdir`; run it ahead with `--prepare_only`. bert_jax uses XLA's own thread pool (every core);
-`--threads` sets the peers' (torch.set_num_threads, ORT intra_op_num_threads), default the same.
+cosine similarity (>= 0.999) and on identical predicted labels. One-off preparation (the
+BERT-base folder, the ONNX exports) is cached in `--workdir`; run it ahead with
+`--prepare_only`. bert_jax uses XLA's own thread pool (every core); `--threads` sets the
+peers' (torch.set_num_threads, ORT intra_op_num_threads), default the same.
 """
 from __future__ import annotations
 
