@@ -58,8 +58,9 @@ EXTRAS = {
     "zh": ["jieba>=0.42.1", "snownlp>=0.12.3"],
     "quant": ["qwix>=0.1.8"],  # int8 inference (--quantize=int8)
     "onednn": ONEDNN,
-    # benchmarks/inference.py's ONNX Runtime peer (torch.onnx.export needs onnx).
-    "bench": ["onnxruntime>=1.20", "onnx>=1.17"],
+    # benchmarks/inference.py's ONNX Runtime peer (torch.onnx.export needs onnx);
+    # benchmarks/finetune_throughput.py's transformers Trainer peer needs accelerate.
+    "bench": ["onnxruntime>=1.20", "onnx>=1.17", "accelerate>=1.0"],
     # TPU VMs only: on a CPU machine libtpu makes every JAX process print TPU start-up errors;
     # bert-jax-aot takes libtpu from a cache folder outside the venv (docs/scaling.md).
     "tpu": ["jax[tpu]>=0.10.2"],

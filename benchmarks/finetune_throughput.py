@@ -16,7 +16,7 @@ steps with their compiles; model loading and the final evaluation excluded) and 
 after training. bert_jax also reports its rate after the first 10 steps (the epoch's time without
 most compiles). Trainer runs in f32 (its default on CPU) and with `bf16=True` (CPU autocast, its
 fastest precision here); bert_jax in its `dtype=auto` (bf16 on a CPU with native bf16, else
-f32): the JSON records which.
+f32): the JSON records which. The Trainer peer needs accelerate: `pip install -e ".[bench]"`.
 """
 from __future__ import annotations
 
