@@ -130,7 +130,7 @@ def measure(config, vocab_size: int = 30522, steps: int = 7, warmup: int = 2,
   out = synthetic.stats(times)
   flops = flops_lib.train_flops_per_step(bert_config, b, l, d.max_predictions)
   out.update(
-      name="bert_jax", preset=config.model.preset, dtype=config.model.dtype,
+      name="bert_jax", preset=config.model.preset, dtype=bert_config.dtype,  # "auto" resolved
       attention_impl=config.model.attention_impl, batch_size=b, seq_len=l,
       max_predictions=d.max_predictions, compile_s=built["compile_s"],
       step_bytes=built["step_bytes"],

@@ -220,8 +220,7 @@ def cpu_mode(write=None) -> dict:
     print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value} -> {bc.dtype}) ...", flush=True)
     row = bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value)
     variant = _DTYPE.value if _DTYPE.value != "auto" else f"auto ({bc.dtype})"
-    rows = [add_rates(dict(row, variant=variant, dtype=bc.dtype), b * l, model_flops,
-                      model_flops, peaks)]
+    rows = [add_rates(dict(row, variant=variant), b * l, model_flops, model_flops, peaks)]
     for name, variant in variants:
       print(f"[{preset} {b}x{l}] {name} {variant} ...", flush=True)
       rows.append(add_rates(run_peer(name, variant, case, python), b * l, model_flops,
