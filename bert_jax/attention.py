@@ -8,9 +8,11 @@ What a query may see is a `MaskSpec` (key padding, packed segment ids) plus the 
 the mask in the form it supports:
 
 - `xla`: the reference, any mask. Two einsums with f32 accumulation and an f32 softmax; returns
-  probabilities on request. From `CHUNK_FROM` tokens on it runs query chunks one at a time
-  (recomputed in the backward pass), each against the keys it can see: all of them on global
-  layers, a band of C + 2 * half_window on local ones, so memory is O(L x window), not O(L^2).
+  probabilities on request. In f32 on one CPU device the two products run on oneDNN
+  (bert_jax/onednn.py, where its kernel is usable; BERT_JAX_ONEDNN=off keeps them on XLA).
+  From `CHUNK_FROM` tokens on it runs query chunks one at a time (recomputed in the backward
+  pass), each against the keys it can see: all of them on global layers, a band of
+  C + 2 * half_window on local ones, so memory is O(L x window), not O(L^2).
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (fused flash attention on
   NVIDIA GPUs, bf16/fp16 inputs); padding, segments and the window go in as its boolean `mask`
   (its `local_window_size` only takes a one-sided, causal window). No attention-probability
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bert_jax import onednn
 from bert_jax.errors import DataError
 from bert_jax.layers import dropout, matmul
 
@@ -184,15 +187,28 @@ def masked_attention(q_BxLxNxH, k_BxMxNxH, v_BxMxNxH, mask_Bx1xLxM, *, dtype,
   """The XLA reference under any boolean mask [B or 1, 1, L, M] (a causal mask, a KV cache's
   filled slots, ...): (context [B, L, N, H] f32, probabilities [B, N, L, M] or None)."""
   scale = 1.0 / jnp.sqrt(jnp.float32(q_BxLxNxH.shape[-1]))
+  product = _batched_product(dtype)
   q_BxNxLxH = jnp.swapaxes(q_BxLxNxH * scale, 1, 2)
   k_BxNxMxH = jnp.swapaxes(k_BxMxNxH, 1, 2)
   v_BxNxMxH = jnp.swapaxes(v_BxMxNxH, 1, 2)
-  scores_BxNxLxM = matmul(q_BxNxLxH, k_BxNxMxH, dtype, transpose_b=True)
-  scores_BxNxLxM = jnp.where(mask_Bx1xLxM, scores_BxNxLxM, _NEG_INF)
+  scores_BxNxLxM = product(q_BxNxLxH, k_BxNxMxH, transpose_b=True)
+  # The mask as an additive bias, not a select: XLA:CPU fuses the add into the softmax (the
+  # select cost as much as the softmax itself at [32, 12, 128, 128]). Fully masked rows
+  # (padding queries) come out finite either way; their outputs are not defined.
+  scores_BxNxLxM = scores_BxNxLxM + jnp.where(mask_Bx1xLxM, 0.0, _NEG_INF)
   probs_BxNxLxM = jax.nn.softmax(scores_BxNxLxM, axis=-1)
   dropped = dropout(probs_BxNxLxM, dropout_rate, dropout_rng)
-  ctx_BxLxNxH = jnp.swapaxes(matmul(dropped, v_BxNxMxH, dtype), 1, 2)
+  ctx_BxLxNxH = jnp.swapaxes(product(dropped, v_BxNxMxH), 1, 2)
   return ctx_BxLxNxH, (probs_BxNxLxM if want_probs else None)
+
+
+def _batched_product(dtype):
+  """Attention's two batched products: on oneDNN for f32 on one CPU device where its kernel is
+  usable (onednn.f32_enabled; 2-3x XLA:CPU's batched dots at BERT's shapes), else
+  layers.matmul in `dtype` with f32 accumulation."""
+  if jnp.dtype(dtype) == jnp.float32 and target_backend() == "cpu" and onednn.f32_enabled():
+    return onednn.f32_batched_matmul
+  return lambda a, b, transpose_b=False: matmul(a, b, dtype, transpose_b=transpose_b)
 
 
 # ----------------------------------------------------------------------------- XLA, chunked

@@ -1,7 +1,8 @@
 """The oneDNN matmul custom call (bert_jax.onednn): it builds, its int8 products are the exact
 integers XLA computes, its float products match XLA's, and a real int8 model (all-MiniLM-L6-v2 on
 real sentences, int8 weights and activations) gives the same embeddings through it as through
-XLA, with the custom call really in the compiled program."""
+XLA, with the custom call really in the compiled program; f32 attention's products on oneDNN
+(forward and gradients) agree with XLA's, in the real model too."""
 import os
 import subprocess
 import sys
@@ -83,7 +84,9 @@ def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
   read when a function is traced), oneDNN reading its kernels packed."""
   code = (
       "import sys, numpy as np, jax, bert_jax\n"
-      "from bert_jax import quantization\n"
+      "from bert_jax import onednn, quantization\n"
+      # Attention's f32 products on XLA in both runs: only the int8 products' engine differs.
+      "onednn.f32_enabled = lambda *a, **k: False\n"
       f"texts = {corpus_sentences(mobydick_path, 12, min_words=5)!r}\n"
       f"m = bert_jax.BertModel.from_pretrained({str(minilm_dir)!r})\n"
       f"t = bert_jax.BertTokenizer.from_pretrained({str(minilm_dir)!r})\n"
@@ -112,10 +115,65 @@ def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
   np.testing.assert_array_equal(out["on"], out["off"])
 
 
+@needs_kernel
+def test_attention_products_on_onednn_match_xla_forward_and_backward(monkeypatch):
+  """masked_attention with its products on oneDNN (f32, one CPU device) against XLA's:
+  context and the gradients of q, k and v, under a padding mask, attention dropout on."""
+  from bert_jax import attention
+  kq, kk, kv, kd = jax.random.split(jax.random.key(3), 4)
+  q, k, v = (jax.random.normal(key, (2, 24, 3, 8)) for key in (kq, kk, kv))
+  mask = (jnp.arange(24)[None, :] < jnp.array([[24], [15]]))[:, None, None, :]
+
+  def loss(q, k, v):
+    ctx, _ = attention.masked_attention(q, k, v, mask, dtype=jnp.float32, dropout_rate=0.1,
+                                        dropout_rng=kd)
+    return jnp.sum(jnp.where(mask[:, 0, 0, :, None, None], ctx, 0.0) ** 2), ctx
+
+  results = {}
+  for on in (True, False):
+    monkeypatch.setattr(onednn, "f32_enabled", lambda on=on: on)
+    f = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+    assert ("bert_jax_onednn_matmul" in f.lower(q, k, v).as_text()) == on
+    results[on] = f(q, k, v)
+  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
+                        strict=True):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tmp_path):
+  """The real f32 model on real sentences: attention's products on oneDNN (BERT_JAX_ONEDNN
+  auto: one CPU device) give XLA's embeddings (off), and the custom call is in the program."""
+  code = (
+      "import sys, numpy as np, bert_jax\n"
+      "from bert_jax import inference\n"
+      f"texts = {corpus_sentences(mobydick_path, 12, min_words=5)!r}\n"
+      f"m = bert_jax.BertModel.from_pretrained({str(minilm_dir)!r}, dtype='float32')\n"
+      f"t = bert_jax.BertTokenizer.from_pretrained({str(minilm_dir)!r})\n"
+      "np.save(sys.argv[1], bert_jax.embed(m, t, texts, normalize=True))\n"
+      "g, s = inference.inference_split(m)\n"
+      "ids = np.ones((2, 16), np.int32)\n"
+      "print('bert_jax_onednn_matmul' in inference.encode.lower(g, s, ids, ids, 0 * ids,\n"
+      "                                                       pooling='mean').as_text())\n")
+  out = {}
+  for mode in ("auto", "off"):
+    path = str(tmp_path / f"{mode}.npy")
+    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                          env={**os.environ, onednn.ENV: mode, "PYTHONPATH": str(REPO)},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(mode == "auto")
+    out[mode] = np.load(path)
+  assert out["auto"].shape == (12, 384)
+  np.testing.assert_allclose(out["auto"], out["off"], rtol=0, atol=1e-5)
+  assert (np.sum(out["auto"] * out["off"], axis=1) > 0.99999).all()
+
+
 def test_bad_choice_is_one_sentence():
   with pytest.raises(ConfigError, match="BERT_JAX_ONEDNN='fast' is not one of auto, on, off"):
     onednn.int8_enabled({onednn.ENV: "fast"})
   assert not onednn.int8_enabled({onednn.ENV: "off"})
+  assert not onednn.f32_enabled({onednn.ENV: "off"})
 
 
 def test_missing_onednn_says_what_to_install(tmp_path):
