@@ -8,7 +8,7 @@ channel, absmax calibration: `qwix.quantize`), and so does every `layers.Embed` 
 per row: a token's vector). LayerNorms, biases and the model's other parameters stay as they are.
 The quantized layers compute through `qwix.dot_general` (Dense, the tied MLM decoder) and
 `qwix.dequantize` of the gathered rows (embedding lookups): nothing here computes a scale or
-rounds a value itself.
+rounds a value itself (the one exception, on oneDNN below, repeats XLA's values for qwix's).
 
 Weight-only (the default): qwix dequantizes each kernel to the compute dtype inside the jitted
 function and runs the float matmul, which XLA fuses; the weights are stored and moved as int8 (a
@@ -18,6 +18,9 @@ rescaled; on CPU the int8 product runs on oneDNN's int8 dot-product kernels when
 available (bert_jax/onednn.py: 1.5-2.4x XLA:CPU's bf16 matmul speed, the same integers), and each
 kernel is also kept packed in oneDNN's blocked layout (an `OnednnPacked` variable beside it, made
 once here instead of on every call; this CPU's layout, so it is not part of what a model saves).
+With packed kernels the whole Dense (quantize each token, int8 product, rescale, bias) is one
+oneDNN call (onednn.quantized_matmul) that computes XLA's values for qwix.quantize and the
+rescale bit for bit, reading each row once.
 
 Why not `qwix.quantize_model` (qwix's interception of `jax.lax.dot_general`): it finds a weight by
 following the traced value back to the module's parameter and swaps the parameter in during the
@@ -122,6 +125,14 @@ def dense(layer: layers.Dense, x: jax.Array) -> jax.Array:
   x_MxK = x.reshape(-1, k)
   dims = (((1,), (0,)), ((), ()))
   if getattr(layer, "quantize_activations", False):
+    packed = getattr(layer, "onednn_packed", None)
+    if packed is not None and q_KxN.zero_point is None and onednn.int8_enabled():
+      # Quantize, int8 product, rescale and bias in one oneDNN call: XLA's values, each row
+      # read once (XLA runs them as separate passes and recomputes the GELU before each).
+      bias = (jnp.zeros((n,), jnp.float32) if layer.bias is None
+              else layer.bias[...].reshape(n))
+      y_MxN = onednn.quantized_matmul(x_MxK, packed[...], q_KxN.scale, bias)
+      return y_MxN.reshape(*lead, *out_shape)
     x_MxK = qwix.quantize(x_MxK.astype(jnp.float32), jnp.int8, channelwise_axes=(0,))
     if x_MxK.zero_point is None and q_KxN.zero_point is None and onednn.int8_enabled():
       # qwix.dot_general's arithmetic (int32 product, times the row scales, times the column

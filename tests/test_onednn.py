@@ -80,8 +80,9 @@ def test_packed_int8_products_are_xlas_integers(m, k, n):
 @needs_int8
 def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
   """The real model, int8 weights and per-token int8 activations, on real sentences: the same
-  embeddings bit for bit whichever computes the int8 products (subprocesses: the choice is
-  read when a function is traced), oneDNN reading its kernels packed."""
+  embeddings bit for bit whichever computes the int8 Dense layers (subprocesses: the choice is
+  read when a function is traced): XLA (qwix's quantize, the product, the rescale), or oneDNN's
+  one call per layer reading its kernels packed."""
   code = (
       "import sys, numpy as np, jax, bert_jax\n"
       "from bert_jax import onednn, quantization\n"
@@ -100,7 +101,7 @@ def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
       "from bert_jax import layers\n"
       "packed = sum(isinstance(v, quantization.OnednnPacked) for _, v in nnx.iter_graph(q))\n"
       "dense = sum(isinstance(v, layers.Dense) for _, v in nnx.iter_graph(q))\n"
-      "print('bert_jax_onednn_matmul_packed' in hlo, packed == dense > 30)\n")
+      "print('bert_jax_onednn_quantized_matmul' in hlo, packed == dense > 30)\n")
   out = {}
   for mode in ("on", "off"):
     path = str(tmp_path / f"{mode}.npy")
@@ -113,6 +114,33 @@ def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
     out[mode] = np.load(path)
   assert out["on"].shape == (12, 384)
   np.testing.assert_array_equal(out["on"], out["off"])
+
+
+@needs_int8
+@pytest.mark.parametrize("m,k,n", [(64, 768, 96), (5, 37, 16), (1, 384, 40)])
+def test_quantized_matmul_is_xlas_dynamic_int8_bit_for_bit(m, k, n):
+  """onednn.quantized_matmul against what XLA computes for qwix's per-token quantization, the
+  int8 product, the row and column rescale and the bias: equal bits, with a zero row (scale 1),
+  a row whose largest value sits on the rounding tie, and K not a multiple of the vector."""
+  qwix = pytest.importorskip("qwix")
+  kx, kw, kb, ks = jax.random.split(jax.random.key(4), 4)
+  x = jax.random.normal(kx, (m, k)) * jax.random.uniform(ks, (m, 1), maxval=5.0)
+  x = x.at[0].set(0.0) if m > 1 else x
+  if m > 2:
+    x = x.at[1, :3].set(jnp.array([127.5, -63.75, 0.5]))
+  w = qwix.quantize(jax.random.normal(kw, (k, n)), jnp.int8, channelwise_axes=(1,))
+  bias = jax.random.normal(kb, (n,))
+
+  def xla(x, qvalue, scale, bias):
+    xq = qwix.quantize(x, jnp.int8, channelwise_axes=(0,))
+    y = jax.lax.dot_general(xq.qvalue, qvalue, (((1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.int32).astype(jnp.float32)
+    return y * xq.scale * scale + bias
+
+  want = jax.jit(xla)(x, w.qvalue, w.scale, bias)
+  got = jax.jit(onednn.quantized_matmul)(x, onednn.pack_int8(w.qvalue), w.scale, bias)
+  assert got.shape == (m, n) and got.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 @needs_kernel

@@ -13,12 +13,26 @@
 // s32 at (K, N); on avx512_core_vnni it was the same for every M from 16 to 4096, and the
 // product 3-40% faster (most at small M). It depends on the CPU's ISA: made and read in one
 // process, never stored.
+//
+// Dynamically quantized product: `BertJaxOnednnQuantizedMatmul` takes the f32 activations, not
+// their int8 values, and returns the rescaled f32 product plus bias: per row it quantizes
+// (absmax / 127.5, round half to even, saturate) with the very f32 operations XLA runs for
+// qwix.quantize (so the integers are XLA's), multiplies against the packed s8 weights, and
+// rescales (row scale, then column scale and bias in one fused multiply-add: XLA:CPU's
+// order and contraction).
+// In XLA those steps are separate passes over [M, N] and [M, K], and XLA recomputes the GELU
+// that feeds an FFN output's quantization in each of them; here each row is read once while
+// it is in cache.
+#include <immintrin.h>
+
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -187,6 +201,149 @@ ffi::Error MatmulPacked(ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Result<ffi
                  c->untyped_data());
 }
 
+
+// What XLA computes for qwix.quantize(x, int8, channelwise_axes=(0,)) of one row: the scale
+// absmax * f32(1 / 127.5), 1 where it is below sqrt(tiny f32), and the values x * (1 / scale)
+// rounded half to even and saturated to int8.
+constexpr float kInvQmax = 1.0f / 127.5f;
+constexpr float kTinySqrt = 1.0842021724855044e-19f;
+
+float RowScale(float absmax) {
+  float scale = absmax * kInvQmax;
+  return scale < kTinySqrt ? 1.0f : scale;
+}
+
+// x * (1 / scale) rounded half to even and saturated to int8, as XLA converts.
+void QuantizeTail(const float* x, int64_t k, float inv, int8_t* q) {
+  for (int64_t i = 0; i < k; ++i) {
+    float v = std::nearbyint(x[i] * inv);  // the default rounding mode: half to even
+    v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
+    q[i] = static_cast<int8_t>(v);
+  }
+}
+
+float QuantizeRow(const float* x, int64_t k, int8_t* q) {
+  float absmax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) absmax = std::fmax(absmax, std::fabs(x[i]));
+  const float scale = RowScale(absmax);
+  QuantizeTail(x, k, 1.0f / scale, q);
+  return scale;
+}
+
+// The same with AVX2: cvtps rounds half to even (MXCSR's default) and the two packs saturate
+// to int8, which is XLA's convert of the rounded value.
+__attribute__((target("avx2,fma"))) float QuantizeRowAvx2(const float* x, int64_t k,
+                                                          int8_t* q) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    m1 = _mm256_max_ps(m1, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i + 8)));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
+  float absmax = 0.0f;
+  for (float lane : lanes) absmax = lane > absmax ? lane : absmax;
+  for (; i < k; ++i) absmax = std::fabs(x[i]) > absmax ? std::fabs(x[i]) : absmax;
+  const float scale = RowScale(absmax);
+  const float inv = 1.0f / scale;
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (i = 0; i + 32 <= k; i += 32) {
+    const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+    const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), vinv));
+    const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 16), vinv));
+    const __m256i d = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 24), vinv));
+    const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i),
+                        _mm256_permutevar8x32_epi32(packed, order));
+  }
+  QuantizeTail(x + i, k - i, inv, q + i);
+  return scale;
+}
+
+// One output row: (acc * row scale) * column scale + bias, the last two as one fused
+// multiply-add, as XLA:CPU contracts them; with FMA instructions where the CPU has them (so the
+// loop vectorizes), else through libm's fma (the same values).
+__attribute__((target("avx2,fma"))) void RescaleRowFma(const int32_t* acc, float row_scale,
+                                                      const float* col_scale, const float* bias,
+                                                      int64_t n, float* out) {
+  for (int64_t c = 0; c < n; ++c) {
+    out[c] = std::fma(static_cast<float>(acc[c]) * row_scale, col_scale[c], bias[c]);
+  }
+}
+
+void RescaleRow(const int32_t* acc, float row_scale, const float* col_scale, const float* bias,
+                int64_t n, float* out) {
+  for (int64_t c = 0; c < n; ++c) {
+    out[c] = std::fma(static_cast<float>(acc[c]) * row_scale, col_scale[c], bias[c]);
+  }
+}
+
+// y [M, N] f32 = rescale(quantize(x [M, K] f32) . B (packed s8 [K, N])) + bias: see the top.
+ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
+                           ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
+                           ffi::Result<ffi::Buffer<ffi::F32>> y) {
+  auto x_dims = x.dimensions(), y_dims = y->dimensions();
+  if (x_dims.size() != 2 || y_dims.size() != 2 || x_dims[0] != y_dims[0]) {
+    return ffi::Error::InvalidArgument(
+        "bert_jax onednn quantized matmul takes f32 [M, K] -> f32 [M, N]");
+  }
+  const int64_t m = x_dims[0], k = x_dims[1], n = y_dims[1];
+  if (col_scale.element_count() != static_cast<size_t>(n) ||
+      bias.element_count() != static_cast<size_t>(n)) {
+    return ffi::Error::InvalidArgument(
+        "bert_jax onednn quantized matmul: column scales and bias need N values each");
+  }
+  memory::desc b_md;
+  try {
+    b_md = PackedDesc(k, n);
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  if (packed.size_bytes() != b_md.get_size()) {
+    return ffi::Error::InvalidArgument(
+        "bert_jax onednn quantized matmul: the weights were not packed for this K and N");
+  }
+  thread_local std::vector<int8_t> q;  // XLA may run two products at once, on two threads
+  thread_local std::vector<float> row_scale;
+  thread_local std::vector<int32_t> acc;
+  q.resize(m * k);
+  row_scale.resize(m);
+  acc.resize(m * n);
+  // Plain pointers into the buffers: OpenMP's threads would see their own thread_locals.
+  int8_t* q_data = q.data();
+  float* row_scale_data = row_scale.data();
+  int32_t* acc_data = acc.data();
+  const float* xs = x.typed_data();
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < m; ++r) {
+    row_scale_data[r] = avx2 ? QuantizeRowAvx2(xs + r * k, k, q_data + r * k)
+                             : QuantizeRow(xs + r * k, k, q_data + r * k);
+  }
+  const memory::desc a_md({m, k}, memory::data_type::s8, memory::format_tag::ab);
+  const memory::desc c_md({m, n}, memory::data_type::s32, memory::format_tag::ab);
+  const Key key{1, m, k, n, static_cast<int>(memory::data_type::s8),
+                static_cast<int>(memory::data_type::s8), static_cast<int>(memory::data_type::s32),
+                false, false, true};
+  ffi::Error err = Execute(key, a_md, q_data, b_md, packed.untyped_data(), c_md, acc_data);
+  if (err.failure()) return err;
+  const float* cs = col_scale.typed_data();
+  const float* b = bias.typed_data();
+  float* ys = y->typed_data();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < m; ++r) {
+    if (avx2) {
+      RescaleRowFma(acc_data + r * n, row_scale_data[r], cs, b, n, ys + r * n);
+    } else {
+      RescaleRow(acc_data + r * n, row_scale_data[r], cs, b, n, ys + r * n);
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // Bytes of the packed layout of s8 [k, n] weights, or -1 where oneDNN has no such matmul.
@@ -216,3 +373,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnMatmul, Matmul,
                                   .Ret<ffi::AnyBuffer>()  // c
                                   .Attr<bool>("transpose_a")
                                   .Attr<bool>("transpose_b"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnQuantizedMatmul, QuantizedMatmul,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x, f32 [M, K]
+                                  .Arg<ffi::AnyBuffer>()  // packed b (s8 [K, N])
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // column scales [N]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [N]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // y, f32 [M, N]
