@@ -6,6 +6,8 @@
 // avx512_vnni / AMX int8 kernels XLA:CPU does not use). One oneDNN primitive per (shapes, types,
 // transposes), created on first use and kept; creating one takes milliseconds, running one
 // microseconds of overhead. oneDNN picks its kernel (brgemm on AVX-512) at primitive creation.
+// Every execution brings its own scratchpad (user scratchpad mode): two threads running one
+// primitive at once on the library's shared scratchpad gave wrong products.
 //
 // Packed int8 weights: oneDNN's brgemm kernels copy a plain [K, N] operand into their blocked
 // layout on every call; `BertJaxOnednnPack` does that once (with the s8 compensation appended) and
@@ -21,10 +23,13 @@
 // rescales (row scale, then column scale and bias in one fused multiply-add: XLA:CPU's
 // order and contraction).
 // In XLA those steps are separate passes over [M, N] and [M, K], and XLA recomputes the GELU
-// that feeds an FFN output's quantization in each of them; here each row is read once while
-// it is in cache.
+// that feeds an FFN output's quantization in each of them. Here the rows go in blocks, one
+// OpenMP thread each (oneDNN single-threaded inside), so a block's int32 products are
+// rescaled while they are still in cache: BERT-base int8 classification 1.13x over running
+// the three steps over all rows one after another, 1.15x over XLA's passes.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -33,6 +38,8 @@
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -58,19 +65,29 @@ bool ToDnnl(ffi::DataType type, memory::data_type* out) {
   }
 }
 
-// (batch, m, k, n, a type, b type, c type, transpose a, transpose b, b packed)
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, int, bool, bool, bool>;
+// (batch, m, k, n, a type, b type, c type, transpose a, transpose b, b packed, one thread)
+using Key =
+    std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, int, bool, bool, bool, bool>;
+
+// A primitive and the scratchpad one execution needs: every call brings its own (user
+// scratchpad mode), so threads can run one primitive at once.
+struct Cached {
+  dnnl::matmul primitive;
+  memory::desc scratchpad;
+};
 
 // The cached primitive for `key`; primitives are immutable and safe to execute concurrently.
-dnnl::matmul Primitive(const Key& key, const memory::desc& a, const memory::desc& b,
-                       const memory::desc& c) {
+Cached Primitive(const Key& key, const memory::desc& a, const memory::desc& b,
+                 const memory::desc& c) {
   static std::mutex mu;
-  static std::map<Key, dnnl::matmul> cache;
+  static std::map<Key, Cached> cache;
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it == cache.end()) {
-    dnnl::matmul::primitive_desc pd(Engine(), a, b, c);
-    it = cache.emplace(key, dnnl::matmul(pd)).first;
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    dnnl::matmul::primitive_desc pd(Engine(), a, b, c, attr);
+    it = cache.emplace(key, Cached{dnnl::matmul(pd), pd.scratchpad_desc()}).first;
   }
   return it->second;
 }
@@ -79,11 +96,14 @@ dnnl::matmul Primitive(const Key& key, const memory::desc& a, const memory::desc
 ffi::Error Execute(const Key& key, const memory::desc& a_md, void* a, const memory::desc& b_md,
                    void* b, const memory::desc& c_md, void* c) {
   try {
-    dnnl::matmul primitive = Primitive(key, a_md, b_md, c_md);
+    Cached cached = Primitive(key, a_md, b_md, c_md);
     dnnl::stream stream(Engine());
+    thread_local std::vector<uint8_t> scratch;
+    scratch.resize(cached.scratchpad.get_size());
     memory a_mem(a_md, Engine(), a), b_mem(b_md, Engine(), b), c_mem(c_md, Engine(), c);
-    primitive.execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem},
-                               {DNNL_ARG_DST, c_mem}});
+    memory scratch_mem(cached.scratchpad, Engine(), scratch.data());
+    cached.primitive.execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem},
+                                      {DNNL_ARG_DST, c_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
@@ -127,7 +147,7 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
                           transpose_b ? memory::dims{k * n, 1, k} : memory::dims{k * n, n, 1});
   const memory::desc c_md({batch, m, n}, c_type, memory::dims{m * n, n, 1});
   const Key key{batch, m, k, n, static_cast<int>(a_type), static_cast<int>(b_type),
-                static_cast<int>(c_type), transpose_a, transpose_b, false};
+                static_cast<int>(c_type), transpose_a, transpose_b, false, false};
   return Execute(key, a_md, a.untyped_data(), b_md, b.untyped_data(), c_md, c->untyped_data());
 }
 
@@ -196,7 +216,7 @@ ffi::Error MatmulPacked(ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Result<ffi
   const memory::desc c_md({m, n}, memory::data_type::s32, memory::format_tag::ab);
   const Key key{1, m, k, n, static_cast<int>(memory::data_type::s8),
                 static_cast<int>(memory::data_type::s8), static_cast<int>(memory::data_type::s32),
-                false, false, true};
+                false, false, true, false};
   return Execute(key, a_md, a.untyped_data(), b_md, packed.untyped_data(), c_md,
                  c->untyped_data());
 }
@@ -306,41 +326,53 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
     return ffi::Error::InvalidArgument(
         "bert_jax onednn quantized matmul: the weights were not packed for this K and N");
   }
-  thread_local std::vector<int8_t> q;  // XLA may run two products at once, on two threads
-  thread_local std::vector<float> row_scale;
-  thread_local std::vector<int32_t> acc;
-  q.resize(m * k);
-  row_scale.resize(m);
-  acc.resize(m * n);
-  // Plain pointers into the buffers: OpenMP's threads would see their own thread_locals.
-  int8_t* q_data = q.data();
-  float* row_scale_data = row_scale.data();
-  int32_t* acc_data = acc.data();
+  // Row blocks whose int32 products stay in cache: each OpenMP thread quantizes a block,
+  // multiplies it (oneDNN runs single-threaded inside a parallel region) and rescales it.
+  const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, ((1 << 18) / n) / 16 * 16));
+  const int64_t blocks = (m + rows - 1) / rows;
   const float* xs = x.typed_data();
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < m; ++r) {
-    row_scale_data[r] = avx2 ? QuantizeRowAvx2(xs + r * k, k, q_data + r * k)
-                             : QuantizeRow(xs + r * k, k, q_data + r * k);
-  }
-  const memory::desc a_md({m, k}, memory::data_type::s8, memory::format_tag::ab);
-  const memory::desc c_md({m, n}, memory::data_type::s32, memory::format_tag::ab);
-  const Key key{1, m, k, n, static_cast<int>(memory::data_type::s8),
-                static_cast<int>(memory::data_type::s8), static_cast<int>(memory::data_type::s32),
-                false, false, true};
-  ffi::Error err = Execute(key, a_md, q_data, b_md, packed.untyped_data(), c_md, acc_data);
-  if (err.failure()) return err;
   const float* cs = col_scale.typed_data();
   const float* b = bias.typed_data();
   float* ys = y->typed_data();
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < m; ++r) {
-    if (avx2) {
-      RescaleRowFma(acc_data + r * n, row_scale_data[r], cs, b, n, ys + r * n);
-    } else {
-      RescaleRow(acc_data + r * n, row_scale_data[r], cs, b, n, ys + r * n);
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  std::string error;
+#pragma omp parallel
+  {
+    omp_set_num_threads(1);  // the blocks' primitives are made for, and run on, one thread
+    std::vector<int8_t> q(rows * k);
+    std::vector<float> row_scale(rows);
+    std::vector<int32_t> acc(rows * n);
+#pragma omp for schedule(dynamic)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * rows, mb = std::min(rows, m - r0);
+      for (int64_t r = 0; r < mb; ++r) {
+        const float* xr = xs + (r0 + r) * k;
+        row_scale[r] = avx2 ? QuantizeRowAvx2(xr, k, q.data() + r * k)
+                            : QuantizeRow(xr, k, q.data() + r * k);
+      }
+      const memory::desc a_md({mb, k}, memory::data_type::s8, memory::format_tag::ab);
+      const memory::desc c_md({mb, n}, memory::data_type::s32, memory::format_tag::ab);
+      const Key key{1, mb, k, n, static_cast<int>(memory::data_type::s8),
+                    static_cast<int>(memory::data_type::s8),
+                    static_cast<int>(memory::data_type::s32), false, false, true, true};
+      ffi::Error err = Execute(key, a_md, q.data(), b_md, packed.untyped_data(), c_md,
+                               acc.data());
+      if (err.failure()) {
+#pragma omp critical
+        error = "oneDNN failed in a quantized matmul block";
+        continue;
+      }
+      for (int64_t r = 0; r < mb; ++r) {
+        float* out = ys + (r0 + r) * n;
+        if (avx2) {
+          RescaleRowFma(acc.data() + r * n, row_scale[r], cs, b, n, out);
+        } else {
+          RescaleRow(acc.data() + r * n, row_scale[r], cs, b, n, out);
+        }
+      }
     }
   }
+  if (!error.empty()) return ffi::Error::Internal(error);
   return ffi::Error::Success();
 }
 
