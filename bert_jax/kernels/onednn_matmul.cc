@@ -328,7 +328,11 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
   }
   // Row blocks whose int32 products stay in cache: each OpenMP thread quantizes a block,
   // multiplies it (oneDNN runs single-threaded inside a parallel region) and rescales it.
-  const int64_t rows = std::max<int64_t>(16, std::min<int64_t>(256, ((1 << 18) / n) / 16 * 16));
+  // At most 2^18 int32 products a block, and at least one block per thread (batch 1: 128 rows).
+  const int64_t threads = omp_get_max_threads();
+  const int64_t per_thread = (m + threads - 1) / threads;
+  const int64_t rows = std::max<int64_t>(
+      16, std::min<int64_t>({256, (1 << 18) / n, per_thread}) / 16 * 16);
   const int64_t blocks = (m + rows - 1) / rows;
   const float* xs = x.typed_data();
   const float* cs = col_scale.typed_data();
