@@ -184,27 +184,27 @@ def int8_reason(flags=None) -> str:
   return _load()
 
 
-def int8_enabled(environ=os.environ) -> bool:
-  """Whether int8_matmul runs on oneDNN (BERT_JAX_ONEDNN, a usable kernel, a VNNI/AMX CPU)."""
+def _enabled(environ, reason_fn, products: str) -> bool:
+  """BERT_JAX_ONEDNN's answer for one kind of product: off, or whether `reason_fn()` is ''
+  (on: a ConfigError with the reason when it is not)."""
   mode = choice(environ)
   if mode == "off":
     return False
-  reason = int8_reason()
+  reason = reason_fn()
   if reason and mode == "on":
-    raise ConfigError(f"{ENV}=on but oneDNN cannot compute the int8 products: {reason}.")
+    raise ConfigError(f"{ENV}=on but oneDNN cannot compute the {products} products: {reason}.")
   return not reason
+
+
+def int8_enabled(environ=os.environ) -> bool:
+  """Whether int8_matmul runs on oneDNN (BERT_JAX_ONEDNN, a usable kernel, a VNNI/AMX CPU)."""
+  return _enabled(environ, int8_reason, "int8")
 
 
 def f32_enabled(environ=os.environ) -> bool:
   """Whether f32 batched products (attention's, f32_batched_matmul) run on oneDNN here:
   BERT_JAX_ONEDNN, a usable kernel, and one device (a custom call has no sharding rule)."""
-  mode = choice(environ)
-  if mode == "off":
-    return False
-  reason = unavailable_reason()
-  if reason and mode == "on":
-    raise ConfigError(f"{ENV}=on but oneDNN cannot compute the f32 products: {reason}.")
-  return not reason and jax.device_count() == 1
+  return _enabled(environ, unavailable_reason, "f32") and jax.device_count() == 1
 
 
 def unavailable_reason() -> str:

@@ -135,11 +135,10 @@ def dense(layer: layers.Dense, x: jax.Array) -> jax.Array:
       return y_MxN.reshape(*lead, *out_shape)
     x_MxK = qwix.quantize(x_MxK.astype(jnp.float32), jnp.int8, channelwise_axes=(0,))
     if x_MxK.zero_point is None and q_KxN.zero_point is None and onednn.int8_enabled():
-      # qwix.dot_general's arithmetic (int32 product, times the row scales, times the column
-      # scales), with the int8 product on oneDNN's VNNI kernels on CPU: the same values.
-      packed = getattr(layer, "onednn_packed", None)
-      y_MxN = onednn.int8_matmul(x_MxK.qvalue, q_KxN.qvalue,
-                                 None if packed is None else packed[...]).astype(jnp.float32)
+      # Kernels not packed (quantized with oneDNN off, or several devices): qwix.dot_general's
+      # arithmetic (int32 product, times the row scales, times the column scales), the int8
+      # product on oneDNN's VNNI kernels on CPU: the same values.
+      y_MxN = onednn.int8_matmul(x_MxK.qvalue, q_KxN.qvalue).astype(jnp.float32)
       return _finish(layer, y_MxN * x_MxK.scale * q_KxN.scale, lead, out_shape)
   else:  # Dequantized to the compute dtype; f32 accumulation as layers.matmul.
     x_MxK, q_KxN = x_MxK.astype(layer.dtype), q_KxN.astype(layer.dtype)

@@ -193,6 +193,22 @@ ffi::Error Pack(ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out) {
   return ffi::Error::Success();
 }
 
+// The packed layout of s8 [k, n] weights into *out, or an error naming `what` when oneDNN has
+// none or `packed` is not that layout's size.
+ffi::Error PackedFor(int64_t k, int64_t n, const ffi::AnyBuffer& packed, const std::string& what,
+                     memory::desc* out) {
+  try {
+    *out = PackedDesc(k, n);
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  if (packed.size_bytes() != out->get_size()) {
+    return ffi::Error::InvalidArgument(
+        "bert_jax onednn " + what + ": the weights were not packed for this K and N");
+  }
+  return ffi::Error::Success();
+}
+
 // C = A [M, K] s8 . B (packed by Pack from s8 [K, N]) -> s32 [M, N].
 ffi::Error MatmulPacked(ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Result<ffi::AnyBuffer> c) {
   auto a_dims = a.dimensions(), c_dims = c->dimensions();
@@ -203,15 +219,8 @@ ffi::Error MatmulPacked(ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Result<ffi
   }
   const int64_t m = a_dims[0], k = a_dims[1], n = c_dims[1];
   memory::desc b_md;
-  try {
-    b_md = PackedDesc(k, n);
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  }
-  if (packed.size_bytes() != b_md.get_size()) {
-    return ffi::Error::InvalidArgument(
-        "bert_jax onednn packed matmul: the weights were not packed for this K and N");
-  }
+  ffi::Error packed_error = PackedFor(k, n, packed, "packed matmul", &b_md);
+  if (packed_error.failure()) return packed_error;
   const memory::desc a_md({m, k}, memory::data_type::s8, memory::format_tag::ab);
   const memory::desc c_md({m, n}, memory::data_type::s32, memory::format_tag::ab);
   const Key key{1, m, k, n, static_cast<int>(memory::data_type::s8),
@@ -317,15 +326,8 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
         "bert_jax onednn quantized matmul: column scales and bias need N values each");
   }
   memory::desc b_md;
-  try {
-    b_md = PackedDesc(k, n);
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  }
-  if (packed.size_bytes() != b_md.get_size()) {
-    return ffi::Error::InvalidArgument(
-        "bert_jax onednn quantized matmul: the weights were not packed for this K and N");
-  }
+  ffi::Error packed_error = PackedFor(k, n, packed, "quantized matmul", &b_md);
+  if (packed_error.failure()) return packed_error;
   // Row blocks whose int32 products stay in cache: each OpenMP thread quantizes a block,
   // multiplies it (oneDNN runs single-threaded inside a parallel region) and rescales it.
   // At most 2^18 int32 products a block, and at least one block per thread (batch 1: 128 rows).
