@@ -212,14 +212,19 @@ def unavailable_reason() -> str:
   return _load()
 
 
+def _require_kernel() -> None:
+  """Builds and registers the kernel on first use; a ConfigError saying why it cannot be."""
+  reason = _load()
+  if reason:
+    raise ConfigError(f"the oneDNN kernel cannot be used: {reason}.")
+
+
 def matmul(a: jax.Array, b: jax.Array, out_dtype, *, transpose_a: bool = False,
            transpose_b: bool = False) -> jax.Array:
   """op(a) @ op(b) -> [..., M, N] of out_dtype through the oneDNN custom call (CPU only; a
   ConfigError when the kernel is unusable here); leading dims are batch dims, equal in a and b;
   op transposes the last two. Types: f32/bf16 -> f32, or s8/u8 x s8 -> s32."""
-  reason = _load()  # registers the target on first use
-  if reason:
-    raise ConfigError(f"the oneDNN kernel cannot be used: {reason}.")
+  _require_kernel()  # registers the targets on first use
   m = a.shape[-1] if transpose_a else a.shape[-2]
   n = b.shape[-2] if transpose_b else b.shape[-1]
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((*a.shape[:-2], m, n), out_dtype),
@@ -232,8 +237,7 @@ def f32_batched_matmul(a: jax.Array, b: jax.Array, transpose_b: bool = False) ->
   """f32 a [..., M, K] @ b [..., K, N] (b [..., N, K] with `transpose_b`) on oneDNN, forward
   and backward (the gradients are oneDNN products too, transposes read through strides): the
   products of attention on one CPU device (see the top of this file)."""
-  return matmul(a.astype(jnp.float32), b.astype(jnp.float32), jnp.float32,
-                transpose_b=transpose_b)
+  return _f32_bmm_fwd(a, b, transpose_b)[0]
 
 
 def _f32_bmm_fwd(a, b, transpose_b):
@@ -263,9 +267,7 @@ def pack_int8(b_KxN: jax.Array) -> jax.Array:
   """int8 [K, N] weights in oneDNN's blocked layout for int8_matmul(..., packed=): uint8 bytes,
   made once (oneDNN's kernels otherwise copy the plain weights into that layout on every call).
   The layout belongs to this CPU: keep it in memory, never in a checkpoint."""
-  reason = _load()
-  if reason:
-    raise ConfigError(f"the oneDNN kernel cannot be used: {reason}.")
+  _require_kernel()
   k, n = b_KxN.shape
   size = _LIBRARY[0].BertJaxOnednnPackedBytes(k, n)
   if size < 0:
@@ -300,9 +302,7 @@ def quantized_matmul(x_MxK: jax.Array, packed: jax.Array, col_scale_N: jax.Array
   those steps, in one oneDNN custom call that reads each row once (CPU; int8_on_onednn()).
   Measured in the model: batch-32 BERT-base classification 1.15x faster than XLA's separate
   passes (Xeon, AVX-512 + VNNI; benchmarks/RESULTS.md run W), the same logits bit for bit."""
-  reason = _load()
-  if reason:
-    raise ConfigError(f"the oneDNN kernel cannot be used: {reason}.")
+  _require_kernel()
   n = col_scale_N.shape[-1]
   call = jax.ffi.ffi_call(QUANTIZED_TARGET,
                           jax.ShapeDtypeStruct((x_MxK.shape[0], n), jnp.float32))

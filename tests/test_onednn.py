@@ -77,6 +77,17 @@ def test_packed_int8_products_are_xlas_integers(m, k, n):
                                 np.asarray(a.astype(jnp.int32) @ b.astype(jnp.int32)))
 
 
+def _embed_in_subprocess(code: str, mode: str, tmp_path) -> tuple[str, np.ndarray]:
+  """Runs `code` (which saves embeddings to sys.argv[1]) with BERT_JAX_ONEDNN=mode in a fresh
+  process (the choice is read when a function is traced): (its last printed line, the array)."""
+  path = str(tmp_path / f"{mode}.npy")
+  proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                        env={**os.environ, onednn.ENV: mode, "PYTHONPATH": str(REPO)},
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc.stdout.strip().splitlines()[-1], np.load(path)
+
+
 @needs_int8
 def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
   """The real model, int8 weights and per-token int8 activations, on real sentences: the same
@@ -104,14 +115,9 @@ def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
       "print('bert_jax_onednn_quantized_matmul' in hlo, packed == dense > 30)\n")
   out = {}
   for mode in ("on", "off"):
-    path = str(tmp_path / f"{mode}.npy")
-    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
-                          env={**os.environ, onednn.ENV: mode, "PYTHONPATH": str(REPO)},
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed, out[mode] = _embed_in_subprocess(code, mode, tmp_path)
     # On: every Dense kernel (6 layers x 6, the pooler) packed once and read packed.
-    assert proc.stdout.strip().splitlines()[-1] == f"{mode == 'on'} {mode == 'on'}"
-    out[mode] = np.load(path)
+    assert printed == f"{mode == 'on'} {mode == 'on'}"
   assert out["on"].shape == (12, 384)
   np.testing.assert_array_equal(out["on"], out["off"])
 
@@ -185,13 +191,8 @@ def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tm
       "                                                       pooling='mean').as_text())\n")
   out = {}
   for mode in ("auto", "off"):
-    path = str(tmp_path / f"{mode}.npy")
-    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
-                          env={**os.environ, onednn.ENV: mode, "PYTHONPATH": str(REPO)},
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == str(mode == "auto")
-    out[mode] = np.load(path)
+    printed, out[mode] = _embed_in_subprocess(code, mode, tmp_path)
+    assert printed == str(mode == "auto")
   assert out["auto"].shape == (12, 384)
   np.testing.assert_allclose(out["auto"], out["off"], rtol=0, atol=1e-5)
   assert (np.sum(out["auto"] * out["off"], axis=1) > 0.99999).all()

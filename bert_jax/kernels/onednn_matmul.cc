@@ -293,21 +293,26 @@ __attribute__((target("avx2,fma"))) float QuantizeRowAvx2(const float* x, int64_
 }
 
 // One output row: (acc * row scale) * column scale + bias, the last two as one fused
-// multiply-add, as XLA:CPU contracts them; with FMA instructions where the CPU has them (so the
-// loop vectorizes), else through libm's fma (the same values).
-__attribute__((target("avx2,fma"))) void RescaleRowFma(const int32_t* acc, float row_scale,
-                                                      const float* col_scale, const float* bias,
-                                                      int64_t n, float* out) {
+// multiply-add, as XLA:CPU contracts them. Compiled twice: with FMA instructions where the CPU
+// has them (so the loop vectorizes), else through libm's fma (the same values).
+__attribute__((always_inline)) inline void RescaleRowBody(const int32_t* acc, float row_scale,
+                                                         const float* col_scale,
+                                                         const float* bias, int64_t n,
+                                                         float* out) {
   for (int64_t c = 0; c < n; ++c) {
     out[c] = std::fma(static_cast<float>(acc[c]) * row_scale, col_scale[c], bias[c]);
   }
 }
 
+__attribute__((target("avx2,fma"))) void RescaleRowFma(const int32_t* acc, float row_scale,
+                                                      const float* col_scale, const float* bias,
+                                                      int64_t n, float* out) {
+  RescaleRowBody(acc, row_scale, col_scale, bias, n, out);
+}
+
 void RescaleRow(const int32_t* acc, float row_scale, const float* col_scale, const float* bias,
                 int64_t n, float* out) {
-  for (int64_t c = 0; c < n; ++c) {
-    out[c] = std::fma(static_cast<float>(acc[c]) * row_scale, col_scale[c], bias[c]);
-  }
+  RescaleRowBody(acc, row_scale, col_scale, bias, n, out);
 }
 
 // y [M, N] f32 = rescale(quantize(x [M, K] f32) . B (packed s8 [K, N])) + bias: see the top.
