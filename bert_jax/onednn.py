@@ -20,6 +20,13 @@ kernel packed once into oneDNN's blocked layout (`pack_int8`): its kernels other
 plain weights into that layout on every call (3-40% of a product, most at few rows; batch-1
 BERT-base classification p50 52.0 vs 59.3 ms, 8 interleaved rounds, benchmarks/RESULTS.md).
 
+Threads: the kernel splits its work over XLA's own intra-op thread pool (the FFI ThreadPool
+context) and the calling thread, oneDNN single-threaded on each, rather than letting oneDNN's
+OpenMP team run beside XLA's pool: the two fought for the cores, and every XLA op between two
+custom calls cost ~100 us more (batch-1 BERT-base int8 classification 51 -> 38 ms, RESULTS.md
+run X). Batched products split over the batch from one entry per thread on; a single product
+(or a batch smaller than the pool) runs on oneDNN's own threads.
+
 The kernel is compiled once, on first use, into $XDG_CACHE_HOME/bert_jax/kernels (a few seconds),
 keyed by the source, jaxlib and oneDNN. It needs a C++17 compiler (`g++`, or $CXX) and oneDNN
 with its headers: `pip install bert-jax[onednn]` (Intel's onednn-cpu-gomp and
@@ -58,8 +65,9 @@ PACK_TARGET = "bert_jax_onednn_pack"
 PACKED_TARGET = "bert_jax_onednn_matmul_packed"
 QUANTIZED_TARGET = "bert_jax_onednn_quantized_matmul"
 SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "onednn_matmul.cc")
-# OpenMP for the quantize / rescale loops; no FMA contraction, so the quantized product's
-# quantize and rescale repeat XLA's f32 roundings (an FMA only where it writes one).
+# OpenMP to keep oneDNN single-threaded on each of XLA's pool threads the kernel splits work
+# over; no FMA contraction, so the quantized product's quantize and rescale repeat XLA's f32
+# roundings (an FMA only where it writes one).
 CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp", "-ffp-contract=off")
 
 

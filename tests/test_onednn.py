@@ -52,6 +52,30 @@ def test_batched_products_over_leading_dims():
 
 
 @needs_kernel
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 12])
+@pytest.mark.parametrize("transpose_a,transpose_b", [(False, False), (False, True), (True, False)])
+def test_batches_split_over_xlas_threads_are_whole_and_in_place(batch, transpose_a, transpose_b):
+  # From one batch entry per XLA intra-op thread on, the batch goes in contiguous slices, one per
+  # thread (uneven at 3 and 5 on two threads): every entry's product, at its own offset.
+  ka, kb = jax.random.split(jax.random.key(batch))
+  a = jax.random.normal(ka, (batch, 24, 40) if transpose_a else (batch, 40, 24))
+  b = jax.random.normal(kb, (batch, 36, 24) if transpose_b else (batch, 24, 36))
+  got = jax.jit(lambda a, b: onednn.matmul(a, b, jnp.float32, transpose_a=transpose_a,
+                                           transpose_b=transpose_b))(a, b)
+  want = jnp.einsum("xmk,xkn->xmn", jnp.swapaxes(a, 1, 2) if transpose_a else a,
+                    jnp.swapaxes(b, 1, 2) if transpose_b else b,
+                    precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  if INT8_REASON:
+    return
+  a8 = jax.random.randint(ka, (batch, 40, 24), -128, 128).astype(jnp.int8)
+  b8 = jax.random.randint(kb, (batch, 24, 36), -128, 128).astype(jnp.int8)
+  got8 = jax.jit(lambda a, b: onednn.matmul(a, b, jnp.int32))(a8, b8)
+  want8 = np.einsum("xmk,xkn->xmn", np.asarray(a8, np.int64), np.asarray(b8, np.int64))
+  np.testing.assert_array_equal(np.asarray(got8), want8)
+
+
+@needs_kernel
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-5)])
 def test_float_products_match_xla(dtype, tol):
   ka, kb = jax.random.split(jax.random.key(1))

@@ -16,6 +16,13 @@
 // product 3-40% faster (most at small M). It depends on the CPU's ISA: made and read in one
 // process, never stored.
 //
+// Threads: the work is split over XLA's own intra-op thread pool (the FFI ThreadPool context)
+// and the calling thread, each piece on a single-threaded primitive, not over an OpenMP team of
+// oneDNN's. An OpenMP team beside XLA's pool fought it for the two cores: between two custom
+// calls an XLA op of microseconds cost ~100 us, and BERT-base batch-1 int8 classification ran
+// 51 ms instead of 38 (benchmarks/RESULTS.md run X). Batched products with at least one batch
+// entry per thread split over the batch; smaller ones use oneDNN's own threads.
+//
 // Dynamically quantized product: `BertJaxOnednnQuantizedMatmul` takes the f32 activations, not
 // their int8 values, and returns the rescaled f32 product plus bias: per row it quantizes
 // (absmax / 127.5, round half to even, saturate) with the very f32 operations XLA runs for
@@ -24,15 +31,17 @@
 // order and contraction).
 // In XLA those steps are separate passes over [M, N] and [M, K], and XLA recomputes the GELU
 // that feeds an FFN output's quantization in each of them. Here the rows go in blocks, one
-// OpenMP thread each (oneDNN single-threaded inside), so a block's int32 products are
+// pool thread each (oneDNN single-threaded inside), so a block's int32 products are
 // rescaled while they are still in cache: BERT-base int8 classification 1.13x over running
 // the three steps over all rows one after another, 1.15x over XLA's passes.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -111,8 +120,44 @@ ffi::Error Execute(const Key& key, const memory::desc& a_md, void* a, const memo
   return ffi::Error::Success();
 }
 
+// Runs body(i) for every i in [0, count) on `threads` threads: the calling one and helpers
+// scheduled on XLA's pool, each taking the next index until none is left, with OpenMP (so
+// oneDNN) limited to one thread meanwhile. A helper the busy pool starts late finds no index and
+// returns, so the caller never waits on the pool, only on pieces already running. False when a
+// body returned false.
+template <typename Body>
+bool ParallelFor(ffi::ThreadPool& pool, int64_t threads, int64_t count, Body body) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::atomic<bool> failed{false};
+  };
+  auto state = std::make_shared<State>();
+  // `body` may refer to the caller's frame: it only runs for claimed indices, all of which
+  // finish before the caller returns.
+  auto work = [state, count, body]() {
+    int64_t i = state->next.fetch_add(1);
+    if (i >= count) return;
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    for (; i < count; i = state->next.fetch_add(1)) {
+      if (!body(i)) state->failed = true;
+      state->done.fetch_add(1);
+    }
+    omp_set_num_threads(saved);
+  };
+  for (int64_t t = 1; t < std::min(threads, count); ++t) pool.Schedule([work]() { work(); });
+  work();
+  while (state->done.load() < count) _mm_pause();
+  return !state->failed.load();
+}
+
+// XLA's intra-op threads (at least one).
+int64_t PoolThreads(const ffi::ThreadPool& pool) {
+  return std::max<int64_t>(1, pool.num_threads());
+}
+
 ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
-                  bool transpose_a, bool transpose_b) {
+                  bool transpose_a, bool transpose_b, ffi::ThreadPool pool) {
   auto a_dims = a.dimensions(), b_dims = b.dimensions(), c_dims = c->dimensions();
   const size_t rank = a_dims.size();
   if (rank < 2 || b_dims.size() != rank || c_dims.size() != rank) {
@@ -139,16 +184,32 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
     return ffi::Error::InvalidArgument(
         "bert_jax onednn matmul takes f32/bf16 -> f32 or s8/u8 x s8 -> s32");
   }
-  // Row-major [batch, rows, cols]; a transposed operand is its stored [cols, rows] read
-  // column-wise.
-  const memory::desc a_md({batch, m, k}, a_type,
-                          transpose_a ? memory::dims{m * k, 1, m} : memory::dims{m * k, k, 1});
-  const memory::desc b_md({batch, k, n}, b_type,
-                          transpose_b ? memory::dims{k * n, 1, k} : memory::dims{k * n, n, 1});
-  const memory::desc c_md({batch, m, n}, c_type, memory::dims{m * n, n, 1});
-  const Key key{batch, m, k, n, static_cast<int>(a_type), static_cast<int>(b_type),
-                static_cast<int>(c_type), transpose_a, transpose_b, false, false};
-  return Execute(key, a_md, a.untyped_data(), b_md, b.untyped_data(), c_md, c->untyped_data());
+  // Row-major [entries, rows, cols]; a transposed operand is its stored [cols, rows] read
+  // column-wise. `entries` of the batch from `first` on, on one thread or oneDNN's.
+  auto product = [&](int64_t first, int64_t entries, bool one_thread) {
+    const memory::desc a_md({entries, m, k}, a_type,
+                            transpose_a ? memory::dims{m * k, 1, m} : memory::dims{m * k, k, 1});
+    const memory::desc b_md({entries, k, n}, b_type,
+                            transpose_b ? memory::dims{k * n, 1, k} : memory::dims{k * n, n, 1});
+    const memory::desc c_md({entries, m, n}, c_type, memory::dims{m * n, n, 1});
+    const Key key{entries, m, k, n, static_cast<int>(a_type), static_cast<int>(b_type),
+                  static_cast<int>(c_type), transpose_a, transpose_b, false, one_thread};
+    auto at = [first](void* base, int64_t entry_elements, ffi::DataType type) {
+      return static_cast<char*>(base) + first * entry_elements * ffi::ByteWidth(type);
+    };
+    return Execute(key, a_md, at(a.untyped_data(), m * k, a.element_type()), b_md,
+                   at(b.untyped_data(), k * n, b.element_type()), c_md,
+                   at(c->untyped_data(), m * n, c->element_type()));
+  };
+  const int64_t threads = PoolThreads(pool);
+  if (threads == 1 || batch < threads) return product(0, batch, false);
+  // One contiguous slice of the batch per thread.
+  const bool ok = ParallelFor(pool, threads, threads, [&](int64_t part) {
+    const int64_t first = batch * part / threads, last = batch * (part + 1) / threads;
+    return product(first, last - first, true).success();
+  });
+  if (!ok) return ffi::Error::Internal("oneDNN failed in a batched matmul");
+  return ffi::Error::Success();
 }
 
 // The packed layout of s8 [K, N] weights for s8 activations (the layout the primitive picks with
@@ -318,7 +379,7 @@ void RescaleRow(const int32_t* acc, float row_scale, const float* col_scale, con
 // y [M, N] f32 = rescale(quantize(x [M, K] f32) . B (packed s8 [K, N])) + bias: see the top.
 ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
                            ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
-                           ffi::Result<ffi::Buffer<ffi::F32>> y) {
+                           ffi::Result<ffi::Buffer<ffi::F32>> y, ffi::ThreadPool pool) {
   auto x_dims = x.dimensions(), y_dims = y->dimensions();
   if (x_dims.size() != 2 || y_dims.size() != 2 || x_dims[0] != y_dims[0]) {
     return ffi::Error::InvalidArgument(
@@ -333,10 +394,10 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
   memory::desc b_md;
   ffi::Error packed_error = PackedFor(k, n, packed, "quantized matmul", &b_md);
   if (packed_error.failure()) return packed_error;
-  // Row blocks whose int32 products stay in cache: each OpenMP thread quantizes a block,
-  // multiplies it (oneDNN runs single-threaded inside a parallel region) and rescales it.
-  // At most 2^18 int32 products a block, and at least one block per thread (batch 1: 128 rows).
-  const int64_t threads = omp_get_max_threads();
+  // Row blocks whose int32 products stay in cache: each thread quantizes a block, multiplies it
+  // (oneDNN single-threaded) and rescales it. At most 2^18 int32 products a block, and at least
+  // one block per thread (batch 1: 128 rows).
+  const int64_t threads = PoolThreads(pool);
   const int64_t per_thread = (m + threads - 1) / threads;
   const int64_t rows = std::max<int64_t>(
       16, std::min<int64_t>({256, (1 << 18) / n, per_thread}) / 16 * 16);
@@ -346,44 +407,38 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
   const float* b = bias.typed_data();
   float* ys = y->typed_data();
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  std::string error;
-#pragma omp parallel
-  {
-    omp_set_num_threads(1);  // the blocks' primitives are made for, and run on, one thread
-    std::vector<int8_t> q(rows * k);
-    std::vector<float> row_scale(rows);
-    std::vector<int32_t> acc(rows * n);
-#pragma omp for schedule(dynamic)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t r0 = blk * rows, mb = std::min(rows, m - r0);
-      for (int64_t r = 0; r < mb; ++r) {
-        const float* xr = xs + (r0 + r) * k;
-        row_scale[r] = avx2 ? QuantizeRowAvx2(xr, k, q.data() + r * k)
-                            : QuantizeRow(xr, k, q.data() + r * k);
-      }
-      const memory::desc a_md({mb, k}, memory::data_type::s8, memory::format_tag::ab);
-      const memory::desc c_md({mb, n}, memory::data_type::s32, memory::format_tag::ab);
-      const Key key{1, mb, k, n, static_cast<int>(memory::data_type::s8),
-                    static_cast<int>(memory::data_type::s8),
-                    static_cast<int>(memory::data_type::s32), false, false, true, true};
-      ffi::Error err = Execute(key, a_md, q.data(), b_md, packed.untyped_data(), c_md,
-                               acc.data());
-      if (err.failure()) {
-#pragma omp critical
-        error = "oneDNN failed in a quantized matmul block";
-        continue;
-      }
-      for (int64_t r = 0; r < mb; ++r) {
-        float* out = ys + (r0 + r) * n;
-        if (avx2) {
-          RescaleRowFma(acc.data() + r * n, row_scale[r], cs, b, n, out);
-        } else {
-          RescaleRow(acc.data() + r * n, row_scale[r], cs, b, n, out);
-        }
+  const bool ok = ParallelFor(pool, threads, blocks, [&](int64_t blk) {
+    thread_local std::vector<int8_t> q;
+    thread_local std::vector<float> row_scale;
+    thread_local std::vector<int32_t> acc;
+    q.resize(rows * k);
+    row_scale.resize(rows);
+    acc.resize(rows * n);
+    const int64_t r0 = blk * rows, mb = std::min(rows, m - r0);
+    for (int64_t r = 0; r < mb; ++r) {
+      const float* xr = xs + (r0 + r) * k;
+      row_scale[r] = avx2 ? QuantizeRowAvx2(xr, k, q.data() + r * k)
+                          : QuantizeRow(xr, k, q.data() + r * k);
+    }
+    const memory::desc a_md({mb, k}, memory::data_type::s8, memory::format_tag::ab);
+    const memory::desc c_md({mb, n}, memory::data_type::s32, memory::format_tag::ab);
+    const Key key{1, mb, k, n, static_cast<int>(memory::data_type::s8),
+                  static_cast<int>(memory::data_type::s8),
+                  static_cast<int>(memory::data_type::s32), false, false, true, true};
+    if (Execute(key, a_md, q.data(), b_md, packed.untyped_data(), c_md, acc.data()).failure()) {
+      return false;
+    }
+    for (int64_t r = 0; r < mb; ++r) {
+      float* out = ys + (r0 + r) * n;
+      if (avx2) {
+        RescaleRowFma(acc.data() + r * n, row_scale[r], cs, b, n, out);
+      } else {
+        RescaleRow(acc.data() + r * n, row_scale[r], cs, b, n, out);
       }
     }
-  }
-  if (!error.empty()) return ffi::Error::Internal(error);
+    return true;
+  });
+  if (!ok) return ffi::Error::Internal("oneDNN failed in a quantized matmul block");
   return ffi::Error::Success();
 }
 
@@ -415,7 +470,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnMatmul, Matmul,
                                   .Arg<ffi::AnyBuffer>()  // b
                                   .Ret<ffi::AnyBuffer>()  // c
                                   .Attr<bool>("transpose_a")
-                                  .Attr<bool>("transpose_b"));
+                                  .Attr<bool>("transpose_b")
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnQuantizedMatmul, QuantizedMatmul,
                               ffi::Ffi::Bind()
@@ -423,4 +479,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnQuantizedMatmul, QuantizedMatmul,
                                   .Arg<ffi::AnyBuffer>()  // packed b (s8 [K, N])
                                   .Arg<ffi::Buffer<ffi::F32>>()  // column scales [N]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias [N]
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // y, f32 [M, N]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y, f32 [M, N]
+                                  .Ctx<ffi::ThreadPool>());
