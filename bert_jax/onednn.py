@@ -272,9 +272,11 @@ def int8_on_onednn() -> bool:
 
 
 def pack_int8(b_KxN: jax.Array) -> jax.Array:
-  """int8 [K, N] weights in oneDNN's blocked layout for int8_matmul(..., packed=): uint8 bytes,
-  made once (oneDNN's kernels otherwise copy the plain weights into that layout on every call).
-  The layout belongs to this CPU: keep it in memory, never in a checkpoint."""
+  """int8 [K, N] weights in oneDNN's blocked layout for int8_matmul(..., packed=) and
+  quantized_matmul: uint8 bytes, made once (oneDNN's kernels otherwise copy the plain weights
+  into that layout on every call): the layout for u8 activations (s8 + 128, VNNI's operand
+  types), then 128 x each column's sum to take the 128 back out. The layout belongs to this
+  CPU: keep it in memory, never in a checkpoint."""
   _require_kernel()
   k, n = b_KxN.shape
   size = _LIBRARY[0].BertJaxOnednnPackedBytes(k, n)

@@ -89,8 +89,9 @@ def test_float_products_match_xla(dtype, tol):
 @needs_int8
 @pytest.mark.parametrize("m,k,n", [(1, 64, 48), (7, 40, 56), (130, 768, 768), (300, 384, 1536)])
 def test_packed_int8_products_are_xlas_integers(m, k, n):
-  """Weights packed once into oneDNN's blocked layout (s8 compensation included) give the exact
-  integers at any number of rows, including ones the layout was not chosen at."""
+  """Weights packed once into oneDNN's blocked layout (for u8 activations, column offsets
+  appended) give the exact integers at any number of rows, including ones the layout was not
+  chosen at, with -128 in the activations."""
   ka, kb = jax.random.split(jax.random.key(m))
   a = jax.random.randint(ka, (m, k), -128, 128).astype(jnp.int8)
   b = jax.random.randint(kb, (k, n), -128, 128).astype(jnp.int8)
@@ -147,11 +148,14 @@ def test_int8_model_on_onednn_equals_xla(minilm_dir, mobydick_path, tmp_path):
 
 
 @needs_int8
-@pytest.mark.parametrize("m,k,n", [(64, 768, 96), (5, 37, 16), (1, 384, 40)])
+@pytest.mark.parametrize("m,k,n", [(64, 768, 96), (5, 37, 16), (1, 384, 40), (130, 768, 768),
+                                   (200, 256, 192), (700, 384, 512)])
 def test_quantized_matmul_is_xlas_dynamic_int8_bit_for_bit(m, k, n):
   """onednn.quantized_matmul against what XLA computes for qwix's per-token quantization, the
   int8 product, the row and column rescale and the bias: equal bits, with a zero row (scale 1),
-  a row whose largest value sits on the rounding tie, and K not a multiple of the vector."""
+  a row whose largest value sits on the rounding tie, and K not a multiple of the vector; few
+  rows split over column blocks (130 and 200 rows on two threads, three blocks uneven), many
+  over row blocks (700), N not a whole number of column blocks (96, 40)."""
   qwix = pytest.importorskip("qwix")
   kx, kw, kb, ks = jax.random.split(jax.random.key(4), 4)
   x = jax.random.normal(kx, (m, k)) * jax.random.uniform(ks, (m, 1), maxval=5.0)

@@ -10,11 +10,14 @@
 // primitive at once on the library's shared scratchpad gave wrong products.
 //
 // Packed int8 weights: oneDNN's brgemm kernels copy a plain [K, N] operand into their blocked
-// layout on every call; `BertJaxOnednnPack` does that once (with the s8 compensation appended) and
-// `BertJaxOnednnMatmulPacked` reads the result. The layout is the one oneDNN picks for s8 x s8 ->
-// s32 at (K, N); on avx512_core_vnni it was the same for every M from 16 to 4096, and the
-// product 3-40% faster (most at small M). It depends on the CPU's ISA: made and read in one
-// process, never stored.
+// layout on every call; `BertJaxOnednnPack` does that once and `BertJaxOnednnMatmulPacked` reads
+// the result. The layout is the one oneDNN picks for u8 activations x s8 weights -> s32 at
+// (K, N) (on avx512_core_vnni the same for every M from 16 to 4096; the product 3-40% faster
+// than from plain weights, most at small M), followed by 128 x each column's sum: activations
+// go in as u8 = s8 + 128, VNNI's own operand types, and the column offset takes the 128 back
+// out exactly. (The s8 x s8 layout folds a compensation into the weights instead: slower, and
+// a run of its columns is not a packed matrix, which the few-row split below needs.) It depends
+// on the CPU's ISA: made and read in one process, never stored.
 //
 // Threads: the work is split over XLA's own intra-op thread pool (the FFI ThreadPool context)
 // and the calling thread, each piece on a single-threaded primitive, not over an OpenMP team of
@@ -33,7 +36,10 @@
 // that feeds an FFN output's quantization in each of them. Here the rows go in blocks, one
 // pool thread each (oneDNN single-threaded inside), so a block's int32 products are
 // rescaled while they are still in cache: BERT-base int8 classification 1.13x over running
-// the three steps over all rows one after another, 1.15x over XLA's passes.
+// the three steps over all rows one after another, 1.15x over XLA's passes. With few rows
+// (up to 128 a thread: batch-1 BERT) the threads split the columns instead, each reading its
+// share of the weights rather than all of them: batch-1 classification 39.6-41.6 -> 33.4-34.4
+// ms with the u8 layout, whose batch-32 classification also ran 1.1x faster than the s8 one.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -212,23 +218,60 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
   return ffi::Error::Success();
 }
 
-// The packed layout of s8 [K, N] weights for s8 activations (the layout the primitive picks with
-// format `any`, asked at a reference M; identical across M where measured, and the primitive
-// at any M is created with exactly this descriptor, so it is correct regardless).
-memory::desc PackedDesc(int64_t k, int64_t n) {
+// The oneDNN layout of s8 [K, N] weights against u8 activations (the layout the primitive picks
+// with format `any`, asked at a reference M; identical across M where measured, and the
+// primitive at any M is created with exactly this descriptor, so it is correct regardless).
+memory::desc WeightsDesc(int64_t k, int64_t n) {
+  constexpr int64_t kReferenceM = 128;
+  const memory::desc a({kReferenceM, k}, memory::data_type::u8, memory::format_tag::ab);
+  const memory::desc b({k, n}, memory::data_type::s8, memory::format_tag::any);
+  const memory::desc c({kReferenceM, n}, memory::data_type::s32, memory::format_tag::ab);
+  return dnnl::matmul::primitive_desc(Engine(), a, b, c).weights_desc();
+}
+
+// Packed s8 [K, N] weights: oneDNN's blocked layout for u8 activations, then at `offsets_at`
+// N int32 column offsets, 128 x each column's sum. The activations go in as u8 = s8 + 128 (the
+// VNNI instruction's own operand types), so sum (a + 128) w - offset = sum a w exactly; unlike
+// the s8 x s8 layout, this one holds no compensation, so where its outermost dimension is the
+// column block, every run of whole column blocks is itself a packed [K, run] matrix.
+struct Packed {
+  memory::desc weights;
+  size_t offsets_at = 0;     // bytes of the blocked weights, rounded up to 64
+  int64_t column_block = 0;  // columns of a block when runs of blocks are matrices, else 0
+  size_t block_bytes = 0;    // bytes of one column block
+  size_t bytes() const { return offsets_at + weights.get_dims()[1] * sizeof(int32_t); }
+};
+
+// The layout for (k, n), made once.
+const Packed& PackedLayout(int64_t k, int64_t n) {
   static std::mutex mu;
-  static std::map<std::pair<int64_t, int64_t>, memory::desc> cache;
+  static std::map<std::pair<int64_t, int64_t>, Packed> cache;
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find({k, n});
-  if (it == cache.end()) {
-    constexpr int64_t kReferenceM = 128;
-    const memory::desc a({kReferenceM, k}, memory::data_type::s8, memory::format_tag::ab);
-    const memory::desc b({k, n}, memory::data_type::s8, memory::format_tag::any);
-    const memory::desc c({kReferenceM, n}, memory::data_type::s32, memory::format_tag::ab);
-    dnnl::matmul::primitive_desc pd(Engine(), a, b, c);
-    it = cache.emplace(std::make_pair(k, n), pd.weights_desc()).first;
+  if (it != cache.end()) return it->second;
+  Packed p;
+  p.weights = WeightsDesc(k, n);
+  p.offsets_at = (p.weights.get_size() + 63) / 64 * 64;
+  if (p.weights.get_format_kind() == memory::format_kind::blocked) {
+    // Column blocks are outermost when a block's stride times the blocks is the whole size, and
+    // a one-block matrix has exactly the same strides and inner blocks.
+    int64_t block = 1;
+    auto idxs = p.weights.get_inner_idxs();
+    auto blks = p.weights.get_inner_blks();
+    for (size_t i = 0; i < idxs.size(); ++i) {
+      if (idxs[i] == 1) block *= blks[i];
+    }
+    const int64_t stride = p.weights.get_strides()[1];
+    if (n % block == 0 && static_cast<size_t>(stride * (n / block)) == p.weights.get_size()) {
+      const memory::desc one = WeightsDesc(k, block);
+      if (one.get_strides() == p.weights.get_strides() && one.get_inner_blks() == blks &&
+          one.get_inner_idxs() == idxs && one.get_size() == static_cast<size_t>(stride)) {
+        p.column_block = block;
+        p.block_bytes = stride;
+      }
+    }
   }
-  return it->second;
+  return cache.emplace(std::make_pair(k, n), p).first->second;
 }
 
 ffi::Error Pack(ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out) {
@@ -237,37 +280,50 @@ ffi::Error Pack(ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out) {
       out->element_type() != ffi::DataType::U8) {
     return ffi::Error::InvalidArgument("bert_jax onednn pack takes s8 [K, N] -> u8 bytes");
   }
+  const int64_t k = dims[0], n = dims[1];
   try {
-    const memory::desc packed = PackedDesc(dims[0], dims[1]);
-    if (out->size_bytes() != packed.get_size()) {
+    const Packed& packed = PackedLayout(k, n);
+    if (out->size_bytes() != packed.bytes()) {
       return ffi::Error::InvalidArgument("bert_jax onednn pack: output size is not the layout's");
     }
-    const memory::desc plain({dims[0], dims[1]}, memory::data_type::s8, memory::format_tag::ab);
+    const memory::desc plain({k, n}, memory::data_type::s8, memory::format_tag::ab);
     memory src(plain, Engine(), b.untyped_data());
-    memory dst(packed, Engine(), out->untyped_data());
+    memory dst(packed.weights, Engine(), out->untyped_data());
     dnnl::stream stream(Engine());
     dnnl::reorder(src, dst).execute(stream, src, dst);
     stream.wait();
+    const int8_t* w = static_cast<const int8_t*>(b.untyped_data());
+    int32_t* offsets =
+        reinterpret_cast<int32_t*>(static_cast<char*>(out->untyped_data()) + packed.offsets_at);
+    std::fill(offsets, offsets + n, 0);
+    for (int64_t r = 0; r < k; ++r) {
+      for (int64_t c = 0; c < n; ++c) offsets[c] += 128 * w[r * n + c];
+    }
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
   return ffi::Error::Success();
 }
 
-// The packed layout of s8 [k, n] weights into *out, or an error naming `what` when oneDNN has
-// none or `packed` is not that layout's size.
+// The layout of s8 [k, n] weights into *out, or an error naming `what` when oneDNN has none or
+// `packed` is not that layout's size.
 ffi::Error PackedFor(int64_t k, int64_t n, const ffi::AnyBuffer& packed, const std::string& what,
-                     memory::desc* out) {
+                     const Packed** out) {
   try {
-    *out = PackedDesc(k, n);
+    *out = &PackedLayout(k, n);
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
-  if (packed.size_bytes() != out->get_size()) {
+  if (packed.size_bytes() != (*out)->bytes()) {
     return ffi::Error::InvalidArgument(
         "bert_jax onednn " + what + ": the weights were not packed for this K and N");
   }
   return ffi::Error::Success();
+}
+
+const int32_t* ColumnOffsets(const ffi::AnyBuffer& packed, const Packed& layout) {
+  return reinterpret_cast<const int32_t*>(static_cast<const char*>(packed.untyped_data()) +
+                                          layout.offsets_at);
 }
 
 // C = A [M, K] s8 . B (packed by Pack from s8 [K, N]) -> s32 [M, N].
@@ -279,22 +335,32 @@ ffi::Error MatmulPacked(ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Result<ffi
         "bert_jax onednn packed matmul takes s8 [M, K] and packed weights -> s32 [M, N]");
   }
   const int64_t m = a_dims[0], k = a_dims[1], n = c_dims[1];
-  memory::desc b_md;
-  ffi::Error packed_error = PackedFor(k, n, packed, "packed matmul", &b_md);
+  const Packed* layout;
+  ffi::Error packed_error = PackedFor(k, n, packed, "packed matmul", &layout);
   if (packed_error.failure()) return packed_error;
-  const memory::desc a_md({m, k}, memory::data_type::s8, memory::format_tag::ab);
+  std::vector<uint8_t> a_u8(m * k);
+  const int8_t* as = static_cast<const int8_t*>(a.untyped_data());
+  for (int64_t i = 0; i < m * k; ++i) a_u8[i] = static_cast<uint8_t>(as[i] + 128);
+  const memory::desc a_md({m, k}, memory::data_type::u8, memory::format_tag::ab);
   const memory::desc c_md({m, n}, memory::data_type::s32, memory::format_tag::ab);
-  const Key key{1, m, k, n, static_cast<int>(memory::data_type::s8),
+  const Key key{1, m, k, n, static_cast<int>(memory::data_type::u8),
                 static_cast<int>(memory::data_type::s8), static_cast<int>(memory::data_type::s32),
                 false, false, true, false};
-  return Execute(key, a_md, a.untyped_data(), b_md, packed.untyped_data(), c_md,
-                 c->untyped_data());
+  int32_t* cs = static_cast<int32_t*>(c->untyped_data());
+  ffi::Error err = Execute(key, a_md, a_u8.data(), layout->weights, packed.untyped_data(), c_md,
+                           cs);
+  if (err.failure()) return err;
+  const int32_t* offsets = ColumnOffsets(packed, *layout);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t col = 0; col < n; ++col) cs[r * n + col] -= offsets[col];
+  }
+  return ffi::Error::Success();
 }
 
 
 // What XLA computes for qwix.quantize(x, int8, channelwise_axes=(0,)) of one row: the scale
 // absmax * f32(1 / 127.5), 1 where it is below sqrt(tiny f32), and the values x * (1 / scale)
-// rounded half to even and saturated to int8.
+// rounded half to even and saturated to int8; written here as u8, that value + 128.
 constexpr float kInvQmax = 1.0f / 127.5f;
 constexpr float kTinySqrt = 1.0842021724855044e-19f;
 
@@ -303,16 +369,16 @@ float RowScale(float absmax) {
   return scale < kTinySqrt ? 1.0f : scale;
 }
 
-// x * (1 / scale) rounded half to even and saturated to int8, as XLA converts.
-void QuantizeTail(const float* x, int64_t k, float inv, int8_t* q) {
+// x * (1 / scale) rounded half to even and saturated to int8, as XLA converts, + 128.
+void QuantizeTail(const float* x, int64_t k, float inv, uint8_t* q) {
   for (int64_t i = 0; i < k; ++i) {
     float v = std::nearbyint(x[i] * inv);  // the default rounding mode: half to even
     v = v < -128.0f ? -128.0f : (v > 127.0f ? 127.0f : v);
-    q[i] = static_cast<int8_t>(v);
+    q[i] = static_cast<uint8_t>(static_cast<int>(v) + 128);
   }
 }
 
-float QuantizeRow(const float* x, int64_t k, int8_t* q) {
+float QuantizeRow(const float* x, int64_t k, uint8_t* q) {
   float absmax = 0.0f;
   for (int64_t i = 0; i < k; ++i) absmax = std::fmax(absmax, std::fabs(x[i]));
   const float scale = RowScale(absmax);
@@ -321,9 +387,9 @@ float QuantizeRow(const float* x, int64_t k, int8_t* q) {
 }
 
 // The same with AVX2: cvtps rounds half to even (MXCSR's default) and the two packs saturate
-// to int8, which is XLA's convert of the rounded value.
+// to int8, which is XLA's convert of the rounded value; flipping the top bit adds 128.
 __attribute__((target("avx2,fma"))) float QuantizeRowAvx2(const float* x, int64_t k,
-                                                          int8_t* q) {
+                                                          uint8_t* q) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -340,6 +406,7 @@ __attribute__((target("avx2,fma"))) float QuantizeRowAvx2(const float* x, int64_
   const float inv = 1.0f / scale;
   const __m256 vinv = _mm256_set1_ps(inv);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i top_bit = _mm256_set1_epi8(static_cast<char>(0x80));
   for (i = 0; i + 32 <= k; i += 32) {
     const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
     const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), vinv));
@@ -347,33 +414,34 @@ __attribute__((target("avx2,fma"))) float QuantizeRowAvx2(const float* x, int64_
     const __m256i d = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 24), vinv));
     const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i),
-                        _mm256_permutevar8x32_epi32(packed, order));
+                        _mm256_xor_si256(_mm256_permutevar8x32_epi32(packed, order), top_bit));
   }
   QuantizeTail(x + i, k - i, inv, q + i);
   return scale;
 }
 
-// One output row: (acc * row scale) * column scale + bias, the last two as one fused
-// multiply-add, as XLA:CPU contracts them. Compiled twice: with FMA instructions where the CPU
+// One output row: ((acc - offset) * row scale) * column scale + bias, the last two as one fused
+// multiply-add, as XLA:CPU contracts them (acc - offset is XLA's int32 product). Compiled twice: with FMA instructions where the CPU
 // has them (so the loop vectorizes), else through libm's fma (the same values).
-__attribute__((always_inline)) inline void RescaleRowBody(const int32_t* acc, float row_scale,
+__attribute__((always_inline)) inline void RescaleRowBody(const int32_t* acc,
+                                                         const int32_t* offset, float row_scale,
                                                          const float* col_scale,
                                                          const float* bias, int64_t n,
                                                          float* out) {
   for (int64_t c = 0; c < n; ++c) {
-    out[c] = std::fma(static_cast<float>(acc[c]) * row_scale, col_scale[c], bias[c]);
+    out[c] = std::fma(static_cast<float>(acc[c] - offset[c]) * row_scale, col_scale[c], bias[c]);
   }
 }
 
-__attribute__((target("avx2,fma"))) void RescaleRowFma(const int32_t* acc, float row_scale,
-                                                      const float* col_scale, const float* bias,
-                                                      int64_t n, float* out) {
-  RescaleRowBody(acc, row_scale, col_scale, bias, n, out);
+__attribute__((target("avx2,fma"))) void RescaleRowFma(const int32_t* acc, const int32_t* offset,
+                                                      float row_scale, const float* col_scale,
+                                                      const float* bias, int64_t n, float* out) {
+  RescaleRowBody(acc, offset, row_scale, col_scale, bias, n, out);
 }
 
-void RescaleRow(const int32_t* acc, float row_scale, const float* col_scale, const float* bias,
-                int64_t n, float* out) {
-  RescaleRowBody(acc, row_scale, col_scale, bias, n, out);
+void RescaleRow(const int32_t* acc, const int32_t* offset, float row_scale,
+                const float* col_scale, const float* bias, int64_t n, float* out) {
+  RescaleRowBody(acc, offset, row_scale, col_scale, bias, n, out);
 }
 
 // y [M, N] f32 = rescale(quantize(x [M, K] f32) . B (packed s8 [K, N])) + bias: see the top.
@@ -391,52 +459,88 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
     return ffi::Error::InvalidArgument(
         "bert_jax onednn quantized matmul: column scales and bias need N values each");
   }
-  memory::desc b_md;
-  ffi::Error packed_error = PackedFor(k, n, packed, "quantized matmul", &b_md);
+  const Packed* layout;
+  ffi::Error packed_error = PackedFor(k, n, packed, "quantized matmul", &layout);
   if (packed_error.failure()) return packed_error;
-  // Row blocks whose int32 products stay in cache: each thread quantizes a block, multiplies it
-  // (oneDNN single-threaded) and rescales it. At most 2^18 int32 products a block, and at least
-  // one block per thread (batch 1: 128 rows).
-  const int64_t threads = PoolThreads(pool);
-  const int64_t per_thread = (m + threads - 1) / threads;
-  const int64_t rows = std::max<int64_t>(
-      16, std::min<int64_t>({256, (1 << 18) / n, per_thread}) / 16 * 16);
-  const int64_t blocks = (m + rows - 1) / rows;
   const float* xs = x.typed_data();
   const float* cs = col_scale.typed_data();
   const float* b = bias.typed_data();
+  const int32_t* offsets = ColumnOffsets(packed, *layout);
+  const uint8_t* weights = static_cast<const uint8_t*>(packed.untyped_data());
   float* ys = y->typed_data();
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool ok = ParallelFor(pool, threads, blocks, [&](int64_t blk) {
-    thread_local std::vector<int8_t> q;
-    thread_local std::vector<float> row_scale;
-    thread_local std::vector<int32_t> acc;
-    q.resize(rows * k);
-    row_scale.resize(rows);
-    acc.resize(rows * n);
-    const int64_t r0 = blk * rows, mb = std::min(rows, m - r0);
-    for (int64_t r = 0; r < mb; ++r) {
+  auto quantize = [&](int64_t r0, int64_t rows, uint8_t* q, float* row_scale) {
+    for (int64_t r = 0; r < rows; ++r) {
       const float* xr = xs + (r0 + r) * k;
-      row_scale[r] = avx2 ? QuantizeRowAvx2(xr, k, q.data() + r * k)
-                          : QuantizeRow(xr, k, q.data() + r * k);
+      row_scale[r] = avx2 ? QuantizeRowAvx2(xr, k, q + r * k) : QuantizeRow(xr, k, q + r * k);
     }
-    const memory::desc a_md({mb, k}, memory::data_type::s8, memory::format_tag::ab);
-    const memory::desc c_md({mb, n}, memory::data_type::s32, memory::format_tag::ab);
-    const Key key{1, mb, k, n, static_cast<int>(memory::data_type::s8),
+  };
+  // The int8 product of `rows` quantized rows (from r0) with the columns [c0, c0 + cols),
+  // rescaled into y. One thread: oneDNN runs single-threaded inside ParallelFor.
+  auto product = [&](int64_t r0, int64_t rows, const uint8_t* q, const float* row_scale,
+                     int64_t c0, int64_t cols, const memory::desc& b_md, const uint8_t* b_data) {
+    thread_local std::vector<int32_t> acc;
+    acc.resize(rows * cols);
+    const memory::desc a_md({rows, k}, memory::data_type::u8, memory::format_tag::ab);
+    const memory::desc c_md({rows, cols}, memory::data_type::s32, memory::format_tag::ab);
+    const Key key{1, rows, k, cols, static_cast<int>(memory::data_type::u8),
                   static_cast<int>(memory::data_type::s8),
                   static_cast<int>(memory::data_type::s32), false, false, true, true};
-    if (Execute(key, a_md, q.data(), b_md, packed.untyped_data(), c_md, acc.data()).failure()) {
+    if (Execute(key, a_md, const_cast<uint8_t*>(q), b_md, const_cast<uint8_t*>(b_data), c_md,
+                acc.data()).failure()) {
       return false;
     }
-    for (int64_t r = 0; r < mb; ++r) {
-      float* out = ys + (r0 + r) * n;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* out = ys + (r0 + r) * n + c0;
+      const int32_t* a = acc.data() + r * cols;
       if (avx2) {
-        RescaleRowFma(acc.data() + r * n, row_scale[r], cs, b, n, out);
+        RescaleRowFma(a, offsets + c0, row_scale[r], cs + c0, b + c0, cols, out);
       } else {
-        RescaleRow(acc.data() + r * n, row_scale[r], cs, b, n, out);
+        RescaleRow(a, offsets + c0, row_scale[r], cs + c0, b + c0, cols, out);
       }
     }
     return true;
+  };
+  const int64_t threads = PoolThreads(pool);
+  const int64_t per_thread = (m + threads - 1) / threads;
+  constexpr int64_t kColumnRows = 128;  // rows per thread up to which columns are split
+  const int64_t blocks_of_columns = layout->column_block ? n / layout->column_block : 0;
+  if (threads > 1 && per_thread <= kColumnRows && blocks_of_columns >= threads) {
+    // Few rows (batch 1): every thread would read all the weights for a few dozen rows, so the
+    // threads split the columns instead, after quantizing the rows together.
+    std::vector<uint8_t> q(m * k);
+    std::vector<float> row_scale(m);
+    ParallelFor(pool, threads, threads, [&](int64_t part) {
+      const int64_t r0 = m * part / threads, r1 = m * (part + 1) / threads;
+      quantize(r0, r1 - r0, q.data() + r0 * k, row_scale.data() + r0);
+      return true;
+    });
+    const bool ok = ParallelFor(pool, threads, threads, [&](int64_t part) {
+      const int64_t b0 = blocks_of_columns * part / threads;
+      const int64_t b1 = blocks_of_columns * (part + 1) / threads;
+      const int64_t c0 = b0 * layout->column_block, cols = (b1 - b0) * layout->column_block;
+      const Packed& run = PackedLayout(k, cols);  // the same blocked layout, checked below
+      if (run.weights.get_strides() != layout->weights.get_strides()) return false;
+      return product(0, m, q.data(), row_scale.data(), c0, cols, run.weights,
+                     weights + b0 * layout->block_bytes);
+    });
+    if (!ok) return ffi::Error::Internal("oneDNN failed in a quantized matmul column block");
+    return ffi::Error::Success();
+  }
+  // Row blocks whose int32 products stay in cache: each thread quantizes a block, multiplies it
+  // (oneDNN single-threaded) and rescales it. At most 2^18 int32 products a block, and at least
+  // one block per thread.
+  const int64_t rows = std::max<int64_t>(
+      16, std::min<int64_t>({256, (1 << 18) / n, per_thread}) / 16 * 16);
+  const int64_t blocks = (m + rows - 1) / rows;
+  const bool ok = ParallelFor(pool, threads, blocks, [&](int64_t blk) {
+    thread_local std::vector<uint8_t> q;
+    thread_local std::vector<float> row_scale;
+    q.resize(rows * k);
+    row_scale.resize(rows);
+    const int64_t r0 = blk * rows, mb = std::min(rows, m - r0);
+    quantize(r0, mb, q.data(), row_scale.data());
+    return product(r0, mb, q.data(), row_scale.data(), 0, n, layout->weights, weights);
   });
   if (!ok) return ffi::Error::Internal("oneDNN failed in a quantized matmul block");
   return ffi::Error::Success();
@@ -447,7 +551,7 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
 // Bytes of the packed layout of s8 [k, n] weights, or -1 where oneDNN has no such matmul.
 extern "C" int64_t BertJaxOnednnPackedBytes(int64_t k, int64_t n) {
   try {
-    return static_cast<int64_t>(PackedDesc(k, n).get_size());
+    return static_cast<int64_t>(PackedLayout(k, n).bytes());
   } catch (const dnnl::error&) {
     return -1;
   }
