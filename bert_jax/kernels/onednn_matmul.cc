@@ -421,8 +421,9 @@ __attribute__((target("avx2,fma"))) float QuantizeRowAvx2(const float* x, int64_
 }
 
 // One output row: ((acc - offset) * row scale) * column scale + bias, the last two as one fused
-// multiply-add, as XLA:CPU contracts them (acc - offset is XLA's int32 product). Compiled twice: with FMA instructions where the CPU
-// has them (so the loop vectorizes), else through libm's fma (the same values).
+// multiply-add, as XLA:CPU contracts them (acc - offset is XLA's int32 product). Compiled
+// twice: with FMA instructions where the CPU has them (so the loop vectorizes), else through
+// libm's fma (the same values).
 __attribute__((always_inline)) inline void RescaleRowBody(const int32_t* acc,
                                                          const int32_t* offset, float row_scale,
                                                          const float* col_scale,
