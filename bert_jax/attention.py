@@ -37,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax import onednn
+from bert_jax.device_dtype import target_backend
 from bert_jax.errors import DataError
-from bert_jax.layers import dropout, matmul
+from bert_jax.layers import dropout, f32_on_onednn, matmul
 
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
 CHUNK_FROM = 2048  # Query length from which the XLA reference runs chunked.
@@ -120,14 +121,6 @@ def fallback_reason(impl: str, dtype, dropout_active: bool, want_probs: bool,
   return ""
 
 
-def target_backend() -> str:
-  """The platform the computation being traced compiles for: the current mesh's devices (a TPU
-  topology while `bert_jax.aot` compiles on a CPU machine), else JAX's default backend."""
-  mesh = jax.sharding.get_abstract_mesh()
-  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
-  return getattr(device, "platform", None) or jax.default_backend()
-
-
 def resolve_impl(impl: str, dtype, dropout_active: bool, want_probs: bool,
                  seq_len: int | None = None) -> str:
   """The kernel that will actually run for this call; logs once why an explicit one cannot."""
@@ -206,7 +199,7 @@ def _batched_product(dtype):
   """Attention's two batched products: on oneDNN for f32 on one CPU device where its kernel is
   usable (onednn.f32_enabled; 2-3x XLA:CPU's batched dots at BERT's shapes), else
   layers.matmul in `dtype` with f32 accumulation."""
-  if jnp.dtype(dtype) == jnp.float32 and target_backend() == "cpu" and onednn.f32_enabled():
+  if f32_on_onednn(dtype):
     return onednn.f32_batched_matmul
   return lambda a, b, transpose_b=False: matmul(a, b, dtype, transpose_b=transpose_b)
 

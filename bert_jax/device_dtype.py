@@ -60,3 +60,11 @@ def describe(platform: str | None = None) -> str:
          "no avx512_bf16/amx_bf16: bf16 matmuls would be emulated")
   return (f"CPU flags: {' '.join(relevant) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}; "
           f"compute dtype auto -> {choice} ({why}).")
+
+
+def target_backend() -> str:
+  """The platform the computation being traced compiles for: the current mesh's devices (a TPU
+  topology while `bert_jax.aot` compiles on a CPU machine), else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  return getattr(device, "platform", None) or jax.default_backend()

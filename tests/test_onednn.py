@@ -203,9 +203,40 @@ def test_attention_products_on_onednn_match_xla_forward_and_backward(monkeypatch
 
 
 @needs_kernel
+@pytest.mark.parametrize("lead", [(3, 5), (2, 70)])
+def test_f32_dense_on_onednn_matches_xla_forward_and_backward(monkeypatch, lead):
+  """An f32 Dense layer on oneDNN (one CPU device) against XLA: outputs and the gradients of the
+  input, kernel and bias, for 15 rows and 140 (N = 136: two 64-column runs split over threads,
+  the last one with the 8 left over; its gradient products split K and N the same way)."""
+  from flax import nnx
+
+  from bert_jax import layers
+  dense = layers.Dense((24,), (136,), ("embed",), ("mlp",), init_std=0.5, dtype=jnp.float32,
+                       param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  dense.bias[...] = jax.random.normal(jax.random.key(7), (136,))
+  graphdef, state = nnx.split(dense)
+  x = jax.random.normal(jax.random.key(8), (*lead, 24))
+
+  def loss(state, x):
+    y = nnx.merge(graphdef, state)(x)
+    return jnp.sum(jnp.sin(y)), y
+
+  results = {}
+  for on in (True, False):
+    monkeypatch.setattr(onednn, "f32_enabled", lambda on=on: on)
+    f = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+    assert ("bert_jax_onednn_matmul" in f.lower(state, x).as_text()) == on
+    results[on] = f(state, x)
+  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
+                        strict=True):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tmp_path):
-  """The real f32 model on real sentences: attention's products on oneDNN (BERT_JAX_ONEDNN
-  auto: one CPU device) give XLA's embeddings (off), and the custom call is in the program."""
+  """The real f32 model on real sentences: attention's and the Dense layers' products on oneDNN
+  (BERT_JAX_ONEDNN auto: one CPU device) give XLA's embeddings (off), and the custom call is in
+  the program."""
   code = (
       "import sys, numpy as np, bert_jax\n"
       "from bert_jax import inference\n"

@@ -80,9 +80,10 @@ bool ToDnnl(ffi::DataType type, memory::data_type* out) {
   }
 }
 
-// (batch, m, k, n, a type, b type, c type, transpose a, transpose b, b packed, one thread)
-using Key =
-    std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, int, bool, bool, bool, bool>;
+// (batch, m, k, n, a type, b type, c type, transpose a, transpose b, b packed, one thread,
+// row stride of plain b and c: n, or the whole matrix's N for a run of its columns)
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, int, bool, bool, bool, bool,
+                       int64_t>;
 
 // A primitive and the scratchpad one execution needs: every call brings its own (user
 // scratchpad mode), so threads can run one primitive at once.
@@ -191,30 +192,44 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
         "bert_jax onednn matmul takes f32/bf16 -> f32 or s8/u8 x s8 -> s32");
   }
   // Row-major [entries, rows, cols]; a transposed operand is its stored [cols, rows] read
-  // column-wise. `entries` of the batch from `first` on, on one thread or oneDNN's.
-  auto product = [&](int64_t first, int64_t entries, bool one_thread) {
+  // column-wise. `entries` of the batch from `first` on, columns [c0, c0 + cols) of b and c
+  // (read and written in place through the strides), on one thread or oneDNN's.
+  auto product = [&](int64_t first, int64_t entries, int64_t c0, int64_t cols, bool one_thread) {
     const memory::desc a_md({entries, m, k}, a_type,
                             transpose_a ? memory::dims{m * k, 1, m} : memory::dims{m * k, k, 1});
-    const memory::desc b_md({entries, k, n}, b_type,
+    const memory::desc b_md({entries, k, cols}, b_type,
                             transpose_b ? memory::dims{k * n, 1, k} : memory::dims{k * n, n, 1});
-    const memory::desc c_md({entries, m, n}, c_type, memory::dims{m * n, n, 1});
-    const Key key{entries, m, k, n, static_cast<int>(a_type), static_cast<int>(b_type),
-                  static_cast<int>(c_type), transpose_a, transpose_b, false, one_thread};
-    auto at = [first](void* base, int64_t entry_elements, ffi::DataType type) {
-      return static_cast<char*>(base) + first * entry_elements * ffi::ByteWidth(type);
+    const memory::desc c_md({entries, m, cols}, c_type, memory::dims{m * n, n, 1});
+    const Key key{entries, m, k, cols, static_cast<int>(a_type), static_cast<int>(b_type),
+                  static_cast<int>(c_type), transpose_a, transpose_b, false, one_thread, n};
+    auto at = [first](void* base, int64_t entry_elements, int64_t offset, ffi::DataType type) {
+      return static_cast<char*>(base) + (first * entry_elements + offset) * ffi::ByteWidth(type);
     };
-    return Execute(key, a_md, at(a.untyped_data(), m * k, a.element_type()), b_md,
-                   at(b.untyped_data(), k * n, b.element_type()), c_md,
-                   at(c->untyped_data(), m * n, c->element_type()));
+    return Execute(key, a_md, at(a.untyped_data(), m * k, 0, a.element_type()), b_md,
+                   at(b.untyped_data(), k * n, transpose_b ? c0 * k : c0, b.element_type()),
+                   c_md, at(c->untyped_data(), m * n, c0, c->element_type()));
   };
   const int64_t threads = PoolThreads(pool);
-  if (threads == 1 || batch < threads) return product(0, batch, false);
-  // One contiguous slice of the batch per thread.
-  const bool ok = ParallelFor(pool, threads, threads, [&](int64_t part) {
-    const int64_t first = batch * part / threads, last = batch * (part + 1) / threads;
-    return product(first, last - first, true).success();
-  });
-  if (!ok) return ffi::Error::Internal("oneDNN failed in a batched matmul");
+  // Column runs of whole 64-column blocks, one per thread, where the batch is too small to split.
+  constexpr int64_t kColumns = 64;
+  const int64_t column_blocks = n / kColumns;
+  bool ok;
+  if (threads > 1 && batch >= threads) {
+    // One contiguous slice of the batch per thread.
+    ok = ParallelFor(pool, threads, threads, [&](int64_t part) {
+      const int64_t first = batch * part / threads, last = batch * (part + 1) / threads;
+      return product(first, last - first, 0, n, true).success();
+    });
+  } else if (threads > 1 && column_blocks >= threads) {
+    ok = ParallelFor(pool, threads, threads, [&](int64_t part) {
+      const int64_t b0 = column_blocks * part / threads, b1 = column_blocks * (part + 1) / threads;
+      const int64_t c0 = b0 * kColumns, c1 = part + 1 == threads ? n : b1 * kColumns;
+      return product(0, batch, c0, c1 - c0, true).success();
+    });
+  } else {
+    return product(0, batch, 0, n, false);
+  }
+  if (!ok) return ffi::Error::Internal("oneDNN failed in a matmul");
   return ffi::Error::Success();
 }
 
@@ -345,7 +360,7 @@ ffi::Error MatmulPacked(ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Result<ffi
   const memory::desc c_md({m, n}, memory::data_type::s32, memory::format_tag::ab);
   const Key key{1, m, k, n, static_cast<int>(memory::data_type::u8),
                 static_cast<int>(memory::data_type::s8), static_cast<int>(memory::data_type::s32),
-                false, false, true, false};
+                false, false, true, false, n};
   int32_t* cs = static_cast<int32_t*>(c->untyped_data());
   ffi::Error err = Execute(key, a_md, a_u8.data(), layout->weights, packed.untyped_data(), c_md,
                            cs);
@@ -486,7 +501,7 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
     const memory::desc c_md({rows, cols}, memory::data_type::s32, memory::format_tag::ab);
     const Key key{1, rows, k, cols, static_cast<int>(memory::data_type::u8),
                   static_cast<int>(memory::data_type::s8),
-                  static_cast<int>(memory::data_type::s32), false, false, true, true};
+                  static_cast<int>(memory::data_type::s32), false, false, true, true, cols};
     if (Execute(key, a_md, const_cast<uint8_t*>(q), b_md, const_cast<uint8_t*>(b_data), c_md,
                 acc.data()).failure()) {
       return false;
