@@ -7,10 +7,12 @@ XLA bf16 / XLA int8 / oneDNN int8 (s8 x s8 -> s32): 4096x384 @ 384x1536 377 / 27
 4096x768 @ 768x768 349 / 272 / 821; 4096x3072 @ 3072x768 392 / 315 / 851. (oneDNN's bf16
 matmul ran at XLA's bf16 speed, within 10%, so bf16 stays on XLA.)
 
-Attention's f32 batched products ([B, N, L, H] x [B, N, M, H], small per batch entry) also go
-to oneDNN on one CPU device (`f32_batched_matmul`, gradients included: attention.py): on a Xeon
-(AVX-512 + VNNI, no avx512_bf16) BERT-base's at [32, 12, 128, 64] took 3.0 / 2.6 ms against
-XLA:CPU's 6.8 / 8.2; batch-32 BERT-base classification 1.06x (f32) and 1.10x (int8) faster.
+In f32 on one CPU device, attention's batched products ([B, N, L, H] x [B, N, M, H], small per
+batch entry) and the Dense layers' products also go to oneDNN (`f32_batched_matmul`, gradients
+included; layers.f32_on_onednn): on a Xeon (AVX-512 + VNNI, no avx512_bf16, where
+`dtype="auto"` is f32) BERT-base's attention products at [32, 12, 128, 64] took 3.0 / 2.6 ms
+against XLA:CPU's 6.8 / 8.2, and its Dense products 1.1-2.2x XLA's at 32 and 128 rows; the f32
+training step ran 5-10% faster, batch-32 f32 classification 1.21x (RESULTS.md runs W and X).
 
 `int8_matmul(a, b)` is the int32 product of two int8 matrices: through oneDNN on CPU when the
 kernel is usable and the CPU has int8 dot-product instructions (VNNI or AMX), XLA's dot
