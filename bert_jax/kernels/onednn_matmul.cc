@@ -24,7 +24,10 @@
 // oneDNN's. An OpenMP team beside XLA's pool fought it for the two cores: between two custom
 // calls an XLA op of microseconds cost ~100 us, and BERT-base batch-1 int8 classification ran
 // 51 ms instead of 38 (benchmarks/RESULTS.md run X). Batched products with at least one batch
-// entry per thread split over the batch; smaller ones use oneDNN's own threads.
+// entry per thread split over the batch; smaller ones use oneDNN's own threads. The f32 / int8
+// product handler is asynchronous (it returns an ffi::Future): the calling thread goes back to
+// XLA's executor once no piece is left to start, rather than spinning while a helper the busy
+// pool started late finishes its piece (~110 ms of a BERT-base training step, run Y).
 //
 // Dynamically quantized product: `BertJaxOnednnQuantizedMatmul` takes the f32 activations, not
 // their int8 values, and returns the rescaled f32 product plus bias: per row it quantizes
@@ -158,23 +161,66 @@ bool ParallelFor(ffi::ThreadPool& pool, int64_t threads, int64_t count, Body bod
   return !state->failed.load();
 }
 
+// ParallelFor that does not wait: the calling thread takes indices until none is left and
+// returns a future that the last piece to finish completes (maybe a pool thread's, later). So
+// the caller goes back to XLA's executor, free to run other ready ops, instead of spinning
+// while a helper the busy pool started late finishes its piece. `body` is kept by value: it
+// may outlive the call, so it must not refer to the caller's frame.
+template <typename Body>
+ffi::Future ParallelForAsync(ffi::ThreadPool& pool, int64_t threads, int64_t count, Body body) {
+  struct State {
+    State(int64_t count, Body body) : promise(count), body(std::move(body)) {}
+    std::atomic<int64_t> next{0};
+    ffi::CountDownPromise promise;
+    Body body;
+  };
+  auto state = std::make_shared<State>(count, std::move(body));
+  ffi::Future future(state->promise);
+  auto work = [state, count]() {
+    int64_t i = state->next.fetch_add(1);
+    if (i >= count) return;
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    for (; i < count; i = state->next.fetch_add(1)) {
+      ffi::Error error = state->body(i);
+      state->promise.CountDown(error);
+    }
+    omp_set_num_threads(saved);
+  };
+  for (int64_t t = 1; t < std::min(threads, count); ++t) pool.Schedule([work]() { work(); });
+  work();
+  return future;
+}
+
 // XLA's intra-op threads (at least one).
 int64_t PoolThreads(const ffi::ThreadPool& pool) {
   return std::max<int64_t>(1, pool.num_threads());
 }
 
-ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
-                  bool transpose_a, bool transpose_b, ffi::ThreadPool pool) {
+// A future already completed with `error` (or success).
+ffi::Future Completed(ffi::Error error) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  if (error.failure()) {
+    promise.SetError(std::move(error));
+  } else {
+    promise.SetAvailable();
+  }
+  return future;
+}
+
+ffi::Future Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
+                   bool transpose_a, bool transpose_b, ffi::ThreadPool pool) {
   auto a_dims = a.dimensions(), b_dims = b.dimensions(), c_dims = c->dimensions();
   const size_t rank = a_dims.size();
   if (rank < 2 || b_dims.size() != rank || c_dims.size() != rank) {
-    return ffi::Error::InvalidArgument(
-        "bert_jax onednn matmul takes operands of one rank >= 2");
+    return Completed(ffi::Error::InvalidArgument(
+        "bert_jax onednn matmul takes operands of one rank >= 2"));
   }
   int64_t batch = 1;  // Leading dims, equal in a, b and c, folded into one.
   for (size_t i = 0; i + 2 < rank; ++i) {
     if (a_dims[i] != b_dims[i] || a_dims[i] != c_dims[i]) {
-      return ffi::Error::InvalidArgument("bert_jax onednn matmul: batch dims differ");
+      return Completed(ffi::Error::InvalidArgument("bert_jax onednn matmul: batch dims differ"));
     }
     batch *= a_dims[i];
   }
@@ -183,18 +229,25 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
   const int64_t m = transpose_a ? a1 : a0, k = transpose_a ? a0 : a1;
   const int64_t k_b = transpose_b ? b1 : b0, n = transpose_b ? b0 : b1;
   if (k != k_b || c_dims[rank - 2] != m || c_dims[rank - 1] != n) {
-    return ffi::Error::InvalidArgument("bert_jax onednn matmul: operand shapes do not agree");
+    return Completed(
+        ffi::Error::InvalidArgument("bert_jax onednn matmul: operand shapes do not agree"));
   }
   memory::data_type a_type, b_type, c_type;
   if (!ToDnnl(a.element_type(), &a_type) || !ToDnnl(b.element_type(), &b_type) ||
       !ToDnnl(c->element_type(), &c_type)) {
-    return ffi::Error::InvalidArgument(
-        "bert_jax onednn matmul takes f32/bf16 -> f32 or s8/u8 x s8 -> s32");
+    return Completed(ffi::Error::InvalidArgument(
+        "bert_jax onednn matmul takes f32/bf16 -> f32 or s8/u8 x s8 -> s32"));
   }
   // Row-major [entries, rows, cols]; a transposed operand is its stored [cols, rows] read
   // column-wise. `entries` of the batch from `first` on, columns [c0, c0 + cols) of b and c
-  // (read and written in place through the strides), on one thread or oneDNN's.
-  auto product = [&](int64_t first, int64_t entries, int64_t c0, int64_t cols, bool one_thread) {
+  // (read and written in place through the strides), on one thread or oneDNN's. Everything by
+  // value: pieces may run after the handler returned (the buffers live until the future is).
+  char* const a_data = static_cast<char*>(a.untyped_data());
+  char* const b_data = static_cast<char*>(b.untyped_data());
+  char* const c_data = static_cast<char*>(c->untyped_data());
+  const size_t a_bytes = ffi::ByteWidth(a.element_type()), b_bytes = ffi::ByteWidth(b.element_type()),
+               c_bytes = ffi::ByteWidth(c->element_type());
+  auto product = [=](int64_t first, int64_t entries, int64_t c0, int64_t cols, bool one_thread) {
     const memory::desc a_md({entries, m, k}, a_type,
                             transpose_a ? memory::dims{m * k, 1, m} : memory::dims{m * k, k, 1});
     const memory::desc b_md({entries, k, cols}, b_type,
@@ -202,35 +255,29 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
     const memory::desc c_md({entries, m, cols}, c_type, memory::dims{m * n, n, 1});
     const Key key{entries, m, k, cols, static_cast<int>(a_type), static_cast<int>(b_type),
                   static_cast<int>(c_type), transpose_a, transpose_b, false, one_thread, n};
-    auto at = [first](void* base, int64_t entry_elements, int64_t offset, ffi::DataType type) {
-      return static_cast<char*>(base) + (first * entry_elements + offset) * ffi::ByteWidth(type);
-    };
-    return Execute(key, a_md, at(a.untyped_data(), m * k, 0, a.element_type()), b_md,
-                   at(b.untyped_data(), k * n, transpose_b ? c0 * k : c0, b.element_type()),
-                   c_md, at(c->untyped_data(), m * n, c0, c->element_type()));
+    return Execute(key, a_md, a_data + first * m * k * a_bytes, b_md,
+                   b_data + (first * k * n + (transpose_b ? c0 * k : c0)) * b_bytes, c_md,
+                   c_data + (first * m * n + c0) * c_bytes);
   };
   const int64_t threads = PoolThreads(pool);
   // Column runs of whole 64-column blocks, one per thread, where the batch is too small to split.
   constexpr int64_t kColumns = 64;
   const int64_t column_blocks = n / kColumns;
-  bool ok;
   if (threads > 1 && batch >= threads) {
     // One contiguous slice of the batch per thread.
-    ok = ParallelFor(pool, threads, threads, [&](int64_t part) {
+    return ParallelForAsync(pool, threads, threads, [=](int64_t part) {
       const int64_t first = batch * part / threads, last = batch * (part + 1) / threads;
-      return product(first, last - first, 0, n, true).success();
+      return product(first, last - first, 0, n, true);
     });
-  } else if (threads > 1 && column_blocks >= threads) {
-    ok = ParallelFor(pool, threads, threads, [&](int64_t part) {
+  }
+  if (threads > 1 && column_blocks >= threads) {
+    return ParallelForAsync(pool, threads, threads, [=](int64_t part) {
       const int64_t b0 = column_blocks * part / threads, b1 = column_blocks * (part + 1) / threads;
       const int64_t c0 = b0 * kColumns, c1 = part + 1 == threads ? n : b1 * kColumns;
-      return product(0, batch, c0, c1 - c0, true).success();
+      return product(0, batch, c0, c1 - c0, true);
     });
-  } else {
-    return product(0, batch, 0, n, false);
   }
-  if (!ok) return ffi::Error::Internal("oneDNN failed in a matmul");
-  return ffi::Error::Success();
+  return Completed(product(0, batch, 0, n, false));
 }
 
 // The oneDNN layout of s8 [K, N] weights against u8 activations (the layout the primitive picks
