@@ -77,7 +77,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["bert_jax", "bert_jax.*"]),
-    package_data={"bert_jax": ["resources/*", "kernels/*.cc"]},
+    package_data={"bert_jax": ["resources/*", "kernels/*.cc", "kernels/*.h"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

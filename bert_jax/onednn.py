@@ -66,11 +66,18 @@ TARGET = "bert_jax_onednn_matmul"
 PACK_TARGET = "bert_jax_onednn_pack"
 PACKED_TARGET = "bert_jax_onednn_matmul_packed"
 QUANTIZED_TARGET = "bert_jax_onednn_quantized_matmul"
-SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "onednn_matmul.cc")
+ADAMW_TARGET = "bert_jax_adamw"
+_KERNELS = os.path.join(os.path.dirname(__file__), "kernels")
+SOURCE = os.path.join(_KERNELS, "onednn_matmul.cc")
+# Built into the same library: the fused AdamW step (bert_jax.fused_adamw) and the thread-pool
+# helpers both kernels share.
+OTHER_SOURCES = (os.path.join(_KERNELS, "adamw.cc"),)
+HEADERS = (os.path.join(_KERNELS, "pool.h"),)
 # OpenMP to keep oneDNN single-threaded on each of XLA's pool threads the kernel splits work
 # over; no FMA contraction, so the quantized product's quantize and rescale repeat XLA's f32
-# roundings (an FMA only where it writes one).
-CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp", "-ffp-contract=off")
+# roundings (an FMA only where it writes one); sqrt without errno, so AdamW's loop vectorizes.
+CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp", "-ffp-contract=off",
+            "-fno-math-errno")
 
 
 def choice(environ=os.environ) -> str:
@@ -117,8 +124,11 @@ def build(environ=os.environ) -> str:
   """The path of the compiled kernel library, building it if this combination is not cached."""
   include, lib = find_onednn(environ)
   cxx = _compiler(environ)
-  with open(SOURCE, "rb") as f:
-    source = f.read()
+  sources = (SOURCE, *OTHER_SOURCES)
+  source = b""
+  for path in (*sources, *HEADERS):
+    with open(path, "rb") as f:
+      source += f.read()
   libdnnl = sorted(glob.glob(os.path.join(lib, "libdnnl.so*")))[-1]
   key = hashlib.sha256(b"|".join([source, jax.__version__.encode(), jax.ffi.include_dir().encode(),
                                   os.path.realpath(libdnnl).encode(), cxx.encode(),
@@ -134,7 +144,7 @@ def build(environ=os.environ) -> str:
       return out
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
-    cmd = [cxx, *CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include}", SOURCE, f"-L{lib}",
+    cmd = [cxx, *CXXFLAGS, f"-I{jax.ffi.include_dir()}", f"-I{include}", *sources, f"-L{lib}",
            "-ldnnl", f"-Wl,-rpath,{lib}", "-o", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -166,7 +176,8 @@ def _load_once() -> str:
   for target, symbol in ((TARGET, library.BertJaxOnednnMatmul),
                          (PACK_TARGET, library.BertJaxOnednnPack),
                          (PACKED_TARGET, library.BertJaxOnednnMatmulPacked),
-                         (QUANTIZED_TARGET, library.BertJaxOnednnQuantizedMatmul)):
+                         (QUANTIZED_TARGET, library.BertJaxOnednnQuantizedMatmul),
+                         (ADAMW_TARGET, library.BertJaxAdamW)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   library.BertJaxOnednnPackedBytes.argtypes = [ctypes.c_int64, ctypes.c_int64]
   library.BertJaxOnednnPackedBytes.restype = ctypes.c_int64

@@ -187,8 +187,7 @@ def make_train_step(graphdef, loss_fn, tx, schedule, *, accum_steps: int = 1,
       loss = loss / accum_steps
       grads = jax.tree.map(lambda g: g / accum_steps, grads)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx_.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = optim.apply_gradients(tx_, grads, state.opt_state, state.params)
     metrics = dict(metrics)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
