@@ -111,3 +111,35 @@ def test_which_optimizers_and_devices_take_the_fused_path(monkeypatch):
   assert not fused_adamw.usable({"w": jnp.ones((4, 4), jnp.bfloat16)})
   monkeypatch.setenv(onednn.ENV, "off")
   assert not fused_adamw.usable(params)
+
+
+def test_a_skipped_nonfinite_step_keeps_the_state(pretrain_dataset, vocab_path):
+  """train.skip_nonfinite with the fused update writing in place: a step whose loss is infinite
+  leaves parameters and optimizer state as they were (XLA copies what the select still needs)."""
+  config = pretrain_configs.get_config("tiny")
+  config.data.update(dir=str(pretrain_dataset), vocab=str(vocab_path))
+  config.optimizer.update(warmup_steps=1)
+  task = pretraining.make_task(config)
+  mesh = sharding.make_mesh(dict(config.mesh))
+  tx, schedule = optim.create_optimizer(config.optimizer, config.train.num_steps)
+  graphdef, _, shardings = train.abstract_train_state(task, tx, mesh, seed=0)
+
+  def loss_fn(model, batch, rng):  # the pretraining loss times batch["scale"]
+    loss, metrics = task.loss_fn(model, {k: v for k, v in batch.items() if k != "scale"}, rng)
+    return loss * batch["scale"], metrics
+
+  batch = next(task.train_iter())
+  with jax.set_mesh(mesh):
+    state = train.init_train_state(task, tx, shardings, 0)
+    step = jax.jit(train.make_train_step(graphdef, loss_fn, tx, schedule, skip_nonfinite=True),
+                   donate_argnums=0)
+    state, _ = step(state, {**batch, "scale": jnp.float32(1.0)}, jax.random.key(0))
+    assert onednn.ADAMW_TARGET in step.lower(state, {**batch, "scale": jnp.float32(1.0)},
+                                             jax.random.key(0)).as_text()
+    before = jax.device_get(state)
+    state, metrics = step(state, {**batch, "scale": jnp.float32(np.inf)}, jax.random.key(1))
+    after = jax.device_get(state)
+  assert float(metrics["skipped_steps"][0]) == 1.0 and int(after.step) == 2
+  for a, b in zip(jax.tree.leaves((before.params, before.opt_state)),
+                  jax.tree.leaves((after.params, after.opt_state)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
