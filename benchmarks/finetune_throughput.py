@@ -195,7 +195,7 @@ def main():
   if a.task == "classification" and not POLARITY.exists():
     sys.exit(f"{POLARITY} is absent (not shippable); run this beside ../shared/data.")
   out = pathlib.Path(a.out)
-  results = {"cpu": _cpu(), "allocator": os.environ.get(allocator.APPLIED, "system"),
+  results = {"cpu": _cpu(), "allocator": allocator.in_use(),
              "compile_cache": cache_dir, "batch": BATCH, "max_seq_length": MAX_LEN, "runs": {}}
   if a.append and out.exists():
     results = json.loads(out.read_text())

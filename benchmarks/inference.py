@@ -181,7 +181,7 @@ def bert_jax_worker(precision: str, work: pathlib.Path, data: dict) -> list[dict
 def machine() -> dict:
   from bert_jax import allocator, device_dtype
   info = {"nproc": os.cpu_count(), "threads": _THREADS.value,
-          "allocator": os.environ.get(allocator.APPLIED, "system"),  # workers inherit it
+          "allocator": allocator.in_use(),  # workers inherit it
           "cpu_flags": sorted(f for f in device_dtype.cpu_flags()
                               if f.startswith(("avx", "amx", "fma")))}
   for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):

@@ -130,7 +130,7 @@ def machine() -> dict:
   info = {"nproc": os.cpu_count(), "platform": platform.platform(),
           "python": platform.python_version(),
           # every stack's process (peers inherit the environment): bert_jax/allocator.py
-          "allocator": os.environ.get(allocator.APPLIED, "system")}
+          "allocator": allocator.in_use()}
   try:
     for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout \
         .splitlines():

@@ -85,6 +85,15 @@ def reexec() -> None:
   os.execve(sys.executable, [sys.executable, *argv[1:]], {**os.environ, **changes})
 
 
+def in_use(environ=os.environ) -> str:
+  """The host allocator this process runs with: what `reexec` applied, else one preloaded by
+  hand (LD_PRELOAD naming tcmalloc, jemalloc or mimalloc), else "system" (benchmark records)."""
+  if environ.get(APPLIED):
+    return environ[APPLIED]
+  preload = environ.get("LD_PRELOAD", "")
+  return next((n for n in _PRELOADED if n in preload), "system")
+
+
 def describe() -> str:
   """One line for a start-up banner."""
   applied = os.environ.get(APPLIED)

@@ -28,6 +28,14 @@ def test_plan_prefers_tcmalloc_then_hugepages_and_respects_what_is_set():
   assert allocator.plan({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, None) is None
 
 
+def test_in_use_names_the_applied_or_hand_preloaded_allocator():
+  assert allocator.in_use({}) == "system"
+  assert allocator.in_use({allocator.APPLIED: "hugepages"}) == "hugepages"
+  tc = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+  assert allocator.in_use({"LD_PRELOAD": tc}) == "tcmalloc"  # preloaded by hand: no restart
+  assert allocator.plan({"LD_PRELOAD": tc}, tc) is None
+
+
 def test_plan_refuses_an_unknown_choice_and_a_missing_tcmalloc():
   with pytest.raises(ConfigError, match="BERT_JAX_ALLOCATOR='tcmaloc' is not one of"):
     allocator.plan({allocator.ENV: "tcmaloc"}, TC)
