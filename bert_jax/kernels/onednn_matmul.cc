@@ -172,8 +172,9 @@ ffi::Future Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffe
   char* const a_data = static_cast<char*>(a.untyped_data());
   char* const b_data = static_cast<char*>(b.untyped_data());
   char* const c_data = static_cast<char*>(c->untyped_data());
-  const size_t a_bytes = ffi::ByteWidth(a.element_type()), b_bytes = ffi::ByteWidth(b.element_type()),
-               c_bytes = ffi::ByteWidth(c->element_type());
+  const size_t a_bytes = ffi::ByteWidth(a.element_type());
+  const size_t b_bytes = ffi::ByteWidth(b.element_type());
+  const size_t c_bytes = ffi::ByteWidth(c->element_type());
   auto product = [=](int64_t first, int64_t entries, int64_t c0, int64_t cols, bool one_thread) {
     const memory::desc a_md({entries, m, k}, a_type,
                             transpose_a ? memory::dims{m * k, 1, m} : memory::dims{m * k, k, 1});

@@ -66,7 +66,9 @@ def snapshot(*roots) -> dict[str, tuple[int, int, str]]:
   out = {}
   for root in roots:
     root = pathlib.Path(root)
-    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    # os.walk, not rglob: a folder the run renames mid-walk is skipped, not an error.
+    paths = [root] if root.is_file() else sorted(
+        pathlib.Path(d, f) for d, _, files in os.walk(root) for f in files)
     for p in paths:
       try:  # A live run's async save renames its temp folders while we walk them.
         st = p.stat()
