@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bert_jax import device_dtype, onednn
+from bert_jax import layers, onednn
 from bert_jax.errors import ConfigError
 
 
@@ -45,11 +45,9 @@ class Spec:
 
 
 def usable(params) -> bool:
-  """Whether the fused step runs for `params` here: every leaf f32, compiled for the CPU, one
-  device and the kernel library loaded (onednn.f32_enabled)."""
-  return (device_dtype.target_backend() == "cpu"
-          and all(jnp.result_type(p) == jnp.float32 for p in jax.tree.leaves(params))
-          and onednn.f32_enabled())
+  """Whether the fused step runs for `params` here: every leaf f32 and the f32 CPU kernels on
+  (compiled for the CPU, one device, the library loaded: layers.f32_on_onednn)."""
+  return all(layers.f32_on_onednn(jnp.result_type(p)) for p in jax.tree.leaves(params))
 
 
 def _split_state(opt_state):
