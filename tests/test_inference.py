@@ -61,6 +61,11 @@ def test_inference_split_casts_dense_kernels_and_keeps_the_numbers():
   np.testing.assert_array_equal(
       np.asarray(fresh["classifier"]["kernel"].value, np.float32),
       np.asarray(plain["classifier"]["kernel"].value.astype(jnp.bfloat16), np.float32))
+  assert inference.inference_split(model)[1] is fresh
+  model.classifier.bias.value = model.classifier.bias.value - 1.0  # Assigned on the model itself.
+  again = inference.inference_split(model)[1]
+  assert again is not fresh
+  np.testing.assert_array_equal(again["classifier"]["bias"].value, model.classifier.bias.value)
 
 
 def test_inference_split_of_a_float32_model_is_the_plain_split():
