@@ -86,6 +86,40 @@ def test_float_products_match_xla(dtype, tol):
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol)
 
 
+@needs_kernel
+def test_one_thread_runs_wide_f32_operands_in_column_runs():
+  """With one XLA thread (the process pinned to one core), an f32 product whose plain operand
+  has more than 1,536 columns goes to oneDNN as column runs of 1,536 (its brgemm kernel ran a
+  plain 3072-column operand at half speed): the runs are what oneDNN executes, and the product,
+  forward and weight-gradient layouts, is still right."""
+  code = (
+      "import os\n"
+      "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+      "import numpy as np, jax, jax.numpy as jnp\n"
+      "from bert_jax import onednn\n"
+      "rng = np.random.default_rng(0)\n"
+      "a = rng.standard_normal((40, 96), np.float32)\n"
+      "b = rng.standard_normal((96, 3200), np.float32)\n"
+      "at = np.ascontiguousarray(a.T)\n"
+      "f = jax.jit(lambda a, b: onednn.matmul(a, b, jnp.float32))\n"
+      "g = jax.jit(lambda a, b: onednn.matmul(a, b, jnp.float32, transpose_a=True))\n"
+      "want = a.astype(np.float64) @ b\n"
+      "for got in (f(a, b), g(at, b)):\n"
+      "  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)\n"
+      "print('ok')\n")
+  env = {**os.environ, "ONEDNN_VERBOSE": "1", "BERT_JAX_ONEDNN": "on"}
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                        cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.splitlines()[-1] == "ok"
+  shapes = [line.rsplit(",", 2)[-2] for line in proc.stdout.splitlines()
+            if line.startswith("onednn_verbose,") and ",exec," in line and ",matmul," in line]
+  # Forward and transposed-a products, each as runs of 1536, 1536 and 128 columns.
+  for cols in (1536, 128):
+    assert sum(s.endswith(f"x{cols}") for s in shapes) == (4 if cols == 1536 else 2), shapes
+  assert not any(s.endswith("x3200") for s in shapes), shapes
+
+
 @needs_int8
 @pytest.mark.parametrize("m,k,n", [(1, 64, 48), (7, 40, 56), (130, 768, 768), (300, 384, 1536)])
 def test_packed_int8_products_are_xlas_integers(m, k, n):

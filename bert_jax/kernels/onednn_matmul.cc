@@ -205,6 +205,20 @@ ffi::Future Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffe
       return product(0, batch, c0, c1 - c0, true);
     });
   }
+  // Not split (one pool thread): a plain f32 operand wider than kWidest columns goes in column
+  // runs of kWidest. Whole, oneDNN gives the product to its brgemm kernel, which with a plain
+  // 3072-column operand (rows 12 KiB apart) ran at half speed on a Xeon: BERT-base's FFN-in
+  // forward and weight gradient [1024, 768] x [768, 3072] 63-77 GFLOP/s on one thread, every
+  // other BERT shape 104-150; as runs (a strided output, its gemm kernel) 124-148 (RESULTS.md
+  // run Z). Two or more threads never take this path: the split above already cuts runs.
+  constexpr int64_t kWidest = 1536;
+  if (n > kWidest && !transpose_b && b_type == memory::data_type::f32) {
+    for (int64_t c0 = 0; c0 < n; c0 += kWidest) {
+      ffi::Error error = product(0, batch, c0, std::min(kWidest, n - c0), false);
+      if (error.failure()) return Completed(std::move(error));
+    }
+    return Completed(ffi::Error::Success());
+  }
   return Completed(product(0, batch, 0, n, false));
 }
 
