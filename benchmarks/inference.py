@@ -32,6 +32,10 @@ cosine similarity (>= 0.999) and on identical predicted labels. One-off preparat
 BERT-base folder, the ONNX exports) is cached in `--workdir`; run it ahead with
 `--prepare_only`. bert_jax uses XLA's own thread pool (every core); `--threads` sets the
 peers' (torch.set_num_threads, ORT intra_op_num_threads), default the same.
+
+On a noisy host `--rounds=N` runs every worker N times, round-robin: the JSON keeps every round
+(`round_rows`), its figures are the medians, and each ratio comes with the rounds' own ratios
+(`round_ratios`: bert_jax against the peer within one round, minutes apart rather than a run).
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from benchmarks.inference_stacks import (  # noqa: E402
+  median_rows,
   minilm_dir,
   run_workload,
   save_outputs,
@@ -71,7 +76,8 @@ MIN_COSINE = 0.999
 _JSON = flags.DEFINE_string("json", "", "Write the figures to this JSON file.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/bert_jax_inference_bench",
                                "Cache for the BERT-base folder and the ONNX exports.")
-_STACKS = flags.DEFINE_list("stacks", list(STACKS), "Stacks to run.")
+_STACKS = flags.DEFINE_list("stacks", list(STACKS), "Stacks to run, each all its precisions or "
+                            "one as STACK:PRECISION (bert_jax:auto).")
 _WORKLOADS = flags.DEFINE_list("workloads", ["embed", "classify"], "Workloads to run.")
 _SENTENCES = flags.DEFINE_integer("sentences", 2000, "Sentences embedded (batch 32).")
 _EMBED_LAT = flags.DEFINE_integer("embed_latency", 100, "Batch-1 embed calls timed.")
@@ -85,6 +91,11 @@ _CORPUS = flags.DEFINE_string("corpus_dir", str(SHARED), "Folder with mobydick.e
 _MERGE = flags.DEFINE_list("merge", [], "JSON files of earlier runs (e.g. the stacks split over "
                           "two measurement slots): compare and tabulate their rows together "
                           "into --json, running nothing.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Times every (stack, precision) runs, round-robin "
+                               "(every other round in reverse order): each figure is the median "
+                               "over the rounds and each ratio also the median of the rounds' "
+                               "own ratios (on a noisy host processes minutes apart differ by "
+                               "30%).")
 _WORKER = flags.DEFINE_string("worker", "", "Internal: run one stack (subprocess).")
 _WORKER_TIMEOUT = flags.DEFINE_integer("worker_timeout", 600,
                                        "Seconds one (stack, precision) may take; then it is "
@@ -270,9 +281,13 @@ def main(argv):
     if not path.is_file():
       raise SystemExit(f"{path} is missing: the benchmark reads its sentences from "
                        "../shared/data/corpus beside the checkout (or --corpus_dir).")
-  unknown = sorted(set(_STACKS.value) - set(STACKS))
+  every = {(s, p) for s in STACKS for p in STACKS[s]}
+  unknown = sorted(e for e in _STACKS.value
+                   if e not in STACKS and tuple(e.split(":", 1)) not in every)
   if unknown:
-    raise app.UsageError(f"Unknown stacks {unknown}; choose from {sorted(STACKS)}.")
+    choices = ", ".join(sorted(":".join(e) for e in every))
+    raise app.UsageError(f"Unknown stacks {unknown}; choose from {sorted(STACKS)}, or one "
+                         f"precision as STACK:PRECISION ({choices}).")
   prepare(work)
   import bert_jax
   (work / "embed_texts.json").write_text(json.dumps(embed_texts(_SENTENCES.value)),
@@ -286,9 +301,13 @@ def main(argv):
              "command": " ".join(sys.argv), "machine": machine(),
              "loadavg_start": os.getloadavg(), "rows": []}
   print(f"{results['machine']}\nload average {results['loadavg_start']}", flush=True)
-  for stack in [s for s in STACKS if s in _STACKS.value]:
-    for precision in STACKS[stack]:
-      results["rows"] += run_worker(stack, precision)
+  if _ROUNDS.value < 1:
+    raise app.UsageError(f"--rounds={_ROUNDS.value}: run at least one round.")
+  workers = [(s, p) for s in STACKS for p in STACKS[s]
+             if s in _STACKS.value or f"{s}:{p}" in _STACKS.value]
+  for rnd in range(_ROUNDS.value):
+    for stack, precision in (workers if rnd % 2 == 0 else workers[::-1]):
+      results["rows"] += [{**r, "round": rnd} for r in run_worker(stack, precision)]
       if _JSON.value:  # What has run so far survives an interrupted run.
         pathlib.Path(_JSON.value).write_text(json.dumps(results, indent=1) + "\n",
                                              encoding="utf-8")
@@ -297,8 +316,25 @@ def main(argv):
 
 
 def finish(results: dict) -> int:
+  rounds = sorted({r["round"] for r in results["rows"] if "round" in r})
+  if len(rounds) > 1:  # Medians over the rounds; each round's own ratios beside them.
+    results["round_rows"] = results["rows"]
+    results["rows"] = median_rows(results["round_rows"])
   compare(results["rows"])
   results["ratios"] = ratios(results["rows"])
+  if len(rounds) > 1:
+    ok = {(r.get("workload"), r["stack"], r["precision"]): r.get("outputs_ok")
+          for r in results["rows"]}
+    for r in results["round_rows"]:
+      r["outputs_ok"] = ok.get((r.get("workload"), r["stack"], r["precision"]))
+    per_round = [ratios([r for r in results["round_rows"] if r.get("round") == n])
+                 for n in rounds]
+    for q in results["ratios"]:
+      same = [p["ratio"] for rs in per_round for p in rs
+              if all(p[k] == q[k] for k in ("workload", "figure", "checked_outputs_only"))
+              and p["peer"].split()[0] == q["peer"].split()[0]]
+      q["round_ratios"] = same
+      q["median_round_ratio"] = float(sorted(same)[len(same) // 2]) if same else None
   print(markdown(results))
   if _JSON.value:
     pathlib.Path(_JSON.value).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -344,12 +380,13 @@ def markdown(results: dict) -> str:
     check += f", max diff {r.get('max_abs_diff', float('nan')):.1e}"
     lines.append(f"| {r['workload']} | {r['stack']} | {r['precision']} | {r['per_s']:.1f} | "
                  f"{r['batch1_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {check} |")
-  lines += ["", "| workload | figure | outputs | bert_jax best | peer best | ratio |",
-            "|---|---|---|---|---|---|"]
+  lines += ["", "| workload | figure | outputs | bert_jax best | peer best | ratio | per round |",
+            "|---|---|---|---|---|---|---|"]
   for q in results.get("ratios", []):
+    rounds = ", ".join(f"{x:.2f}" for x in q.get("round_ratios", []))
     lines.append(f"| {q['workload']} | {q['figure']} | "
                  f"{'checked only' if q['checked_outputs_only'] else 'any'} | {q['bert_jax']} | "
-                 f"{q['peer']} | {q['ratio']:.2f}x |")
+                 f"{q['peer']} | {q['ratio']:.2f}x | {rounds} |")
   return "\n".join(lines)
 
 
