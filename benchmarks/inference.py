@@ -52,8 +52,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from benchmarks import rounds as rounds_lib  # noqa: E402
 from benchmarks.inference_stacks import (  # noqa: E402
-  median_rows,
+  TIMED,
   minilm_dir,
   run_workload,
   save_outputs,
@@ -319,7 +320,8 @@ def finish(results: dict) -> int:
   rounds = sorted({r["round"] for r in results["rows"] if "round" in r})
   if len(rounds) > 1:  # Medians over the rounds; each round's own ratios beside them.
     results["round_rows"] = results["rows"]
-    results["rows"] = median_rows(results["round_rows"])
+    results["rows"] = rounds_lib.median_rounds(results["round_rows"],
+                                               ("workload", "stack", "precision"), TIMED)
   compare(results["rows"])
   results["ratios"] = ratios(results["rows"])
   if len(rounds) > 1:

@@ -57,28 +57,7 @@ def run_workload(name: str, batch_fn, one_fn, texts: list[str], warm: list[str],
           **({"timed_compiles": timed_compiles} if compiles else {})}, out
 
 
-TIMED = ("per_s", "batch1_per_s", "p50_ms", "p99_ms")
-
-
-def median_rows(rows: list[dict]) -> list[dict]:
-  """One row per (workload, stack, precision) of rows from several rounds: each timed figure the
-  median over the rounds that ran (a failed round is left out; all failed: its last error row),
-  `rounds` the values per figure, in round order."""
-  groups: dict = {}
-  for r in rows:
-    key = (r.get("workload"), r["stack"], r["precision"])
-    groups.setdefault(key, []).append(r)
-  out = []
-  for group in groups.values():
-    ok = [r for r in group if "error" not in r]
-    if not ok:
-      out.append(group[-1])
-      continue
-    row = {k: v for k, v in ok[-1].items() if k != "round"}
-    row["rounds"] = {k: [r[k] for r in ok] for k in TIMED}
-    row.update({k: float(np.median(row["rounds"][k])) for k in TIMED})
-    out.append(row)
-  return out
+TIMED = ("per_s", "batch1_per_s", "p50_ms", "p99_ms")  # the figures --rounds takes medians of
 
 
 def save_outputs(figures: dict, out, work: pathlib.Path, stack: str, precision: str,

@@ -21,6 +21,10 @@ its default and at its best (PEER_VARIANTS: PyTorch eager / torch.compile, f32 /
 default / fused AdamW; HF Flax f32 / bf16 compute). The ratio that counts is bert_jax over each
 peer's fastest variant (`vs_fastest` in the JSON). Each figure is the median of `--steps` steps
 after `--warmup`. The JSON records the CPU model, its matmul-relevant flags and the load average.
+On a noisy host `--rounds=N` runs every stack and variant N times per case, round-robin (every
+other round reversed): step times are the medians over the rounds (benchmarks/rounds.py), each
+peer row also holds bert_jax's speed over it within each round (`round_bert_jax_x`), and the
+JSON keeps every round (`round_rows`).
 
 MFU = model FLOPs / step time / measured peak, with the same model FLOPs for every stack
 (bert_jax.flops: matmuls, MLM logits at the masked positions, backward = 2x forward) and the
@@ -41,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks import peer_common  # noqa: E402
+from benchmarks import peer_common, rounds  # noqa: E402
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,6 +68,10 @@ _BENCH_VENV = flags.DEFINE_string(
     "Virtualenv with the peer stacks (setup_bench_venv.sh; default $BENCH_VENV, else "
     ".venv-bench in the repository).")
 _PEER_TIMEOUT = flags.DEFINE_integer("peer_timeout", 1800, "Seconds per peer run.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "CPU mode: times every stack and variant runs per "
+                               "case, round-robin (every other round reversed); each step time "
+                               "is the median over the rounds and each ratio also the rounds' "
+                               "own (a noisy host moves runs minutes apart by 20-30%).")
 _JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 _GPU = flags.DEFINE_bool("gpu", False, "GPU mode: bf16, cuDNN attention, BERT-base and -large at "
                          "seq 128 and 512, batch sized to the chip; no peers.")
@@ -220,14 +228,24 @@ def cpu_mode(write=None) -> dict:
     bc = bert_config_from(config.model, 30522)
     model_flops = flops_lib.train_flops_per_step(bc, b, l, pred)
     all_positions = flops_lib.train_flops_per_step(bc, b, l, None)
-    print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value} -> {bc.dtype}) ...", flush=True)
-    row = bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value)
-    variant = _DTYPE.value if _DTYPE.value != "auto" else f"auto ({bc.dtype})"
-    rows = [add_rates(dict(row, variant=variant), b * l, model_flops, model_flops, peaks)]
-    for name, variant in variants:
-      print(f"[{preset} {b}x{l}] {name} {variant} ...", flush=True)
-      rows.append(add_rates(run_peer(name, variant, case, python), b * l, model_flops,
-                            all_positions, peaks))
+    ours = _DTYPE.value if _DTYPE.value != "auto" else f"auto ({bc.dtype})"
+    runs = []
+    for rnd in range(_ROUNDS.value):
+      order = [("bert_jax", ours), *variants]
+      for name, variant in (order if rnd % 2 == 0 else order[::-1]):
+        if name == "bert_jax":
+          print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value} -> {bc.dtype}) ...", flush=True)
+          row = dict(bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value),
+                     variant=ours)
+        else:
+          print(f"[{preset} {b}x{l}] {name} {variant} ...", flush=True)
+          row = run_peer(name, variant, case, python)
+        runs.append(dict(row, round=rnd))
+    rows = [add_rates(r, b * l, model_flops, model_flops if r["name"] == "bert_jax"
+                      else all_positions, peaks)
+            for r in rounds.median_rounds(runs, ("name", "variant"), ("median_s",))]
+    if _ROUNDS.value > 1:
+      results.setdefault("round_rows", []).extend(runs)
     for r in rows:
       r.update(preset=preset, batch_size=b, seq_len=l, max_predictions=pred)
     add_ratios(rows)
@@ -255,6 +273,9 @@ def add_ratios(rows: list[dict]) -> None:
                         for n, r in fastest.items()}
   for r in fastest.values():
     r["fastest_of_peer"] = True
+  for r in rows:  # --rounds: bert_jax over the peer within each round
+    if r["name"] != "bert_jax" and len(r.get("round_ids", [])) > 1:
+      r["round_bert_jax_x"] = rounds.paired_ratios(mine, r, "median_s", faster_is_larger=False)
 
 
 def print_table(results: dict) -> None:
@@ -267,8 +288,10 @@ def print_table(results: dict) -> None:
       continue
     ratio = f"{r['bert_jax_x']:.2f}x" if "bert_jax_x" in r else ""
     star = "*" if r.get("fastest_of_peer") else " "
+    per_round = ", ".join(f"{x:.2f}" for x in r.get("round_bert_jax_x", []))
     print(f"{case:14s} {r['name']:9s} {r.get('variant', ''):18s} {1e3 * r['median_s']:8.0f} "
-          f"{r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {ratio:>10s}{star}")
+          f"{r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {ratio:>10s}{star}"
+          + (f"  rounds {per_round}" if per_round else ""))
   m = results.get("machine", {})
   print(f"\n*: the peer's fastest variant (the ratio that counts). MFU: model FLOPs (MLM at the "
         f"masked positions for every stack) / step time / the fastest precision's measured "
@@ -372,6 +395,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; options are --flags.")
   from bert_jax import allocator
   allocator.reexec()  # as the CLIs run (BERT_JAX_ALLOCATOR); the peers inherit it
+  if _ROUNDS.value < 1:
+    raise app.UsageError(f"--rounds={_ROUNDS.value}: run at least one round.")
   if _JSON.value and os.path.exists(_JSON.value):
     raise app.UsageError(f"{_JSON.value} already exists; choose another --json path.")
   write = (lambda r: write_json(_JSON.value, r)) if _JSON.value else None
