@@ -29,7 +29,9 @@ JSON keeps every round (`round_rows`).
 MFU = model FLOPs / step time / measured peak, with the same model FLOPs for every stack
 (bert_jax.flops: matmuls, MLM logits at the masked positions, backward = 2x forward) and the
 faster of the two measured peaks of a jitted 4096^2 matmul on this machine (f32, and bf16 inputs
-with f32 accumulation): on a CPU that emulates bf16 the f32 peak is the physical limit.
+with f32 accumulation): on a CPU that emulates bf16 the f32 peak is the physical limit. The
+peaks are measured before the cases and again after them, and the higher taken (a slow spell
+during one measurement put BERT-base at "105% MFU" in run Z).
 `mfu_vs_bf16_peak` and `mfu_vs_f32_peak` give both.
 """
 from __future__ import annotations
@@ -253,6 +255,17 @@ def cpu_mode(write=None) -> dict:
     results["machine"]["loadavg_end"] = os.getloadavg()
     if write:
       write(results)
+  # The peak again after the cases: a ceiling, so a slow spell on a shared host can only lower
+  # a measurement of it; MFU is against the higher of the two.
+  print("Measuring the matmul peak again ...", flush=True)
+  again = matmul_peak.measure()
+  results["peak_measurements"] = [peaks, again]
+  peaks = {k: max(v, again.get(k, v)) for k, v in peaks.items()}
+  results["peak_flops_per_s"] = peaks
+  results["mfu_denominator"] = max(("f32", "bf16_in_f32_acc"), key=lambda k: peaks[k])
+  for r in results["rows"]:
+    if "model_flops" in r:
+      add_rates(r, r["batch_size"] * r["seq_len"], r["model_flops"], r["executed_flops"], peaks)
   print_table(results)
   return results
 
