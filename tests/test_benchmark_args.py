@@ -28,6 +28,7 @@ def _run(*args: str, tmp_path: pathlib.Path) -> subprocess.CompletedProcess:
     (["--peer_variants=pytorch:nope"], "Unknown peer variants ['pytorch:nope']"),
     (["--peers=tensorflow"], "Unknown peers ['tensorflow']"),
     (["--cases=tiny:2x32"], "No peer virtualenv at"),
+    (["--rounds=0"], "--rounds=0: run at least one round"),
     (["--gpu", "--gpu_cases=base:1024"], "Unknown --gpu_cases / --gpu_attention entries"),
 ])
 def test_bad_arguments_say_what_to_do(args, message, tmp_path):
