@@ -2,7 +2,7 @@
 
   PYTHONPATH=. .venv/bin/python -m benchmarks.embed_latency --workdir=/tmp/bji
   (benchmarks.inference's flags: --workdir holds its ONNX export, made by its --prepare_only;
-  without one ORT is skipped; --corpus_dir the sentences)
+  without one ORT is skipped; --corpus_dir the sentences; --rounds, here 3 unless given)
 
 all-MiniLM-L6-v2 on `--texts` of benchmarks.inference's real sentences, one text per call,
 interleaved rounds (ratios hold on a noisy host; absolute times do not): the public call
@@ -23,10 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks import inference as bench  # noqa: E402  (its flags: --workdir, --corpus_dir)
+from benchmarks import inference as bench  # noqa: E402  (its --workdir, --corpus_dir, --rounds)
 
 _TEXTS = flags.DEFINE_integer("texts", 100, "Texts, each embedded alone.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median is reported.")
 
 
 def main(_):
@@ -42,8 +41,9 @@ def main(_):
   graphdef, state = inference.inference_split(encoder)
   bucketed, exact = {}, {}
   for t in texts:
-    rows, _ = sentence_embedding._tokenize(tok, [t], 256)
-    (_, length), = sentence_embedding._plan(rows, 32, encoder.config.max_position_embeddings)
+    rows, _ = sentence_embedding._tokenize(tok, [t], kw["max_length"])
+    (_, length), = sentence_embedding._plan(rows, kw["batch_size"],
+                                            encoder.config.max_position_embeddings)
     bucketed[t] = inference.pad_rows(rows, None, length, 1, tok.pad_id)
     exact[t] = inference.pad_rows(rows, None, len(rows[0]), 1, tok.pad_id)
 
@@ -53,7 +53,7 @@ def main(_):
 
   parts = {
       "embed() (the public call)": lambda t: bert_jax.embed(model, tok, t, **kw),
-      "  tokenize": lambda t: sentence_embedding._tokenize(tok, [t], 256),
+      "  tokenize": lambda t: sentence_embedding._tokenize(tok, [t], kw["max_length"]),
       "  inference_split (cached)": lambda t: inference.inference_split(encoder),
       "  encode, length bucket": lambda t: encode(bucketed[t]),
       "  encode, exact length": lambda t: encode(exact[t]),
@@ -66,7 +66,7 @@ def main(_):
     for t in texts:
       f(t)
   p50 = {name: [] for name in parts}
-  for _ in range(_ROUNDS.value):
+  for _ in range(bench._ROUNDS.value):
     for name, f in parts.items():
       ts = []
       for t in texts:
@@ -77,10 +77,11 @@ def main(_):
   lengths = [len(exact[t]["input_ids"][0]) for t in texts]
   padded = [len(bucketed[t]["input_ids"][0]) for t in texts]
   print(f"{len(texts)} texts, mean {np.mean(lengths):.1f} tokens, padded to {np.mean(padded):.1f}; "
-        f"p50 ms per call, median of {_ROUNDS.value} interleaved rounds")
+        f"p50 ms per call, median of {bench._ROUNDS.value} interleaved rounds")
   for name, values in p50.items():
     print(f"{name:36s} {np.median(values):7.3f}")
 
 
 if __name__ == "__main__":
+  flags.FLAGS.set_default("rounds", 3)
   app.run(main)

@@ -37,3 +37,14 @@ def test_bad_arguments_say_what_to_do(args, message, tmp_path):
   assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert list(tmp_path.iterdir()) == []  # Nothing written.
+
+
+@pytest.mark.parametrize("module", ["benchmarks.inference", "benchmarks.embed_latency"])
+def test_benchmarks_sharing_flags_start(module, tmp_path):
+  """embed_latency reads benchmarks.inference's flags (--workdir, --corpus_dir, --rounds) and
+  defines only its own: a flag defined in both would stop it at import."""
+  env = dict(os.environ, PYTHONPATH=str(_REPO))
+  proc = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=120, env=env)
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert "--rounds" in proc.stdout and "--workdir" in proc.stdout, proc.stdout[-2000:]
