@@ -44,6 +44,7 @@ import json
 import os
 import pathlib
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -331,12 +332,12 @@ def finish(results: dict) -> int:
       r["outputs_ok"] = ok.get((r.get("workload"), r["stack"], r["precision"]))
     per_round = [ratios([r for r in results["round_rows"] if r.get("round") == n])
                  for n in rounds]
+    same_key = ("workload", "figure", "checked_outputs_only", "peer_stack")
     for q in results["ratios"]:
       same = [p["ratio"] for rs in per_round for p in rs
-              if all(p[k] == q[k] for k in ("workload", "figure", "checked_outputs_only"))
-              and p["peer"].split()[0] == q["peer"].split()[0]]
+              if all(p[k] == q[k] for k in same_key)]
       q["round_ratios"] = same
-      q["median_round_ratio"] = float(sorted(same)[len(same) // 2]) if same else None
+      q["median_round_ratio"] = float(statistics.median(same)) if same else None
   print(markdown(results))
   if _JSON.value:
     pathlib.Path(_JSON.value).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -362,7 +363,7 @@ def ratios(rows: list[dict]) -> list[dict]:
         for stack, (theirs, precision) in best.items():
           if stack != "bert_jax":
             out.append({"workload": workload, "figure": key, "checked_outputs_only": checked,
-                        "bert_jax": f"{ours_precision} {ours:.1f}",
+                        "peer_stack": stack, "bert_jax": f"{ours_precision} {ours:.1f}",
                         "peer": f"{stack} {precision} {theirs:.1f}", "ratio": ours / theirs})
   return out
 
