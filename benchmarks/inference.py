@@ -290,6 +290,8 @@ def main(argv):
     choices = ", ".join(sorted(":".join(e) for e in every))
     raise app.UsageError(f"Unknown stacks {unknown}; choose from {sorted(STACKS)}, or one "
                          f"precision as STACK:PRECISION ({choices}).")
+  if _ROUNDS.value < 1:
+    raise app.UsageError(f"--rounds={_ROUNDS.value}: run at least one round.")
   prepare(work)
   import bert_jax
   (work / "embed_texts.json").write_text(json.dumps(embed_texts(_SENTENCES.value)),
@@ -303,8 +305,6 @@ def main(argv):
              "command": " ".join(sys.argv), "machine": machine(),
              "loadavg_start": os.getloadavg(), "rows": []}
   print(f"{results['machine']}\nload average {results['loadavg_start']}", flush=True)
-  if _ROUNDS.value < 1:
-    raise app.UsageError(f"--rounds={_ROUNDS.value}: run at least one round.")
   workers = [(s, p) for s in STACKS for p in STACKS[s]
              if s in _STACKS.value or f"{s}:{p}" in _STACKS.value]
   for rnd in range(_ROUNDS.value):

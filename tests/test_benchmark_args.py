@@ -48,3 +48,24 @@ def test_benchmarks_sharing_flags_start(module, tmp_path):
                         capture_output=True, text=True, timeout=120, env=env)
   assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
   assert "--rounds" in proc.stdout and "--workdir" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stacks=bert_jax:fast"], "Unknown stacks ['bert_jax:fast']"),
+    (["--rounds=0"], "--rounds=0: run at least one round"),
+])
+def test_inference_bad_arguments_say_what_to_do(args, message, tmp_path):
+  """Refused before the ONNX exports are prepared: nothing is written to --workdir."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for name in ("mobydick.en.txt", "web-bible.en.txt"):
+    (corpus / name).write_text("x\n", encoding="utf-8")
+  work = tmp_path / "work"
+  env = dict(os.environ, PYTHONPATH=str(_REPO))
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.inference", f"--corpus_dir={corpus}",
+                         f"--workdir={work}", *args], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=120, env=env)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not work.exists()
