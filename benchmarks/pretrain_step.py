@@ -32,7 +32,11 @@ faster of the two measured peaks of a jitted 4096^2 matmul on this machine (f32,
 with f32 accumulation): on a CPU that emulates bf16 the f32 peak is the physical limit. The
 peaks are measured before the cases and again after them, and the higher taken (a slow spell
 during one measurement put BERT-base at "105% MFU" in run Z).
-`mfu_vs_bf16_peak` and `mfu_vs_f32_peak` give both.
+`mfu_vs_bf16_peak` and `mfu_vs_f32_peak` give both. With `--rounds`, each round also measures
+the peak just before bert_jax's steps, and bert_jax's row holds the MFU within each round
+(`round_mfu`, its median `median_round_mfu`): on a host whose speed drifts by a third between
+minutes, the step and the peak then come from the same spell, where the conservative figure
+above divides a median step by the best peak of the run.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -236,9 +241,14 @@ def cpu_mode(write=None) -> dict:
       order = [("bert_jax", ours), *variants]
       for name, variant in (order if rnd % 2 == 0 else order[::-1]):
         if name == "bert_jax":
+          round_peak = {}
+          if _ROUNDS.value > 1:
+            round_peak = matmul_peak.measure()
+            round_peak = {"round_peak_flops_per_s": max(round_peak["f32"],
+                                                        round_peak["bf16_in_f32_acc"])}
           print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value} -> {bc.dtype}) ...", flush=True)
           row = dict(bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value),
-                     variant=ours)
+                     variant=ours, **round_peak)
         else:
           print(f"[{preset} {b}x{l}] {name} {variant} ...", flush=True)
           row = run_peer(name, variant, case, python)
@@ -250,6 +260,11 @@ def cpu_mode(write=None) -> dict:
       results.setdefault("round_rows", []).extend(runs)
     for r in rows:
       r.update(preset=preset, batch_size=b, seq_len=l, max_predictions=pred)
+      if r["name"] == "bert_jax" and _ROUNDS.value > 1:
+        r.pop("round_peak_flops_per_s", None)
+        r["round_mfu"] = rounds.within_round_mfu(runs, "bert_jax", model_flops)
+        if r["round_mfu"]:
+          r["median_round_mfu"] = statistics.median(r["round_mfu"])
     add_ratios(rows)
     results["rows"] += rows
     results["machine"]["loadavg_end"] = os.getloadavg()
@@ -301,7 +316,8 @@ def print_table(results: dict) -> None:
       continue
     ratio = f"{r['bert_jax_x']:.2f}x" if "bert_jax_x" in r else ""
     star = "*" if r.get("fastest_of_peer") else " "
-    per_round = ", ".join(f"{x:.2f}" for x in r.get("round_bert_jax_x", []))
+    per_round = ", ".join([f"{x:.2f}" for x in r.get("round_bert_jax_x", [])]
+                          + [f"MFU {x:.1%}" for x in r.get("round_mfu", [])])
     print(f"{case:14s} {r['name']:9s} {r.get('variant', ''):18s} {1e3 * r['median_s']:8.0f} "
           f"{r['tokens_per_s']:9.0f} {r['mfu']:6.1%} {ratio:>10s}{star}"
           + (f"  rounds {per_round}" if per_round else ""))

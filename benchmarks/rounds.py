@@ -38,3 +38,11 @@ def paired_ratios(ours: dict, theirs: dict, figure: str, faster_is_larger: bool)
                                         theirs.get("rounds", {}).get(figure, []), strict=True)
            if i in mine]
   return [a / b if faster_is_larger else b / a for a, b in pairs]
+
+
+def within_round_mfu(runs: list[dict], name: str, flops: float) -> list[float]:
+  """`flops` per step over the step time and the peak measured just before it in the same round
+  (`round_peak_flops_per_s`), for each round `name` ran: MFU with both figures from one spell of
+  a noisy host, where a slow spell lowers the step and the peak alike."""
+  return [flops / r["median_s"] / r["round_peak_flops_per_s"] for r in runs
+          if r.get("name") == name and "error" not in r and r.get("round_peak_flops_per_s")]
