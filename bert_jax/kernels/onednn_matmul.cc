@@ -122,11 +122,17 @@ Cached Primitive(const Key& key, const memory::desc& a, const memory::desc& b,
 // tenth of a product piece at batch-1 shapes ([40, 384] x [384, 192]: 33 us on one thread);
 // the batch-1 MiniLM encode at 16 / 40 / 128 tokens ran 1.09 / 1.01-1.02 / 1.05x faster
 // without it (benchmarks/RESULTS.md run AA). The key fixes every descriptor (the cache above
-// relies on that too), so only the data handles change.
+// relies on that too), so only the data handles change. Re-pointing a memory object writes
+// zeros into its padding, if its layout has any (packed int8 weights of a width that is not a
+// whole number of blocks): such an operand gets a fresh memory object per call instead, as
+// before, so its buffer, an input of the custom call, is only read.
 struct Bound {
   Cached cached;
   memory a, b, c, scratchpad;
+  bool b_padded;
 };
+
+bool Padded(const memory::desc& md) { return md.get_padded_dims() != md.get_dims(); }
 
 // Runs the cached primitive for `key` on the three buffers; a oneDNN error becomes an FFI one.
 ffi::Error Execute(const Key& key, const memory::desc& a_md, void* a, const memory::desc& b_md,
@@ -140,15 +146,17 @@ ffi::Error Execute(const Key& key, const memory::desc& a_md, void* a, const memo
       Cached cached = Primitive(key, a_md, b_md, c_md);
       it = bound.emplace(key, Bound{cached, memory(a_md, Engine(), a), memory(b_md, Engine(), b),
                                     memory(c_md, Engine(), c),
-                                    memory(cached.scratchpad, Engine(), nullptr)}).first;
+                                    memory(cached.scratchpad, Engine(), nullptr),
+                                    Padded(b_md)}).first;
     }
     Bound& p = it->second;
     scratch.resize(p.cached.scratchpad.get_size());
     p.a.set_data_handle(a);
-    p.b.set_data_handle(b);
+    if (!p.b_padded) p.b.set_data_handle(b);
     p.c.set_data_handle(c);
     p.scratchpad.set_data_handle(scratch.data());
-    p.cached.primitive.execute(stream, {{DNNL_ARG_SRC, p.a}, {DNNL_ARG_WEIGHTS, p.b},
+    const memory b_mem = p.b_padded ? memory(b_md, Engine(), b) : p.b;
+    p.cached.primitive.execute(stream, {{DNNL_ARG_SRC, p.a}, {DNNL_ARG_WEIGHTS, b_mem},
                                         {DNNL_ARG_DST, p.c}, {DNNL_ARG_SCRATCHPAD, p.scratchpad}});
     stream.wait();
   } catch (const dnnl::error& e) {
