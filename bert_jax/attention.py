@@ -44,6 +44,15 @@ from bert_jax.layers import dropout, f32_on_onednn, matmul
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
 CHUNK_FROM = 2048  # Query length from which the XLA reference runs chunked.
 CHUNK = 512  # Queries per chunk on that path.
+# The attention_impl `inference.inference_split` gives layers that would run XLA's attention in
+# f32 on oneDNN: the core of a call in one forward-only custom call (onednn.attention) where it
+# runs; a call it cannot take (probabilities wanted, dropout, a chunked long sequence, a head
+# size or CPU the kernel does not handle) runs "xla".
+INFERENCE_IMPL = "fused_inference"
+# Query rows (batch x length) from which it does: MiniLM embeddings at batch 32 ran 1.07-1.11x
+# faster at 40 tokens, 1.26x at 64, 1.07-1.08x at 128; at batch 1-8 and batch 32 x 24 the
+# model moved 0.8-1.1x either way (benchmarks/RESULTS.md run AA), so those keep XLA's path.
+FUSED_MIN_ROWS = 1280
 _NEG_INF = -1e9  # Large but finite, so fully masked rows (padding queries) stay finite.
 _log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -166,6 +175,13 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
     return splash_attention(q_BxLxNxH * scale, k_BxMxNxH, v_BxMxNxH, mask, dtype=dtype,
                             half_window=half_window), None
   chunk = _chunk_size(seq_len)
+  if (kernel == INFERENCE_IMPL and not chunk and not want_probs and not dropout_active
+      and q_BxLxNxH.shape[0] * seq_len >= FUSED_MIN_ROWS and f32_on_onednn(dtype)
+      and onednn.attention_usable(head_size)):
+    bias = jnp.where(dense_mask(mask, half_window), 0.0, _NEG_INF).astype(jnp.float32)
+    bias_Bx1xRxM = jnp.broadcast_to(bias, (q_BxLxNxH.shape[0], 1, *bias.shape[2:]))
+    return onednn.attention(q_BxLxNxH, k_BxMxNxH, v_BxMxNxH, bias_Bx1xRxM,
+                            1.0 / math.sqrt(head_size)), None
   if chunk and not want_probs and not dropout_active:
     return chunked_attention(q_BxLxNxH * scale, k_BxMxNxH, v_BxMxNxH, mask, dtype=dtype,
                              half_window=half_window, chunk=chunk), None

@@ -10,7 +10,9 @@ texts fall in a bucket already seen reuses the compiled code. `TRACES` counts tr
 `inference_split` is `nnx.split` with every Dense kernel already in its layer's compute dtype
 (bf16 under dtype "auto" on this kind of CPU): the matmuls cast their inputs to that dtype anyway,
 so the numbers are the same, but the f32 -> bf16 convert of every weight happens once per model
-instead of inside every call (about a third of BERT-base's time at batch 1).
+instead of inside every call (about a third of BERT-base's time at batch 1). Where f32 products
+run on oneDNN, its attention layers also run their core (scores, mask, softmax, context) as one
+forward-only custom call (`attention.INFERENCE_IMPL`).
 """
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ class StaticGraph:
 
 def inference_split(model: nnx.Module) -> tuple[StaticGraph, nnx.State]:
   """(static graphdef, state) of `model` with each Dense kernel cast to its layer's compute dtype
-  (`nnx.merge(static.graphdef, state)` rebuilds the model).
+  (`nnx.merge(static.graphdef, state)` rebuilds the model, its attention in inference form where
+  `_with_fused_attention` applies: not differentiable there).
 
   Cached per model: a later call whose Variables still hold the same arrays (checked by
   identity on their raw values, no graph traversal: at batch 1 nnx.split itself cost as much as
@@ -81,7 +84,7 @@ def inference_split(model: nnx.Module) -> tuple[StaticGraph, nnx.State]:
     if all(v.get_raw_value() is x for v, x in zip(variables, values, strict=True)):
       return graphdef, state
   from bert_jax import layers
-  graphdef, state = nnx.split(model)
+  graphdef, state = nnx.split(_with_fused_attention(model))
   casts = {(*path, "kernel"): jnp.dtype(mod.dtype) for path, mod in nnx.iter_modules(model)
            if isinstance(mod, layers.Dense) and isinstance(mod.kernel, nnx.Param)
            and jnp.dtype(mod.dtype) != mod.kernel.dtype}
@@ -99,6 +102,26 @@ def inference_split(model: nnx.Module) -> tuple[StaticGraph, nnx.State]:
   if not any(variablelib.is_array_ref(x) for x in values):
     _CAST_STATES[model] = (graphdef, variables, values, state)
   return graphdef, state
+
+
+def _with_fused_attention(model: nnx.Module) -> nnx.Module:
+  """`model`, or a clone (sharing its arrays) whose attention layers that would run XLA's f32
+  attention on oneDNN take attention.INFERENCE_IMPL: the core of each call in one custom call,
+  forward only (MiniLM's batch-1 encode spent 12-20% of its time in the ~8 XLA ops a layer of
+  that core; benchmarks/RESULTS.md run AA)."""
+  from bert_jax import attention, layers
+
+  def eligible(mod):
+    return (getattr(mod, "impl", None) in ("xla", "auto") and hasattr(mod, "dtype")
+            and layers.f32_on_onednn(mod.dtype))
+
+  if not any(eligible(mod) for _, mod in nnx.iter_modules(model)):
+    return model
+  clone = nnx.clone(model)
+  for _, mod in nnx.iter_modules(clone):
+    if eligible(mod):
+      mod.impl = attention.INFERENCE_IMPL
+  return clone
 
 
 def encoder_of(model: nnx.Module) -> nnx.Module:

@@ -55,6 +55,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bert_jax import compile_cache, device_dtype
 from bert_jax.errors import ConfigError
@@ -67,11 +68,12 @@ PACK_TARGET = "bert_jax_onednn_pack"
 PACKED_TARGET = "bert_jax_onednn_matmul_packed"
 QUANTIZED_TARGET = "bert_jax_onednn_quantized_matmul"
 ADAMW_TARGET = "bert_jax_adamw"
+ATTENTION_TARGET = "bert_jax_attention"
 _KERNELS = os.path.join(os.path.dirname(__file__), "kernels")
 SOURCE = os.path.join(_KERNELS, "onednn_matmul.cc")
-# Built into the same library: the fused AdamW step (bert_jax.fused_adamw) and the thread-pool
-# helpers both kernels share.
-OTHER_SOURCES = (os.path.join(_KERNELS, "adamw.cc"),)
+# Built into the same library: the fused AdamW step (bert_jax.fused_adamw), attention's core for
+# inference (`attention`) and the thread-pool helpers the kernels share.
+OTHER_SOURCES = (os.path.join(_KERNELS, "adamw.cc"), os.path.join(_KERNELS, "attention.cc"))
 HEADERS = (os.path.join(_KERNELS, "pool.h"),)
 # OpenMP to keep oneDNN single-threaded on each of XLA's pool threads the kernel splits work
 # over; no FMA contraction, so the quantized product's quantize and rescale repeat XLA's f32
@@ -177,7 +179,8 @@ def _load_once() -> str:
                          (PACK_TARGET, library.BertJaxOnednnPack),
                          (PACKED_TARGET, library.BertJaxOnednnMatmulPacked),
                          (QUANTIZED_TARGET, library.BertJaxOnednnQuantizedMatmul),
-                         (ADAMW_TARGET, library.BertJaxAdamW)):
+                         (ADAMW_TARGET, library.BertJaxAdamW),
+                         (ATTENTION_TARGET, library.BertJaxAttention)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   library.BertJaxOnednnPackedBytes.argtypes = [ctypes.c_int64, ctypes.c_int64]
   library.BertJaxOnednnPackedBytes.restype = ctypes.c_int64
@@ -276,6 +279,27 @@ def _f32_bmm_bwd(transpose_b, res, g):
 
 
 f32_batched_matmul.defvjp(_f32_bmm_fwd, _f32_bmm_bwd)
+
+
+def attention_usable(head_size: int) -> bool:
+  """Whether `attention` runs here: f32 products on oneDNN (f32_enabled), AVX-512 and a head
+  size that is a multiple of 16 (the kernel's register width)."""
+  return (f32_enabled() and "avx512f" in _this_cpu_flags() and head_size % 16 == 0
+          and not _load())
+
+
+def attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH: jax.Array,
+              bias_Bx1xRxM: jax.Array, scale: float) -> jax.Array:
+  """softmax(scale * q k^T + bias) v -> f32 [B, L, N, H] in one custom call, forward only, for
+  inference (kernels/attention.cc; where `attention_usable`): q, v and the context are read and
+  written through their strides, k as one transpose [B, N, H, M], the additive bias [B, 1, 1 or
+  L, M] broadcast over the heads (and the queries). It has no gradient."""
+  _require_kernel()
+  f32 = jnp.float32
+  call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct(q_BxLxNxH.shape, f32))
+  kt_BxNxHxM = jnp.transpose(k_BxMxNxH.astype(f32), (0, 2, 3, 1))
+  return call(q_BxLxNxH.astype(f32), kt_BxNxHxM, v_BxMxNxH.astype(f32),
+              bias_Bx1xRxM.astype(f32), scale=np.float32(scale))
 
 
 def int8_on_onednn() -> bool:

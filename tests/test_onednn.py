@@ -274,26 +274,57 @@ def test_f32_dense_on_onednn_matches_xla_forward_and_backward(monkeypatch, lead)
 @needs_kernel
 def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tmp_path):
   """The real f32 model on real sentences: attention's and the Dense layers' products on oneDNN
-  (BERT_JAX_ONEDNN auto: one CPU device) give XLA's embeddings (off), and the custom call is in
-  the program."""
+  (BERT_JAX_ONEDNN auto: one CPU device), and with AVX-512 attention's core in one call, give
+  XLA's embeddings (off), and the custom calls are in the program."""
   code = (
       "import sys, numpy as np, bert_jax\n"
-      "from bert_jax import inference\n"
+      "from bert_jax import attention, inference\n"
+      "attention.FUSED_MIN_ROWS = 0  # the fused attention core at every size, for the check\n"
       f"texts = {corpus_sentences(mobydick_path, 12, min_words=5)!r}\n"
       f"m = bert_jax.BertModel.from_pretrained({str(minilm_dir)!r}, dtype='float32')\n"
       f"t = bert_jax.BertTokenizer.from_pretrained({str(minilm_dir)!r})\n"
       "np.save(sys.argv[1], bert_jax.embed(m, t, texts, normalize=True))\n"
       "g, s = inference.inference_split(m)\n"
-      "ids = np.ones((2, 16), np.int32)\n"
-      "print('bert_jax_onednn_matmul' in inference.encode.lower(g, s, ids, ids, 0 * ids,\n"
-      "                                                       pooling='mean').as_text())\n")
+      "def hlo(batch, length):\n"
+      "  ids = np.ones((batch, length), np.int32)\n"
+      "  return inference.encode.lower(g, s, ids, ids, 0 * ids, pooling='mean').as_text()\n"
+      "attention.FUSED_MIN_ROWS = 1280\n"
+      "print('bert_jax_onednn_matmul' in hlo(2, 16), 'bert_jax_attention' in hlo(2, 16),\n"
+      "      'bert_jax_attention' in hlo(32, 40))\n")
   out = {}
+  fused = onednn.attention_usable(32)  # MiniLM's head size; the attention core in one call
   for mode in ("auto", "off"):
     printed, out[mode] = _embed_in_subprocess(code, mode, tmp_path)
-    assert printed == str(mode == "auto")
+    # The fused core only from 1,280 query rows (attention.FUSED_MIN_ROWS).
+    assert printed == f"{mode == 'auto'} False {mode == 'auto' and fused}"
   assert out["auto"].shape == (12, 384)
   np.testing.assert_allclose(out["auto"], out["off"], rtol=0, atol=1e-5)
   assert (np.sum(out["auto"] * out["off"], axis=1) > 0.99999).all()
+
+
+@pytest.mark.skipif(not onednn.attention_usable(16), reason="the fused attention core needs "
+                    "the oneDNN kernel library and AVX-512")
+@pytest.mark.parametrize("b,l,m,n,h,per_query", [(1, 40, 40, 12, 32, False),
+                                                 (3, 17, 17, 4, 16, True),
+                                                 (2, 5, 33, 3, 48, False), (2, 1, 1, 2, 80, False),
+                                                 (2, 130, 130, 2, 64, True)])
+def test_fused_attention_core_matches_xla(b, l, m, n, h, per_query):
+  """onednn.attention (inference's attention core in one call) against XLA's masked_attention:
+  padded keys, masks per query, query counts not a multiple of its 4-row passes, key counts not
+  a multiple of 16, head sizes 16-80."""
+  from bert_jax import attention
+  kq, kk, kv, km = jax.random.split(jax.random.key(l * m + h), 4)
+  q = jax.random.normal(kq, (b, l, n, h))
+  k = jax.random.normal(kk, (b, m, n, h))
+  v = jax.random.normal(kv, (b, m, n, h))
+  lengths = np.arange(b) % m + max(1, m - 3)
+  mask = jnp.asarray(np.arange(m)[None, :] < lengths[:, None])[:, None, None, :]
+  if per_query:  # random visibility, each query still seeing its own position
+    mask = (mask & jax.random.bernoulli(km, 0.7, (b, 1, l, m))) | jnp.eye(l, m, dtype=bool)
+  want, _ = attention.masked_attention(q, k, v, mask, dtype=jnp.float32)
+  bias = jnp.where(jnp.broadcast_to(mask, (b, 1, mask.shape[2], m)), 0.0, -1e9)
+  got = jax.jit(onednn.attention, static_argnums=4)(q, k, v, bias, 1.0 / np.sqrt(h))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=3e-6)
 
 
 def test_bad_choice_is_one_sentence():
