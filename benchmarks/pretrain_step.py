@@ -189,6 +189,11 @@ def run_peer(name: str, variant: str, case: tuple[str, int, int, int], python: s
   return out
 
 
+def fastest_peak(peaks: dict) -> float:
+  """MFU's denominator: the faster of the measured f32 and bf16-input matmul peaks."""
+  return max(peaks["f32"], peaks["bf16_in_f32_acc"])
+
+
 def add_rates(r: dict, tokens: int, model_flops: float, executed_flops: float,
               peaks: dict) -> dict:
   if "median_s" not in r:
@@ -196,7 +201,7 @@ def add_rates(r: dict, tokens: int, model_flops: float, executed_flops: float,
   achieved = model_flops / r["median_s"]
   r.update(tokens_per_s=tokens / r["median_s"], model_flops=model_flops,
            executed_flops=executed_flops,
-           mfu=achieved / max(peaks["f32"], peaks["bf16_in_f32_acc"]),
+           mfu=achieved / fastest_peak(peaks),
            mfu_vs_bf16_peak=achieved / peaks["bf16_in_f32_acc"],
            mfu_vs_f32_peak=achieved / peaks["f32"],
            executed_flops_per_s=executed_flops / r["median_s"])
@@ -241,11 +246,8 @@ def cpu_mode(write=None) -> dict:
       order = [("bert_jax", ours), *variants]
       for name, variant in (order if rnd % 2 == 0 else order[::-1]):
         if name == "bert_jax":
-          round_peak = {}
-          if _ROUNDS.value > 1:
-            round_peak = matmul_peak.measure()
-            round_peak = {"round_peak_flops_per_s": max(round_peak["f32"],
-                                                        round_peak["bf16_in_f32_acc"])}
+          round_peak = ({"round_peak_flops_per_s": fastest_peak(matmul_peak.measure())}
+                        if _ROUNDS.value > 1 else {})
           print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value} -> {bc.dtype}) ...", flush=True)
           row = dict(bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value),
                      variant=ours, **round_peak)

@@ -282,10 +282,10 @@ f32_batched_matmul.defvjp(_f32_bmm_fwd, _f32_bmm_bwd)
 
 
 def attention_usable(head_size: int) -> bool:
-  """Whether `attention` runs here: f32 products on oneDNN (f32_enabled), AVX-512 and a head
-  size that is a multiple of 16 (the kernel's register width)."""
-  return (f32_enabled() and "avx512f" in _this_cpu_flags() and head_size % 16 == 0
-          and not _load())
+  """Whether `attention` runs here: f32 products on oneDNN (f32_enabled: the kernel library
+  built and loaded, one device), AVX-512 and a head size that is a multiple of 16 (the kernel's
+  register width)."""
+  return f32_enabled() and "avx512f" in _this_cpu_flags() and head_size % 16 == 0
 
 
 def attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH: jax.Array,
