@@ -50,25 +50,44 @@ def length_bucket(n: int, cap: int) -> int:
 
 
 class StaticGraph:
-  """A GraphDef as a jit static argument, hashed once: a GraphDef hashes its whole tree on every
-  call (at batch 1 that cost as much as MiniLM's forward). Equal when the graphdefs are."""
-  __slots__ = ("graphdef", "_hash")
+  """A GraphDef and its state's tree structure as a jit static argument, hashed once: a GraphDef
+  hashes its whole tree on every call (at batch 1 that cost as much as MiniLM's forward). Equal
+  when the graphdefs and structures are. The state goes beside it as a flat list of arrays
+  (`split`), which jit flattens in C++: an nnx.State's Variables flatten through Python, and
+  passing one cost ~0.3 ms more per call than its 103 arrays (MiniLM, 0.51 vs 0.21 ms to
+  dispatch `encode`; benchmarks/RESULTS.md run AB)."""
+  __slots__ = ("graphdef", "treedef", "_hash")
 
-  def __init__(self, graphdef: nnx.GraphDef):
-    self.graphdef, self._hash = graphdef, hash(graphdef)
+  def __init__(self, graphdef: nnx.GraphDef, treedef):
+    self.graphdef, self.treedef = graphdef, treedef
+    self._hash = hash((graphdef, treedef))
 
   def __hash__(self) -> int:
     return self._hash
 
   def __eq__(self, other) -> bool:
-    return isinstance(other, StaticGraph) and (other.graphdef is self.graphdef
-                                               or other.graphdef == self.graphdef)
+    return (isinstance(other, StaticGraph)
+            and (other.graphdef is self.graphdef or other.graphdef == self.graphdef)
+            and (other.treedef is self.treedef or other.treedef == self.treedef))
+
+  def state(self, leaves: list) -> nnx.State:
+    return jax.tree.unflatten(self.treedef, leaves)
+
+  def merge(self, leaves: list) -> nnx.Module:
+    return nnx.merge(self.graphdef, self.state(leaves))
 
 
-def inference_split(model: nnx.Module) -> tuple[StaticGraph, nnx.State]:
-  """(static graphdef, state) of `model` with each Dense kernel cast to its layer's compute dtype
-  (`nnx.merge(static.graphdef, state)` rebuilds the model, its attention in inference form where
-  `_with_fused_attention` applies: not differentiable there).
+def split(model: nnx.Module) -> tuple[StaticGraph, list]:
+  """`nnx.split` as (StaticGraph, the state's arrays in a flat list)."""
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  return StaticGraph(graphdef, treedef), leaves
+
+
+def inference_split(model: nnx.Module) -> tuple[StaticGraph, list]:
+  """`split(model)` with each Dense kernel cast to its layer's compute dtype (`static.merge(
+  leaves)` rebuilds the model, its attention in inference form where `_with_fused_attention`
+  applies: not differentiable there).
 
   Cached per model: a later call whose Variables still hold the same arrays (checked by
   identity on their raw values, no graph traversal: at batch 1 nnx.split itself cost as much as
@@ -80,9 +99,9 @@ def inference_split(model: nnx.Module) -> tuple[StaticGraph, nnx.State]:
   """
   hit = _CAST_STATES.get(model)
   if hit is not None:
-    graphdef, variables, values, state = hit
+    graphdef, variables, values, leaves = hit
     if all(v.get_raw_value() is x for v, x in zip(variables, values, strict=True)):
-      return graphdef, state
+      return graphdef, leaves
   from bert_jax import layers
   graphdef, state = nnx.split(_with_fused_attention(model))
   casts = {(*path, "kernel"): jnp.dtype(mod.dtype) for path, mod in nnx.iter_modules(model)
@@ -97,11 +116,12 @@ def inference_split(model: nnx.Module) -> tuple[StaticGraph, nnx.State]:
   if casts:
     state = jax.tree_util.tree_map_with_path(cast, state)
   variables = [v for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)]
-  graphdef = StaticGraph(graphdef)
+  leaves, treedef = jax.tree.flatten(state)
+  graphdef = StaticGraph(graphdef, treedef)
   values = [v.get_raw_value() for v in variables]
   if not any(variablelib.is_array_ref(x) for x in values):
-    _CAST_STATES[model] = (graphdef, variables, values, state)
-  return graphdef, state
+    _CAST_STATES[model] = (graphdef, variables, values, leaves)
+  return graphdef, leaves
 
 
 def _with_fused_attention(model: nnx.Module) -> nnx.Module:
@@ -154,7 +174,7 @@ def mlm_top_k(graphdef, state, input_ids, attention_mask, token_type_ids, positi
               *, top_k: int):
   """Probabilities of the top_k tokens at `positions_BxP`: (probs [B, P, k], ids [B, P, k])."""
   TRACES["mlm_top_k"] += 1
-  model = nnx.merge(graphdef, state)
+  model = graphdef.merge(state)
   out = model(input_ids, attention_mask, token_type_ids, masked_positions=positions_BxP)
   logits_BxPxV = getattr(out, "mlm_logits", out)
   probs_BxPxV = jax.nn.softmax(logits_BxPxV.astype(jnp.float32), axis=-1)
@@ -162,11 +182,11 @@ def mlm_top_k(graphdef, state, input_ids, attention_mask, token_type_ids, positi
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "pooling"))
-def encode(graphdef: StaticGraph, state, input_ids, attention_mask, token_type_ids, *,
+def encode(graphdef: StaticGraph, state: list, input_ids, attention_mask, token_type_ids, *,
            pooling: str):
   """Pooled [B, D] embeddings ("mean" over the attention mask, "cls", "pooler") or tokens."""
   TRACES["encode"] += 1
-  out = nnx.merge(graphdef.graphdef, state)(input_ids, attention_mask, token_type_ids)
+  out = graphdef.merge(state)(input_ids, attention_mask, token_type_ids)
   x_BxLxD = out.last_hidden_state.astype(jnp.float32)
   if pooling == "tokens":
     return x_BxLxD

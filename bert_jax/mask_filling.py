@@ -68,7 +68,7 @@ def fill_mask(model, tokenizer, texts, top_k: int = 5, *, batch_size: int = 32):
                       "where a word should be predicted.")
     positions.append(pos)
 
-  graphdef, state = nnx.split(model)
+  graphdef, state = inference.inference_split(model)
   results: list = [None] * len(texts)
   order = sorted(range(len(texts)), key=lambda i: len(rows[i]))  # Similar lengths together.
   for start in range(0, len(order), batch_size):

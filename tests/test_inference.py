@@ -34,7 +34,8 @@ def test_length_bucket_covers_and_bounds_padding():
 
 def test_inference_split_casts_dense_kernels_and_keeps_the_numbers():
   model = _tiny("bfloat16")
-  graphdef, state = inference.inference_split(model)
+  graphdef, leaves = inference.inference_split(model)
+  state = graphdef.state(leaves)
   kernels = _kernels(state)
   assert len(kernels) == 2 * 6 + 2  # q, k, v, attention out, FFN in/out per layer; pooler, head
   assert set(kernels.values()) == {jnp.dtype(jnp.bfloat16)}
@@ -50,25 +51,27 @@ def test_inference_split_casts_dense_kernels_and_keeps_the_numbers():
   apply = jax.jit(lambda g, s, i, m: nnx.merge(g.graphdef, s)(i, m), static_argnums=0)
   np.testing.assert_array_equal(apply(graphdef, state, ids, mask),
                                 apply(graphdef, plain, ids, mask))
-  other = inference.StaticGraph(nnx.split(model)[0])  # Equal structure: the same compile.
+  other = inference.split(model)[0]  # Equal structure: the same compile.
   assert other == graphdef and hash(other) == hash(graphdef)
 
-  assert inference.inference_split(model)[1] is state  # Cached while the weights are the same.
+  assert inference.inference_split(model)[1] is leaves  # Cached while the weights are the same.
   plain["classifier"]["kernel"].value = plain["classifier"]["kernel"].value + 1.0
   nnx.update(model, plain)  # An updated model gets a fresh cast.
-  fresh = inference.inference_split(model)[1]
-  assert fresh is not state
+  fresh_leaves = inference.inference_split(model)[1]
+  assert fresh_leaves is not leaves
+  fresh = graphdef.state(fresh_leaves)
   np.testing.assert_array_equal(
       np.asarray(fresh["classifier"]["kernel"].value, np.float32),
       np.asarray(plain["classifier"]["kernel"].value.astype(jnp.bfloat16), np.float32))
-  assert inference.inference_split(model)[1] is fresh
+  assert inference.inference_split(model)[1] is fresh_leaves
   model.classifier.bias.value = model.classifier.bias.value - 1.0  # Assigned on the model itself.
-  again = inference.inference_split(model)[1]
-  assert again is not fresh
+  again_leaves = inference.inference_split(model)[1]
+  assert again_leaves is not fresh_leaves
+  again = graphdef.state(again_leaves)
   np.testing.assert_array_equal(again["classifier"]["bias"].value, model.classifier.bias.value)
 
 
 def test_inference_split_of_a_float32_model_is_the_plain_split():
   model = _tiny("float32")
-  _, state = inference.inference_split(model)
-  assert set(_kernels(state).values()) == {jnp.dtype(jnp.float32)}
+  graphdef, leaves = inference.inference_split(model)
+  assert set(_kernels(graphdef.state(leaves)).values()) == {jnp.dtype(jnp.float32)}

@@ -206,7 +206,7 @@ class EpochIterator:
 # ----------------------------------------------------------------------------- inference
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _apply(graphdef, fn, state, batch):  # graphdef: an inference.StaticGraph
-  return fn(nnx.merge(graphdef.graphdef, state), batch)
+  return fn(graphdef.merge(state), batch)
 
 
 def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
@@ -225,8 +225,7 @@ def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], ba
   if mesh is None:
     graphdef, state = inference.inference_split(model)
   else:
-    graphdef, state = nnx.split(model)
-    graphdef = inference.StaticGraph(graphdef)
+    graphdef, state = inference.split(model)
   n = len(next(iter(arrays.values())))
   if mesh is not None:
     from bert_jax import sharding
