@@ -51,8 +51,12 @@ CHUNK = 512  # Queries per chunk on that path.
 INFERENCE_IMPL = "fused_inference"
 # Query rows (batch x length) from which it does: MiniLM embeddings at batch 32 ran 1.07-1.11x
 # faster at 40 tokens, 1.26x at 64, 1.07-1.08x at 128; at batch 1-8 and batch 32 x 24 the
-# model moved 0.8-1.1x either way (benchmarks/RESULTS.md run AA), so those keep XLA's path.
+# model moved 0.8-1.1x either way (benchmarks/RESULTS.md run AA), so those keep XLA's path...
 FUSED_MIN_ROWS = 1280
+# ...except calls of at most this many rows, which the kernels' spinning helper serves
+# (kernels/pool.h kSpinRows): with every op of a batch-1 encode on the kernels, XLA runs it on
+# one thread without parking (MiniLM, 40 tokens: 1.11-1.16x; run AB).
+FUSED_MAX_SMALL_ROWS = 64
 _NEG_INF = -1e9  # Large but finite, so fully masked rows (padding queries) stay finite.
 _log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -176,7 +180,8 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
                             half_window=half_window), None
   chunk = _chunk_size(seq_len)
   if (kernel == INFERENCE_IMPL and not chunk and not want_probs and not dropout_active
-      and q_BxLxNxH.shape[0] * seq_len >= FUSED_MIN_ROWS and f32_on_onednn(dtype)
+      and not FUSED_MAX_SMALL_ROWS < q_BxLxNxH.shape[0] * seq_len < FUSED_MIN_ROWS
+      and f32_on_onednn(dtype)
       and onednn.attention_usable(head_size)):
     bias = jnp.where(dense_mask(mask, half_window), 0.0, _NEG_INF).astype(jnp.float32)
     bias_Bx1xRxM = jnp.broadcast_to(bias, (q_BxLxNxH.shape[0], 1, *bias.shape[2:]))

@@ -27,7 +27,10 @@ context) and the calling thread, oneDNN single-threaded on each, rather than let
 OpenMP team run beside XLA's pool: the two fought for the cores, and every XLA op between two
 custom calls cost ~100 us more (batch-1 BERT-base int8 classification 51 -> 38 ms, RESULTS.md
 run X). Batched products split over the batch from one entry per thread on; a single product
-(or a batch smaller than the pool) runs on oneDNN's own threads.
+(or a batch smaller than the pool) runs on oneDNN's own threads. A call of at most 64 output
+rows (a batch-1 encode) gives its helper piece to one thread of the library's own, which spins
+(yielding its core) for `set_spin_micros` microseconds after each piece, 200 unless
+$BERT_JAX_ONEDNN_SPIN_US says otherwise (0: never spin; say, many processes sharing few cores).
 
 The kernel is compiled once, on first use, into $XDG_CACHE_HOME/bert_jax/kernels (a few seconds),
 keyed by the source, jaxlib and oneDNN. It needs a C++17 compiler (`g++`, or $CXX) and oneDNN
@@ -63,6 +66,7 @@ from bert_jax.errors import ConfigError
 ENV = "BERT_JAX_ONEDNN"
 CHOICES = ("auto", "on", "off")
 ROOT_ENV = "BERT_JAX_ONEDNN_ROOT"
+SPIN_ENV = "BERT_JAX_ONEDNN_SPIN_US"
 TARGET = "bert_jax_onednn_matmul"
 PACK_TARGET = "bert_jax_onednn_pack"
 PACKED_TARGET = "bert_jax_onednn_matmul_packed"
@@ -171,6 +175,8 @@ _LIBRARY: list = []  # the loaded kernel library, once _load succeeded
 
 @functools.cache
 def _load_once() -> str:
+  spin = os.environ.get(SPIN_ENV, "").strip()
+  spin = _spin_micros(spin) if spin else None  # a bad value stops here, before loading
   try:
     library = ctypes.CDLL(build())
   except (OSError, RuntimeError, FileNotFoundError) as e:
@@ -182,10 +188,32 @@ def _load_once() -> str:
                          (ADAMW_TARGET, library.BertJaxAdamW),
                          (ATTENTION_TARGET, library.BertJaxAttention)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
+  library.BertJaxSetSpinMicros.argtypes = [ctypes.c_int]
   library.BertJaxOnednnPackedBytes.argtypes = [ctypes.c_int64, ctypes.c_int64]
   library.BertJaxOnednnPackedBytes.restype = ctypes.c_int64
   _LIBRARY.append(library)
+  if spin is not None:
+    library.BertJaxSetSpinMicros(spin)
   return ""
+
+
+def _spin_micros(value) -> int:
+  try:
+    micros = int(value)
+  except ValueError:
+    micros = -1
+  if not 0 <= micros <= 1_000_000:
+    raise ConfigError(f"spin time {value!r} (${SPIN_ENV} or set_spin_micros) is not a whole "
+                      "number of microseconds in [0, 1000000]; use 0 to never spin, or unset "
+                      "it for the default 200.")
+  return micros
+
+
+def set_spin_micros(micros: int) -> None:
+  """How long the kernels' helper thread for small calls spins after each piece (module doc)."""
+  micros = _spin_micros(micros)
+  _require_kernel()
+  _LIBRARY[0].BertJaxSetSpinMicros(micros)
 
 
 # Where oneDNN's int8 products are exact: with VNNI / AMX the u8 x s8 pairs accumulate in 32

@@ -289,17 +289,50 @@ def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tm
       "  ids = np.ones((batch, length), np.int32)\n"
       "  return inference.encode.lower(g, s, ids, ids, 0 * ids, pooling='mean').as_text()\n"
       "attention.FUSED_MIN_ROWS = 1280\n"
-      "print('bert_jax_onednn_matmul' in hlo(2, 16), 'bert_jax_attention' in hlo(2, 16),\n"
-      "      'bert_jax_attention' in hlo(32, 40))\n")
+      "print('bert_jax_onednn_matmul' in hlo(4, 32), 'bert_jax_attention' in hlo(4, 32),\n"
+      "      'bert_jax_attention' in hlo(32, 40), 'bert_jax_attention' in hlo(1, 40))\n")
   out = {}
   fused = onednn.attention_usable(32)  # MiniLM's head size; the attention core in one call
   for mode in ("auto", "off"):
     printed, out[mode] = _embed_in_subprocess(code, mode, tmp_path)
-    # The fused core only from 1,280 query rows (attention.FUSED_MIN_ROWS).
-    assert printed == f"{mode == 'auto'} False {mode == 'auto' and fused}"
+    # The fused core from 1,280 query rows and up to 64 (FUSED_MIN_ROWS, FUSED_MAX_SMALL_ROWS).
+    on = mode == "auto" and fused
+    assert printed == f"{mode == 'auto'} False {on} {on}"
   assert out["auto"].shape == (12, 384)
   np.testing.assert_allclose(out["auto"], out["off"], rtol=0, atol=1e-5)
   assert (np.sum(out["auto"] * out["off"], axis=1) > 0.99999).all()
+
+
+@needs_kernel
+def test_small_calls_use_the_spinning_helper_with_the_same_numbers(minilm_dir, mobydick_path,
+                                                                    tmp_path):
+  """A batch-1 embed (every product at most 64 rows) gives its helper pieces to the kernels' own
+  spinning thread, created on first use; a batch of 12 (>= 192 rows a product) and spin time 0
+  never do; the embeddings are the same bits either way (the same pieces, other threads)."""
+  code = (
+      "import os, sys, numpy as np, bert_jax\n"
+      "from bert_jax import onednn\n"
+      "def spinners():\n"
+      "  return sum(open(f'/proc/self/task/{t}/comm').read().strip() == 'bert_jax_spin'\n"
+      "             for t in os.listdir('/proc/self/task'))\n"
+      f"texts = {corpus_sentences(mobydick_path, 12, min_words=5)!r}\n"
+      f"m = bert_jax.BertModel.from_pretrained({str(minilm_dir)!r}, dtype='float32')\n"
+      f"t = bert_jax.BertTokenizer.from_pretrained({str(minilm_dir)!r})\n"
+      "batch = bert_jax.embed(m, t, [texts[0]] * 12)  # one batch of 12 (16 rows) x 16+ tokens\n"
+      "counts = [spinners()]\n"
+      "onednn.set_spin_micros(0)\n"
+      "off = np.stack([bert_jax.embed(m, t, x) for x in texts[:4]])\n"
+      "counts.append(spinners())\n"
+      "onednn.set_spin_micros(200)\n"
+      "on = np.stack([bert_jax.embed(m, t, x) for x in texts[:4]])\n"
+      "counts.append(spinners())\n"
+      "np.save(sys.argv[1], np.stack([on, off]))\n"
+      "print(*counts)\n")
+  printed, out = _embed_in_subprocess(code, "auto", tmp_path)
+  assert printed == "0 0 1"
+  np.testing.assert_array_equal(out[0], out[1])
+  with pytest.raises(ConfigError, match="whole number of microseconds"):
+    onednn.set_spin_micros(-1)
 
 
 @pytest.mark.skipif(not onednn.attention_usable(16), reason="the fused attention core needs "

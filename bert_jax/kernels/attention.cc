@@ -12,11 +12,12 @@
 // Why: XLA runs this core as ~8 ops a layer (a transpose per operand, the scale, the mask, a
 // softmax in several fusions, two products, the transpose back); MiniLM embeddings at batch 32
 // ran 1.07-1.26x faster with this kernel (40-128 tokens; attention.FUSED_MIN_ROWS gates smaller
-// calls, where the model measured no gain), and the same core as three oneDNN primitives was
-// no faster in the model (benchmarks/RESULTS.md run AA).
+// calls, where the model measured no gain, except those of at most 64 rows, which the spinning
+// helper serves), and the same core as three oneDNN primitives was no faster in the model
+// (benchmarks/RESULTS.md runs AA, AB).
 //
 // Threads: the (batch entry, head) pairs are split into one contiguous range per thread (the
-// calling one and helpers on XLA's pool).
+// calling one and helpers on XLA's pool, or pool.h's spinning thread for at most 64 rows).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -178,7 +179,7 @@ ffi::Future Attention(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kt,
            scale, s.data());
     }
     return ffi::Error::Success();
-  });
+  }, b * l);
 }
 
 }  // namespace

@@ -27,7 +27,9 @@
 // entry per thread split over the batch; smaller ones use oneDNN's own threads. The f32 / int8
 // product handler is asynchronous (it returns an ffi::Future): the calling thread goes back to
 // XLA's executor once no piece is left to start, rather than spinning while a helper the busy
-// pool started late finishes its piece (~110 ms of a BERT-base training step, run Y).
+// pool started late finishes its piece (~110 ms of a BERT-base training step, run Y). Calls of
+// at most 64 output rows (batch-1 inference) are the exception: their helper is the spinning
+// thread of pool.h, and the caller waits for it.
 //
 // Dynamically quantized product: `BertJaxOnednnQuantizedMatmul` takes the f32 activations, not
 // their int8 values, and returns the rescaled f32 product plus bias: per row it quantizes
@@ -225,14 +227,14 @@ ffi::Future Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffe
     return ParallelForAsync(pool, threads, threads, [=](int64_t part) {
       const int64_t first = batch * part / threads, last = batch * (part + 1) / threads;
       return product(first, last - first, 0, n, true);
-    });
+    }, batch * m);
   }
   if (threads > 1 && column_blocks >= threads) {
     return ParallelForAsync(pool, threads, threads, [=](int64_t part) {
       const int64_t b0 = column_blocks * part / threads, b1 = column_blocks * (part + 1) / threads;
       const int64_t c0 = b0 * kColumns, c1 = part + 1 == threads ? n : b1 * kColumns;
       return product(0, batch, c0, c1 - c0, true);
-    });
+    }, batch * m);
   }
   // Not split (one pool thread): a plain f32 operand wider than kWidest columns goes in column
   // runs of kWidest. Whole, oneDNN gives the product to its brgemm kernel, which with a plain
@@ -548,7 +550,7 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
       const int64_t r0 = m * part / threads, r1 = m * (part + 1) / threads;
       quantize(r0, r1 - r0, q.data() + r0 * k, row_scale.data() + r0);
       return true;
-    });
+    }, m);
     const bool ok = ParallelFor(pool, threads, threads, [&](int64_t part) {
       const int64_t b0 = blocks_of_columns * part / threads;
       const int64_t b1 = blocks_of_columns * (part + 1) / threads;
@@ -557,7 +559,7 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
       if (run.weights.get_strides() != layout->weights.get_strides()) return false;
       return product(0, m, q.data(), row_scale.data(), c0, cols, run.weights,
                      weights + b0 * layout->block_bytes);
-    });
+    }, m);
     if (!ok) return ffi::Error::Internal("oneDNN failed in a quantized matmul column block");
     return ffi::Error::Success();
   }
@@ -581,6 +583,11 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
 }
 
 }  // namespace
+
+// The spinning helper's spin after each piece, in microseconds (0: none; kernels/pool.h).
+extern "C" void BertJaxSetSpinMicros(int micros) {
+  bert_jax_kernels::SpinMicros().store(micros);
+}
 
 // Bytes of the packed layout of s8 [k, n] weights, or -1 where oneDNN has no such matmul.
 extern "C" int64_t BertJaxOnednnPackedBytes(int64_t k, int64_t n) {
