@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import weakref
 
 import jax
@@ -25,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax.nnx import variablelib
+
+from bert_jax import onednn
 
 MIN_BUCKET = 16
 # Sequence lengths `embed`, predict and bucketed fine-tuning (tasks/buckets.py) pad to: powers
@@ -86,7 +89,7 @@ def split(model: nnx.Module) -> tuple[StaticGraph, list]:
 
 def inference_split(model: nnx.Module) -> tuple[StaticGraph, list]:
   """`split(model)` with each Dense kernel cast to its layer's compute dtype (`static.merge(
-  leaves)` rebuilds the model, its attention in inference form where `_with_fused_attention`
+  leaves)` rebuilds the model, in its inference form where `_inference_form`
   applies: not differentiable there).
 
   Cached per model: a later call whose Variables still hold the same arrays (checked by
@@ -103,7 +106,7 @@ def inference_split(model: nnx.Module) -> tuple[StaticGraph, list]:
     if all(v.get_raw_value() is x for v, x in zip(variables, values, strict=True)):
       return graphdef, leaves
   from bert_jax import layers
-  graphdef, state = nnx.split(_with_fused_attention(model))
+  graphdef, state = nnx.split(_inference_form(model))
   casts = {(*path, "kernel"): jnp.dtype(mod.dtype) for path, mod in nnx.iter_modules(model)
            if isinstance(mod, layers.Dense) and isinstance(mod.kernel, nnx.Param)
            and jnp.dtype(mod.dtype) != mod.kernel.dtype}
@@ -124,23 +127,43 @@ def inference_split(model: nnx.Module) -> tuple[StaticGraph, list]:
   return graphdef, leaves
 
 
-def _with_fused_attention(model: nnx.Module) -> nnx.Module:
-  """`model`, or a clone (sharing its arrays) whose attention layers that would run XLA's f32
-  attention on oneDNN take attention.INFERENCE_IMPL: the core of each call of at least
-  attention.FUSED_MIN_ROWS query rows in one custom call, forward only (MiniLM embeddings at
-  batch 32 1.07-1.26x faster; benchmarks/RESULTS.md run AA)."""
+def _inference_form(model: nnx.Module) -> nnx.Module:
+  """`model`, or a clone (sharing its other arrays) in the form f32 inference on oneDNN runs
+  faster in (layers.f32_on_onednn; forward only):
+  - attention layers that would run XLA's attention take attention.INFERENCE_IMPL: the core of
+    a call in one custom call where attention.py's gates let it (MiniLM embeddings at batch 32
+    1.07-1.26x faster, batch 1 with the kernels' spinning helper 1.09x; benchmarks/RESULTS.md
+    runs AA, AB);
+  - Dense layers get their kernel [K, N] (flattened) also as onednn.column_panels, one dense
+    panel per thread, where N splits into whole 16-column blocks, for their products of few
+    rows (layers.ColumnPanels; batch-1 MiniLM 1.05-1.33x; run AB). A copy: the split holds the
+    Dense weights twice.
+  """
   from bert_jax import attention, layers
 
-  def eligible(mod):
+  def fused(mod):
     return (getattr(mod, "impl", None) in ("xla", "auto") and hasattr(mod, "dtype")
             and layers.f32_on_onednn(mod.dtype))
 
-  if not any(eligible(mod) for _, mod in nnx.iter_modules(model)):
+  panels = onednn.panel_count()
+
+  def paneled(mod):
+    if not (isinstance(mod, layers.Dense) and type(mod.kernel) is nnx.Param and panels > 1
+            and getattr(mod, "panels", None) is None and layers.f32_on_onednn(mod.dtype)):
+      return False
+    n = math.prod(mod.kernel.shape[mod.n_in:])
+    return n % (16 * panels) == 0
+
+  if not any(fused(mod) or paneled(mod) for _, mod in nnx.iter_modules(model)):
     return model
   clone = nnx.clone(model)
   for _, mod in nnx.iter_modules(clone):
-    if eligible(mod):
+    if fused(mod):
       mod.impl = attention.INFERENCE_IMPL
+    if paneled(mod):
+      k = math.prod(mod.kernel.shape[:mod.n_in])
+      mod.panels = layers.ColumnPanels(onednn.column_panels(mod.kernel[...].reshape(k, -1),
+                                                            panels))
   return clone
 
 

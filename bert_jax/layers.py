@@ -218,6 +218,18 @@ def _dense_product(x_MxK: jax.Array, w_KxN: jax.Array, dtype) -> jax.Array:
   return matmul(x_MxK, w_KxN, dtype)
 
 
+class ColumnPanels(nnx.Variable):
+  """A copy of a Dense kernel for f32 inference on oneDNN, as column panels [P, K, N / P]
+  (onednn.column_panels), in the layer's `panels` attribute: inference.inference_split's form of
+  the model has them. The layer's products of at most PANEL_MAX_ROWS rows read them (forward
+  only; oneDNN's gemm ran faster on dense panels at few rows, benchmarks/RESULTS.md run AB)."""
+
+
+# Rows up to which a Dense layer with panels uses them: MiniLM's batch-1 encode 1.33 / 1.11 /
+# 1.08 / 1.05x faster at 16 / 40 / 64 / 128 tokens; batch 32 moved 0.79-1.04x (run AB).
+PANEL_MAX_ROWS = 128
+
+
 class Dense(nnx.Module):
   """y = x . W + b contracting the trailing `len(in_shape)` dims of x with W[*in_shape, *out_shape].
 
@@ -244,7 +256,11 @@ class Dense(nnx.Module):
     in_shape, out_shape = kernel.shape[:self.n_in], kernel.shape[self.n_in:]
     k, n = math.prod(in_shape), math.prod(out_shape)
     lead = x.shape[:x.ndim - self.n_in]
-    y_MxN = _dense_product(x.reshape(-1, k), kernel.reshape(k, n), self.dtype)
+    panels = getattr(self, "panels", None)  # ColumnPanels, in inference_split's form only
+    if panels is not None and math.prod(lead) <= PANEL_MAX_ROWS:
+      y_MxN = onednn.panel_matmul(x.reshape(-1, k), panels[...])
+    else:
+      y_MxN = _dense_product(x.reshape(-1, k), kernel.reshape(k, n), self.dtype)
     y = y_MxN.reshape(*lead, *out_shape)
     if self.bias is not None:
       y = y + self.bias[...].astype(jnp.float32)

@@ -73,6 +73,7 @@ PACKED_TARGET = "bert_jax_onednn_matmul_packed"
 QUANTIZED_TARGET = "bert_jax_onednn_quantized_matmul"
 ADAMW_TARGET = "bert_jax_adamw"
 ATTENTION_TARGET = "bert_jax_attention"
+PANEL_TARGET = "bert_jax_onednn_panel_matmul"
 _KERNELS = os.path.join(os.path.dirname(__file__), "kernels")
 SOURCE = os.path.join(_KERNELS, "onednn_matmul.cc")
 # Built into the same library: the fused AdamW step (bert_jax.fused_adamw), attention's core for
@@ -186,7 +187,8 @@ def _load_once() -> str:
                          (PACKED_TARGET, library.BertJaxOnednnMatmulPacked),
                          (QUANTIZED_TARGET, library.BertJaxOnednnQuantizedMatmul),
                          (ADAMW_TARGET, library.BertJaxAdamW),
-                         (ATTENTION_TARGET, library.BertJaxAttention)):
+                         (ATTENTION_TARGET, library.BertJaxAttention),
+                         (PANEL_TARGET, library.BertJaxOnednnPanelMatmul)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   library.BertJaxSetSpinMicros.argtypes = [ctypes.c_int]
   library.BertJaxOnednnPackedBytes.argtypes = [ctypes.c_int64, ctypes.c_int64]
@@ -328,6 +330,32 @@ def attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH: jax.Array,
   kt_BxNxHxM = jnp.transpose(k_BxMxNxH.astype(f32), (0, 2, 3, 1))
   return call(q_BxLxNxH.astype(f32), kt_BxNxHxM, v_BxMxNxH.astype(f32),
               bias_Bx1xRxM.astype(f32), scale=np.float32(scale))
+
+
+def panel_count() -> int:
+  """Column panels of a Dense kernel for `panel_matmul`: one per CPU this process may use
+  (XLA's intra-op pool has as many threads)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def column_panels(w_KxN: jax.Array, panels: int) -> jax.Array:
+  """[K, N] f32 weights as `panels` dense column panels [P, K, N / P] for `panel_matmul`."""
+  k, n = w_KxN.shape
+  return jnp.transpose(w_KxN.astype(jnp.float32).reshape(k, panels, n // panels), (1, 0, 2))
+
+
+def panel_matmul(a_MxK: jax.Array, w_PxKxn: jax.Array) -> jax.Array:
+  """f32 a [M, K] @ the [K, P n] matrix whose column panels are w [P, K, n] -> [M, P n], one
+  panel a thread, forward only (kernels/onednn_matmul.cc PanelMatmul: dense panels run oneDNN's
+  gemm faster at few rows than runs of a plain matrix's columns)."""
+  _require_kernel()
+  p, _, n = w_PxKxn.shape
+  call = jax.ffi.ffi_call(PANEL_TARGET, jax.ShapeDtypeStruct((a_MxK.shape[0], p * n),
+                                                             jnp.float32))
+  return call(a_MxK.astype(jnp.float32), w_PxKxn.astype(jnp.float32))
 
 
 def int8_on_onednn() -> bool:

@@ -87,6 +87,24 @@ def test_float_products_match_xla(dtype, tol):
 
 
 @needs_kernel
+@pytest.mark.parametrize("m,k,n,panels", [(1, 48, 32, 2), (40, 384, 1536, 2), (130, 64, 96, 3),
+                                          (7, 16, 64, 4)])
+def test_panel_products_match_the_plain_product(m, k, n, panels):
+  """a @ W from W's dense column panels (one custom call, a panel a thread, each writing its
+  columns in place) is the product of the plain [K, N] operand on oneDNN, bit for bit."""
+  rng = np.random.default_rng(m + n)
+  a = rng.standard_normal((m, k), np.float32)
+  w = rng.standard_normal((k, n), np.float32)
+  w_PxKxn = onednn.column_panels(w, panels)
+  assert w_PxKxn.shape == (panels, k, n // panels)
+  np.testing.assert_array_equal(np.asarray(w_PxKxn[1]), w[:, n // panels:2 * n // panels])
+  got = np.asarray(jax.jit(onednn.panel_matmul)(a, w_PxKxn))
+  np.testing.assert_allclose(got, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(got, np.asarray(jax.jit(
+      lambda a, w: onednn.matmul(a, w, jnp.float32))(a, w)))
+
+
+@needs_kernel
 def test_one_thread_runs_wide_f32_operands_in_column_runs():
   """With one XLA thread (the process pinned to one core), an f32 product whose plain operand
   has more than 1,536 columns goes to oneDNN as column runs of 1,536 (its brgemm kernel ran a
@@ -274,8 +292,9 @@ def test_f32_dense_on_onednn_matches_xla_forward_and_backward(monkeypatch, lead)
 @needs_kernel
 def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tmp_path):
   """The real f32 model on real sentences: attention's and the Dense layers' products on oneDNN
-  (BERT_JAX_ONEDNN auto: one CPU device), and with AVX-512 attention's core in one call, give
-  XLA's embeddings (off), and the custom calls are in the program."""
+  (BERT_JAX_ONEDNN auto: one CPU device; few rows from the kernels' column panels), and with
+  AVX-512 attention's core in one call, give XLA's embeddings (off), and the custom calls are
+  in the program."""
   code = (
       "import sys, numpy as np, bert_jax\n"
       "from bert_jax import attention, inference\n"
@@ -289,15 +308,18 @@ def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tm
       "  ids = np.ones((batch, length), np.int32)\n"
       "  return inference.encode.lower(g, s, ids, ids, 0 * ids, pooling='mean').as_text()\n"
       "attention.FUSED_MIN_ROWS = 1280\n"
-      "print('bert_jax_onednn_matmul' in hlo(4, 32), 'bert_jax_attention' in hlo(4, 32),\n"
-      "      'bert_jax_attention' in hlo(32, 40), 'bert_jax_attention' in hlo(1, 40))\n")
+      "print('bert_jax_onednn_matmul' in hlo(8, 32), 'bert_jax_attention' in hlo(8, 32),\n"
+      "      'bert_jax_attention' in hlo(32, 40), 'bert_jax_attention' in hlo(1, 40),\n"
+      "      'panel_matmul' in hlo(1, 40), 'panel_matmul' in hlo(8, 32))\n")
   out = {}
   fused = onednn.attention_usable(32)  # MiniLM's head size; the attention core in one call
   for mode in ("auto", "off"):
     printed, out[mode] = _embed_in_subprocess(code, mode, tmp_path)
-    # The fused core from 1,280 query rows and up to 64 (FUSED_MIN_ROWS, FUSED_MAX_SMALL_ROWS).
+    # The fused core from 1,280 query rows and up to 64 (FUSED_MIN_ROWS, FUSED_MAX_SMALL_ROWS);
+    # Dense products from their kernels' column panels up to 128 rows (layers.PANEL_MAX_ROWS).
     on = mode == "auto" and fused
-    assert printed == f"{mode == 'auto'} False {on} {on}"
+    panels = mode == "auto" and onednn.panel_count() > 1
+    assert printed == f"{mode == 'auto'} False {on} {on} {panels} False"
   assert out["auto"].shape == (12, 384)
   np.testing.assert_allclose(out["auto"], out["off"], rtol=0, atol=1e-5)
   assert (np.sum(out["auto"] * out["off"], axis=1) > 0.99999).all()

@@ -582,6 +582,37 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
   return ffi::Error::Success();
 }
 
+// c [M, P * n] f32 = a [M, K] . w, the weights as P dense column panels w [P, K, n] (panel p
+// holds columns [p n, (p + 1) n) of the [K, P n] matrix), each panel's product written in
+// place into its columns of c, one panel a thread. With a plain [K, N] operand each thread
+// reads a run of its columns, rows N apart, and oneDNN's f32 gemm ran slower on that than on a
+// dense panel at few rows (one thread, 12 weights in turn so they come from L3, best of 5 runs:
+// [40, 384] x [384, 384] 114 -> 96 us, x [384, 1536] 614 -> 470, [40, 1536] x [1536, 384] 390
+// -> 339; at 128 and 1,280 rows within 5% either way; benchmarks/RESULTS.md run AB).
+ffi::Future PanelMatmul(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w,
+                        ffi::Result<ffi::Buffer<ffi::F32>> c, ffi::ThreadPool pool) {
+  auto a_dims = a.dimensions(), w_dims = w.dimensions(), c_dims = c->dimensions();
+  if (a_dims.size() != 2 || w_dims.size() != 3 || c_dims.size() != 2 || a_dims[1] != w_dims[1] ||
+      c_dims[0] != a_dims[0] || c_dims[1] != w_dims[0] * w_dims[2]) {
+    return Completed(ffi::Error::InvalidArgument(
+        "bert_jax onednn panel matmul takes f32 a [M, K], w [P, K, n] -> c [M, P n]"));
+  }
+  const int64_t m = a_dims[0], k = a_dims[1], panels = w_dims[0], n = w_dims[2];
+  const int64_t big_n = panels * n;
+  float* const a_data = a.typed_data();
+  float* const w_data = w.typed_data();
+  float* const c_data = c->typed_data();
+  constexpr auto f32 = memory::data_type::f32;
+  const memory::desc a_md({1, m, k}, f32, memory::dims{m * k, k, 1});
+  const memory::desc b_md({1, k, n}, f32, memory::dims{k * n, n, 1});
+  const memory::desc c_md({1, m, n}, f32, memory::dims{m * big_n, big_n, 1});
+  const Key key{1, m, k, n, static_cast<int>(f32), static_cast<int>(f32), static_cast<int>(f32),
+                false, false, true, true, big_n};
+  return ParallelForAsync(pool, std::min(PoolThreads(pool), panels), panels, [=](int64_t p) {
+    return Execute(key, a_md, a_data, b_md, w_data + p * k * n, c_md, c_data + p * n);
+  }, m);
+}
+
 }  // namespace
 
 // The spinning helper's spin after each piece, in microseconds (0: none; kernels/pool.h).
@@ -616,6 +647,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnMatmul, Matmul,
                                   .Ret<ffi::AnyBuffer>()  // c
                                   .Attr<bool>("transpose_a")
                                   .Attr<bool>("transpose_b")
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnPanelMatmul, PanelMatmul,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // a, f32 [M, K]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w, f32 [P, K, n]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // c, f32 [M, P n]
                                   .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnQuantizedMatmul, QuantizedMatmul,
