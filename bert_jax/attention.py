@@ -55,7 +55,8 @@ INFERENCE_IMPL = "fused_inference"
 FUSED_MIN_ROWS = 1280
 # ...except calls of at most this many rows, which the kernels' spinning helper serves
 # (kernels/pool.h kSpinRows): with every op of a batch-1 encode on the kernels, XLA runs it on
-# one thread without parking (MiniLM, 40 tokens: 1.11-1.16x; run AB).
+# one thread without parking (MiniLM at 1 x 40, kernel and spinner against XLA's attention
+# without: 1.10-1.16x; run AB).
 FUSED_MAX_SMALL_ROWS = 64
 _NEG_INF = -1e9  # Large but finite, so fully masked rows (padding queries) stay finite.
 _log = logging.getLogger(__name__)

@@ -31,6 +31,9 @@ run X). Batched products split over the batch from one entry per thread on; a si
 rows (a batch-1 encode) gives its helper piece to one thread of the library's own, which spins
 (yielding its core) for `set_spin_micros` microseconds after each piece, 200 unless
 $BERT_JAX_ONEDNN_SPIN_US says otherwise (0: never spin; say, many processes sharing few cores).
+For inference, `panel_matmul` multiplies by a weight matrix kept as one dense column panel per
+thread (`column_panels`), which oneDNN's gemm reads faster at few rows than a run of a plain
+matrix's columns (inference.inference_split keeps Dense kernels so; RESULTS.md run AB).
 
 The kernel is compiled once, on first use, into $XDG_CACHE_HOME/bert_jax/kernels (a few seconds),
 keyed by the source, jaxlib and oneDNN. It needs a C++17 compiler (`g++`, or $CXX) and oneDNN

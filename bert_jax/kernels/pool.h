@@ -3,13 +3,13 @@
 //
 // Small calls (at most kSpinRows output rows: a batch-1 encode of a short text) give their
 // helper piece to one thread of our own instead, which spins (yielding its core to any other
-// runnable thread) for kSpinMicros after each piece, and the caller waits for that piece. An
-// XLA pool thread parks between calls, and waking it costs about as much as a batch-1 piece
-// ([40, 384] x [384, 192]: ~33 us); ONNX Runtime's pool spins the same way (1.13-1.34x of its
-// batch-1 MiniLM time, measured with allow_spinning on and off). With the spinner and the
-// waiting caller, XLA runs a batch-1 MiniLM encode inline on one thread, never parking:
-// 1.11-1.16x faster at 40 tokens (benchmarks/RESULTS.md run AB). Larger calls keep XLA's pool
-// and do not wait (ParallelForAsync): there the caller's return to XLA's executor is worth
+// runnable thread) for SpinMicros() after each piece, and the caller waits for that piece.
+// XLA's pool threads park between the calls of a batch-1 encode and are woken for each piece
+// (both busy only 0.81-0.89 of the time, the machine 6-10% idle); ONNX Runtime's pool spins
+// instead (its batch-1 MiniLM 1.12-1.34x slower with allow_spinning off). With the spinner and
+// the waiting caller, XLA runs a batch-1 encode inline on one thread: real batch-1 embed() calls
+// 1.09x faster over 40 paired rounds (benchmarks/RESULTS.md run AB). Larger calls keep XLA's
+// pool and do not wait (ParallelForAsync): there the caller's return to XLA's executor is worth
 // more, and a spinner competing with XLA's parallel fusions cost 14-16% at batch 32 and 7% at
 // batch 1 x 128 tokens.
 #ifndef BERT_JAX_KERNELS_POOL_H_
