@@ -389,6 +389,15 @@ def test_bad_choice_is_one_sentence():
   assert not onednn.f32_enabled({onednn.ENV: "off"})
 
 
+def test_bad_spin_time_is_one_sentence_before_the_library_loads(monkeypatch):
+  monkeypatch.setenv(onednn.SPIN_ENV, "fast")
+  with pytest.raises(ConfigError, match=r"spin time 'fast' \(\$BERT_JAX_ONEDNN_SPIN_US or "
+                     r"set_spin_micros\) is not a whole number of microseconds"):
+    onednn._load_once.__wrapped__()  # uncached: it stops before loading or registering anything
+  with pytest.raises(ConfigError, match="in \\[0, 1000000\\]; use 0 to never spin"):
+    onednn.set_spin_micros(2_000_000)
+
+
 def test_missing_onednn_says_what_to_install(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"pip install bert-jax\[onednn\]"):
     onednn.find_onednn({onednn.ROOT_ENV: str(tmp_path)}, roots_only=True)
