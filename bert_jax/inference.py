@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 from flax.nnx import variablelib
 
-from bert_jax import onednn
+from bert_jax import layers, onednn
 
 MIN_BUCKET = 16
 # Sequence lengths `embed`, predict and bucketed fine-tuning (tasks/buckets.py) pad to: powers
@@ -105,7 +105,6 @@ def inference_split(model: nnx.Module) -> tuple[StaticGraph, list]:
     graphdef, variables, values, leaves = hit
     if all(v.get_raw_value() is x for v, x in zip(variables, values, strict=True)):
       return graphdef, leaves
-  from bert_jax import layers
   graphdef, state = nnx.split(_inference_form(model))
   casts = {(*path, "kernel"): jnp.dtype(mod.dtype) for path, mod in nnx.iter_modules(model)
            if isinstance(mod, layers.Dense) and isinstance(mod.kernel, nnx.Param)
@@ -139,7 +138,7 @@ def _inference_form(model: nnx.Module) -> nnx.Module:
     rows (layers.ColumnPanels; batch-1 MiniLM 1.05-1.33x; run AB). A copy: the split holds the
     Dense weights twice.
   """
-  from bert_jax import attention, layers
+  from bert_jax import attention
 
   def fused(mod):
     return (getattr(mod, "impl", None) in ("xla", "auto") and hasattr(mod, "dtype")
@@ -207,9 +206,19 @@ def mlm_top_k(graphdef, state, input_ids, attention_mask, token_type_ids, positi
 @functools.partial(jax.jit, static_argnames=("graphdef", "pooling"))
 def encode(graphdef: StaticGraph, state: list, input_ids, attention_mask, token_type_ids, *,
            pooling: str):
-  """Pooled [B, D] embeddings ("mean" over the attention mask, "cls", "pooler") or tokens."""
+  """Pooled [B, D] embeddings ("mean" over the attention mask, "cls", "pooler") or tokens.
+
+  At batch 1 the rows after the last real token are the length bucket's padding: the Dense
+  layers' panel products skip them (layers.valid_rows; their token outputs are meaningless)."""
   TRACES["encode"] += 1
-  out = graphdef.merge(state)(input_ids, attention_mask, token_type_ids)
+  model = graphdef.merge(state)
+  if input_ids.shape[0] != 1:
+    out = model(input_ids, attention_mask, token_type_ids)
+  else:
+    positions_L = jnp.arange(1, input_ids.shape[1] + 1, dtype=jnp.int32)
+    rows = jnp.max(jnp.where(attention_mask[0] != 0, positions_L, 0))
+    with layers.valid_rows(rows):
+      out = model(input_ids, attention_mask, token_type_ids)
   x_BxLxD = out.last_hidden_state.astype(jnp.float32)
   if pooling == "tokens":
     return x_BxLxD

@@ -10,6 +10,8 @@ avx512_bf16) and always accumulate and return f32; LayerNorm, softmax and activa
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Sequence
@@ -225,6 +227,26 @@ class ColumnPanels(nnx.Variable):
   only; oneDNN's gemm ran faster on dense panels at few rows, benchmarks/RESULTS.md run AB)."""
 
 
+# How many leading rows of each Dense input matter, while a batch-1 encode is traced
+# (`valid_rows`; inference.encode: the position after the last real token, so the rows after it
+# are the length bucket's padding). Panel products multiply only those rows and write zeros for
+# the rest; elsewhere it is None and every row is computed.
+_VALID_ROWS: contextvars.ContextVar = contextvars.ContextVar("bert_jax_valid_rows", default=None)
+
+
+@contextlib.contextmanager
+def valid_rows(rows: jax.Array):
+  """Within it, panel products of the Dense layers being traced skip their input rows from
+  `rows` (an int32 scalar) on, returning zeros there. For a model over one right-padded
+  sequence, where each row of a Dense input is a token (or fewer rows, as the pooler's CLS) and
+  padding tokens reach real ones only as masked attention keys."""
+  token = _VALID_ROWS.set(rows)
+  try:
+    yield
+  finally:
+    _VALID_ROWS.reset(token)
+
+
 # Rows up to which a Dense layer with panels uses them: MiniLM's batch-1 encode 1.33 / 1.11 /
 # 1.08 / 1.05x faster at 16 / 40 / 64 / 128 tokens; batch 32 moved 0.79-1.04x (run AB).
 PANEL_MAX_ROWS = 128
@@ -258,7 +280,7 @@ class Dense(nnx.Module):
     lead = x.shape[:x.ndim - self.n_in]
     panels = getattr(self, "panels", None)  # ColumnPanels, in inference_split's form only
     if panels is not None and math.prod(lead) <= PANEL_MAX_ROWS:
-      y_MxN = onednn.panel_matmul(x.reshape(-1, k), panels[...])
+      y_MxN = onednn.panel_matmul(x.reshape(-1, k), panels[...], _VALID_ROWS.get())
     else:
       y_MxN = _dense_product(x.reshape(-1, k), kernel.reshape(k, n), self.dtype)
     y = y_MxN.reshape(*lead, *out_shape)

@@ -105,6 +105,21 @@ def test_panel_products_match_the_plain_product(m, k, n, panels):
 
 
 @needs_kernel
+def test_panel_products_of_the_leading_rows():
+  """With `rows`, a panel product multiplies only a's first rows (the same bits as the whole
+  product there) and writes zeros after them; rows past M mean all of them."""
+  rng = np.random.default_rng(3)
+  a = rng.standard_normal((40, 64), np.float32)
+  w_PxKxn = onednn.column_panels(rng.standard_normal((64, 96), np.float32), 2)
+  f = jax.jit(onednn.panel_matmul)
+  whole = np.asarray(f(a, w_PxKxn))
+  for rows in (0, 1, 17, 40, 45):
+    got = np.asarray(f(a, w_PxKxn, jnp.int32(rows)))
+    np.testing.assert_array_equal(got[:rows], whole[:rows])
+    assert not got[rows:].any()
+
+
+@needs_kernel
 def test_one_thread_runs_wide_f32_operands_in_column_runs():
   """With one XLA thread (the process pinned to one core), an f32 product whose plain operand
   has more than 1,536 columns goes to oneDNN as column runs of 1,536 (its brgemm kernel ran a
@@ -294,15 +309,17 @@ def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tm
   """The real f32 model on real sentences: attention's and the Dense layers' products on oneDNN
   (BERT_JAX_ONEDNN auto: one CPU device; few rows from the kernels' column panels), and with
   AVX-512 attention's core in one call, give XLA's embeddings (off), and the custom calls are
-  in the program."""
+  in the program. One sentence at a time, whose panel products skip the length bucket's
+  padding rows (layers.valid_rows), gives the same vectors as the batch."""
   code = (
-      "import sys, numpy as np, bert_jax\n"
+      "import re, sys, numpy as np, bert_jax\n"
       "from bert_jax import attention, inference\n"
       "attention.FUSED_MIN_ROWS = 0  # the fused attention core at every size, for the check\n"
       f"texts = {corpus_sentences(mobydick_path, 12, min_words=5)!r}\n"
       f"m = bert_jax.BertModel.from_pretrained({str(minilm_dir)!r}, dtype='float32')\n"
       f"t = bert_jax.BertTokenizer.from_pretrained({str(minilm_dir)!r})\n"
-      "np.save(sys.argv[1], bert_jax.embed(m, t, texts, normalize=True))\n"
+      "np.save(sys.argv[1], np.stack([bert_jax.embed(m, t, texts, normalize=True),\n"
+      "                               [bert_jax.embed(m, t, x, normalize=True) for x in texts]]))\n"
       "g, s = inference.inference_split(m)\n"
       "def hlo(batch, length):\n"
       "  ids = np.ones((batch, length), np.int32)\n"
@@ -310,7 +327,8 @@ def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tm
       "attention.FUSED_MIN_ROWS = 1280\n"
       "print('bert_jax_onednn_matmul' in hlo(8, 32), 'bert_jax_attention' in hlo(8, 32),\n"
       "      'bert_jax_attention' in hlo(32, 40), 'bert_jax_attention' in hlo(1, 40),\n"
-      "      'panel_matmul' in hlo(1, 40), 'panel_matmul' in hlo(8, 32))\n")
+      "      'panel_matmul' in hlo(1, 40), 'panel_matmul' in hlo(8, 32),\n"
+      "      bool(re.search(r'panel_matmul.*tensor<1xi32>\\) ->', hlo(1, 40))))\n")
   out = {}
   fused = onednn.attention_usable(32)  # MiniLM's head size; the attention core in one call
   for mode in ("auto", "off"):
@@ -319,10 +337,11 @@ def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tm
     # Dense products from their kernels' column panels up to 128 rows (layers.PANEL_MAX_ROWS).
     on = mode == "auto" and fused
     panels = mode == "auto" and onednn.panel_count() > 1
-    assert printed == f"{mode == 'auto'} False {on} {on} {panels} False"
-  assert out["auto"].shape == (12, 384)
+    assert printed == f"{mode == 'auto'} False {on} {on} {panels} False {panels}"
+  assert out["auto"].shape == (2, 12, 384)
   np.testing.assert_allclose(out["auto"], out["off"], rtol=0, atol=1e-5)
-  assert (np.sum(out["auto"] * out["off"], axis=1) > 0.99999).all()
+  np.testing.assert_allclose(out["auto"][1], out["auto"][0], rtol=0, atol=1e-5)
+  assert (np.sum(out["auto"] * out["off"], axis=2) > 0.99999).all()
 
 
 @needs_kernel

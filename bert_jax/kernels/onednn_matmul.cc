@@ -589,19 +589,31 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
 // dense panel at few rows (one thread, 12 weights in turn so they come from L3, best of 5 runs:
 // [40, 384] x [384, 384] 114 -> 96 us, x [384, 1536] 614 -> 470, [40, 1536] x [1536, 384] 390
 // -> 339; at 128 and 1,280 rows within 5% either way; benchmarks/RESULTS.md run AB).
+//
+// `rows` (int32 [1], or zero-size for all M) says how many leading rows of a matter: the product
+// runs on those only and the rows after them are written as zeros. A batch-1 encode passes the
+// position after its last real token (inference.encode): the length bucket's padding rows
+// then cost no product, and their zeros stay finite on the way through the model.
 ffi::Future PanelMatmul(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w,
-                        ffi::Result<ffi::Buffer<ffi::F32>> c, ffi::ThreadPool pool) {
+                        ffi::Buffer<ffi::S32> rows, ffi::Result<ffi::Buffer<ffi::F32>> c,
+                        ffi::ThreadPool pool) {
   auto a_dims = a.dimensions(), w_dims = w.dimensions(), c_dims = c->dimensions();
   if (a_dims.size() != 2 || w_dims.size() != 3 || c_dims.size() != 2 || a_dims[1] != w_dims[1] ||
-      c_dims[0] != a_dims[0] || c_dims[1] != w_dims[0] * w_dims[2]) {
+      c_dims[0] != a_dims[0] || c_dims[1] != w_dims[0] * w_dims[2] || rows.element_count() > 1) {
     return Completed(ffi::Error::InvalidArgument(
-        "bert_jax onednn panel matmul takes f32 a [M, K], w [P, K, n] -> c [M, P n]"));
+        "bert_jax onednn panel matmul takes f32 a [M, K], w [P, K, n], int32 rows [1] or [0] -> "
+        "c [M, P n]"));
   }
-  const int64_t m = a_dims[0], k = a_dims[1], panels = w_dims[0], n = w_dims[2];
+  const int64_t k = a_dims[1], panels = w_dims[0], n = w_dims[2];
   const int64_t big_n = panels * n;
+  const int64_t m = rows.element_count() == 0
+                        ? a_dims[0]
+                        : std::clamp<int64_t>(rows.typed_data()[0], 0, a_dims[0]);
   float* const a_data = a.typed_data();
   float* const w_data = w.typed_data();
   float* const c_data = c->typed_data();
+  std::fill(c_data + m * big_n, c_data + a_dims[0] * big_n, 0.f);
+  if (m == 0) return Completed(ffi::Error::Success());
   constexpr auto f32 = memory::data_type::f32;
   const memory::desc a_md({1, m, k}, f32, memory::dims{m * k, k, 1});
   const memory::desc b_md({1, k, n}, f32, memory::dims{k * n, n, 1});
@@ -653,6 +665,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnPanelMatmul, PanelMatmul,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // a, f32 [M, K]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w, f32 [P, K, n]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // rows, int32 [1] or [0]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c, f32 [M, P n]
                                   .Ctx<ffi::ThreadPool>());
 
