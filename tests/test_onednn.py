@@ -345,6 +345,37 @@ def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tm
 
 
 @needs_kernel
+def test_batch_one_predictions_skip_padding_with_the_same_logits(minilm_dir, mobydick_path,
+                                                                 tmp_path):
+  """Classification predictions one text at a time (each padded to its length bucket, the panel
+  products skipping the padding rows) give the logits of the same texts predicted in one batch
+  (every row computed), on the real MiniLM encoder and real sentences; the skip is in the
+  batch-1 program only."""
+  code = (
+      "import re, sys, numpy as np, jax.numpy as jnp, bert_jax\n"
+      "from bert_jax import inference\n"
+      "from bert_jax.tasks import classification, common\n"
+      f"texts = {corpus_sentences(mobydick_path, 8, min_words=5)!r}\n"
+      f"m = bert_jax.BertForSequenceClassification.from_pretrained({str(minilm_dir)!r}, "
+      "num_labels=3, dtype='float32')\n"
+      f"t = bert_jax.BertTokenizer.from_pretrained({str(minilm_dir)!r})\n"
+      "one = np.concatenate([classification.predict_texts(m, t, [x], batch_size=1)\n"
+      "                      for x in texts])\n"
+      "np.save(sys.argv[1], np.stack([one, classification.predict_texts(m, t, texts)]))\n"
+      "g, s = inference.inference_split(m)\n"
+      "def skips(batch):\n"
+      "  x = {k: jnp.ones((batch, 24), jnp.int32) for k in ('input_ids', 'attention_mask',\n"
+      "                                                       'token_type_ids')}\n"
+      "  hlo = common._apply.lower(g, classification._logits, s, x, True).as_text()\n"
+      "  return bool(re.search(r'panel_matmul.*tensor<1xi32>\\) ->', hlo))\n"
+      "print(skips(1), skips(8))\n")
+  printed, logits = _embed_in_subprocess(code, "auto", tmp_path)
+  assert printed == f"{onednn.panel_count() > 1} False"
+  assert logits.shape == (2, 8, 3)
+  np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)
+
+
+@needs_kernel
 def test_small_calls_use_the_spinning_helper_with_the_same_numbers(minilm_dir, mobydick_path,
                                                                     tmp_path):
   """A batch-1 embed (every product at most 64 rows) gives its helper pieces to the kernels' own

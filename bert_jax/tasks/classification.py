@@ -301,8 +301,9 @@ def predict_texts(model, tokenizer, texts, pairs=None, *, batch_size: int = 32,
   by length and cut to `length_buckets` (tasks/buckets.py; "off": every row at max_seq_length);
   the logits come back in the input order."""
   arrays = encode(tokenizer, texts, pairs, max_seq_length)
-  return common.run_model(model, _logits, arrays, batch_size,
-                          buckets=buckets.parse(length_buckets, max_seq_length))
+  return common.run_model(model, _logits, arrays, batch_size,  # logits read [CLS] only
+                          buckets=buckets.parse(length_buckets, max_seq_length),
+                          right_padded=True)
 
 
 def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict) -> list[dict]:

@@ -204,13 +204,18 @@ class EpochIterator:
 
 
 # ----------------------------------------------------------------------------- inference
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _apply(graphdef, fn, state, batch):  # graphdef: an inference.StaticGraph
-  return fn(graphdef.merge(state), batch)
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
+def _apply(graphdef, fn, state, batch, right_padded=False):  # graphdef: inference.StaticGraph
+  if not right_padded:
+    return fn(graphdef.merge(state), batch)
+  from bert_jax import inference
+  with inference.skipping_padding(batch["attention_mask"]):
+    return fn(graphdef.merge(state), batch)
 
 
 def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
-              mesh=None, buckets: tuple[int, ...] | None = None, token_outputs: bool = False):
+              mesh=None, buckets: tuple[int, ...] | None = None, token_outputs: bool = False,
+              right_padded: bool = False):
   """fn(model, batch) over all rows in fixed-size batches; returns the outputs' numpy arrays.
 
   `fn` must be a module-level function (it is a static jit argument). With a mesh, each batch is
@@ -256,7 +261,8 @@ def run_model(model: nnx.Module, fn: Callable, arrays: dict[str, np.ndarray], ba
       out = _apply(graphdef, fn, state, batch)
       out = _gather(out)
     else:
-      out = jax.device_get(_apply(graphdef, fn, state, jax.tree.map(jnp.asarray, batch)))
+      out = jax.device_get(_apply(graphdef, fn, state, jax.tree.map(jnp.asarray, batch),
+                                  right_padded))
     out = jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows], out)
     if buckets and token_outputs:
       out = jax.tree.map(lambda x: np.pad(x, [(0, 0), (0, full - x.shape[1])]

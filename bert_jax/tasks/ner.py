@@ -229,7 +229,8 @@ def predict(model, tokenizer, info: dict, path, batch_size: int, overrides: dict
     fmt = "conll" if "conll" in pathlib.Path(path).name.lower() else "text"
   sentences = read_conll(path, need_tags=False) if fmt == "conll" else read_text(path)
   arrays, firsts = encode(tokenizer, sentences, None, int(info.get("max_seq_length", 128)))
-  logits = common.run_model(model, _logits, arrays, batch_size)
+  # decode reads each word's first token only, never the padding
+  logits = common.run_model(model, _logits, arrays, batch_size, right_padded=True)
   preds, _ = decode(logits, firsts, list(info["label_names"]))
   return [{"tokens": w, "tags": p, "entities": entities(w, p)}
           for (w, _), p in zip(sentences, preds, strict=False)]
