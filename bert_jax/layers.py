@@ -227,10 +227,10 @@ class ColumnPanels(nnx.Variable):
   only; oneDNN's gemm ran faster on dense panels at few rows, benchmarks/RESULTS.md run AB)."""
 
 
-# How many leading rows of each Dense input matter, while a batch-1 encode is traced
-# (`valid_rows`; inference.encode: the position after the last real token, so the rows after it
-# are the length bucket's padding). Panel products multiply only those rows and write zeros for
-# the rest; elsewhere it is None and every row is computed.
+# How many leading rows of each Dense input matter, while a batch of one sequence is traced
+# (`valid_rows`; inference.skipping_padding: the position after its last real token, so the
+# rows after it are the length bucket's padding). Panel products multiply only those rows and
+# write zeros for the rest; elsewhere it is None and every row is computed.
 _VALID_ROWS: contextvars.ContextVar = contextvars.ContextVar("bert_jax_valid_rows", default=None)
 
 

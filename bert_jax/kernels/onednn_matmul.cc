@@ -591,9 +591,9 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
 // -> 339; at 128 and 1,280 rows within 5% either way; benchmarks/RESULTS.md run AB).
 //
 // `rows` (int32 [1], or zero-size for all M) says how many leading rows of a matter: the product
-// runs on those only and the rows after them are written as zeros. A batch-1 encode passes the
-// position after its last real token (inference.encode): the length bucket's padding rows
-// then cost no product, and their zeros stay finite on the way through the model.
+// runs on those only and the rows after them are written as zeros. A batch of one sequence
+// passes the position after its last real token (inference.skipping_padding): the length
+// bucket's padding rows then cost no product, and their zeros stay finite through the model.
 ffi::Future PanelMatmul(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w,
                         ffi::Buffer<ffi::S32> rows, ffi::Result<ffi::Buffer<ffi::F32>> c,
                         ffi::ThreadPool pool) {
