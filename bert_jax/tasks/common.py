@@ -2,6 +2,7 @@
 seeded train/dev split and batched, jitted inference over numpy arrays."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -206,10 +207,9 @@ class EpochIterator:
 # ----------------------------------------------------------------------------- inference
 @functools.partial(jax.jit, static_argnums=(0, 1, 4))
 def _apply(graphdef, fn, state, batch, right_padded=False):  # graphdef: inference.StaticGraph
-  if not right_padded:
-    return fn(graphdef.merge(state), batch)
   from bert_jax import inference
-  with inference.skipping_padding(batch["attention_mask"]):
+  with (inference.skipping_padding(batch["attention_mask"]) if right_padded
+        else contextlib.nullcontext()):
     return fn(graphdef.merge(state), batch)
 
 
