@@ -2,8 +2,9 @@
 
 A jitted n x n x n matmul, f32, and bf16 inputs with f32 accumulation
 (`preferred_element_type=float32`, how bert_jax's Dense runs). Median of `reps` timed calls.
-In f32 on one CPU device bert_jax's Dense layers multiply on oneDNN (layers.f32_on_onednn), which
-outruns XLA's dot there: the f32 peak is then the faster of the two, both recorded.
+On one CPU device bert_jax's Dense layers multiply on oneDNN (layers.on_onednn: f32, and bf16
+where the CPU has native bf16), which outruns XLA's dot there: each peak is then the faster of
+the two, both recorded.
 """
 from __future__ import annotations
 
@@ -43,13 +44,16 @@ def matmul_flops_per_s(n: int = 4096, dtype=jnp.float32, reps: int = 5, chain: i
 
 
 def measure(n: int = 4096, reps: int = 5, chain: int = 1) -> dict[str, float]:
-  """{'f32': FLOP/s, 'bf16_in_f32_acc': FLOP/s, 'f32_xla': ..., ['f32_onednn': ...]} on the
-  default device; 'f32' is the faster of XLA's dot and, where f32 Dense layers use it, oneDNN's."""
+  """{'f32': FLOP/s, 'bf16_in_f32_acc': FLOP/s, 'f32_xla': ..., 'bf16_xla': ...,
+  ['f32_onednn': ..., 'bf16_onednn': ...]} on the default device; 'f32' and 'bf16_in_f32_acc'
+  are the faster of XLA's dot and, where bert_jax's Dense layers use it, oneDNN's."""
   from bert_jax import layers, onednn
-  peaks = {"f32_xla": matmul_flops_per_s(n, jnp.float32, reps, chain),
-           "bf16_in_f32_acc": matmul_flops_per_s(n, jnp.bfloat16, reps, chain), "n": n}
-  if layers.f32_on_onednn(jnp.float32):
-    peaks["f32_onednn"] = matmul_flops_per_s(n, jnp.float32, reps, chain,
-                                             product=onednn.f32_batched_matmul)
+  peaks = {"n": n}
+  for name, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
+    peaks[f"{name}_xla"] = matmul_flops_per_s(n, dtype, reps, chain)
+    if layers.on_onednn(dtype):
+      peaks[f"{name}_onednn"] = matmul_flops_per_s(n, dtype, reps, chain,
+                                                   product=onednn.batched_matmul)
   peaks["f32"] = max(peaks["f32_xla"], peaks.get("f32_onednn", 0.0))
+  peaks["bf16_in_f32_acc"] = max(peaks["bf16_xla"], peaks.get("bf16_onednn", 0.0))
   return peaks

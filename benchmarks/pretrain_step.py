@@ -229,9 +229,10 @@ def cpu_mode(write=None) -> dict:
   peaks = matmul_peak.measure()
   results["peak_flops_per_s"] = peaks
   results["mfu_denominator"] = max(("f32", "bf16_in_f32_acc"), key=lambda k: peaks[k])
-  if "f32_onednn" in peaks:
-    print(f"  f32: XLA's dot {peaks['f32_xla'] / 1e9:.0f}, oneDNN's (f32 Dense layers here) "
-          f"{peaks['f32_onednn'] / 1e9:.0f} GFLOP/s", flush=True)
+  for name in ("f32", "bf16"):
+    if f"{name}_onednn" in peaks:
+      print(f"  {name}: XLA's dot {peaks[f'{name}_xla'] / 1e9:.0f}, oneDNN's ({name} Dense "
+            f"layers here) {peaks[f'{name}_onednn'] / 1e9:.0f} GFLOP/s", flush=True)
   print(f"  f32 {peaks['f32'] / 1e9:.0f} GFLOP/s; bf16 inputs, f32 accumulation "
         f"{peaks['bf16_in_f32_acc'] / 1e9:.0f} GFLOP/s", flush=True)
   for case in cases:

@@ -39,7 +39,7 @@ import numpy as np
 from bert_jax import onednn
 from bert_jax.device_dtype import target_backend
 from bert_jax.errors import DataError
-from bert_jax.layers import dropout, f32_on_onednn, matmul
+from bert_jax.layers import dropout, f32_on_onednn, matmul, on_onednn
 
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
 CHUNK_FROM = 2048  # Query length from which the XLA reference runs chunked.
@@ -221,8 +221,8 @@ def _batched_product(dtype):
   """Attention's two batched products: on oneDNN for f32 on one CPU device where its kernel is
   usable (onednn.f32_enabled; 2-3x XLA:CPU's batched dots at BERT's shapes), else
   layers.matmul in `dtype` with f32 accumulation."""
-  if f32_on_onednn(dtype):
-    return onednn.f32_batched_matmul
+  if on_onednn(dtype):
+    return lambda a, b, transpose_b=False: onednn.batched_matmul(a, b, transpose_b, dtype)
   return lambda a, b, transpose_b=False: matmul(a, b, dtype, transpose_b=transpose_b)
 
 

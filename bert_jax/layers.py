@@ -204,19 +204,28 @@ def activation(name: str):
 
 
 def f32_on_onednn(dtype) -> bool:
-  """Whether products computed in `dtype` run on oneDNN (onednn.f32_batched_matmul, gradients
-  too, split over XLA's threads): f32, compiled for the CPU, one device, a usable kernel
-  (onednn.f32_enabled; BERT_JAX_ONEDNN=off keeps XLA). Dense layers and attention use it."""
+  """Whether products computed in `dtype` are f32 ones on oneDNN (onednn.batched_matmul,
+  gradients too, split over XLA's threads): f32, compiled for the CPU, one device, a usable
+  kernel (onednn.f32_enabled; BERT_JAX_ONEDNN=off keeps XLA). Inference's weight panels and its
+  attention kernel, and the fused AdamW, are f32 only."""
   return (jnp.dtype(dtype) == jnp.float32 and device_dtype.target_backend() == "cpu"
           and onednn.f32_enabled())
 
 
+def on_onednn(dtype) -> bool:
+  """Whether Dense and attention products with `dtype` inputs run on oneDNN: f32 where
+  f32_on_onednn, bf16 on a CPU with native bf16 (onednn.bf16_enabled), else XLA's dot."""
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    return device_dtype.target_backend() == "cpu" and onednn.bf16_enabled()
+  return f32_on_onednn(dtype)
+
+
 def _dense_product(x_MxK: jax.Array, w_KxN: jax.Array, dtype) -> jax.Array:
-  """A Dense layer's product: oneDNN's where f32_on_onednn (on a Xeon without avx512_bf16,
+  """A Dense layer's product: oneDNN's where on_onednn (f32 on a Xeon without avx512_bf16,
   where "auto" is f32: BERT-base's f32 training step 5-10% faster, batch-1 f32 classification
   1.3x, MiniLM embeddings 1.16x; benchmarks/RESULTS.md run X), else `matmul` in `dtype`."""
-  if f32_on_onednn(dtype):  # f32 operands, so gradients come back in the primal dtypes
-    return onednn.f32_batched_matmul(x_MxK.astype(jnp.float32), w_KxN.astype(jnp.float32))
+  if on_onednn(dtype):
+    return onednn.batched_matmul(x_MxK, w_KxN, False, dtype)
   return matmul(x_MxK, w_KxN, dtype)
 
 

@@ -4,15 +4,20 @@ XLA:CPU runs an int8 x int8 -> int32 dot through generic loops, slower than its 
 while the CPUs that serve BERT have int8 dot-product instructions (avx512_vnni, AMX, avx_vnni)
 that oneDNN uses. Measured on a 2-core AMD EPYC (family 25, avx512_vnni + avx512_bf16), GOP/s,
 XLA bf16 / XLA int8 / oneDNN int8 (s8 x s8 -> s32): 4096x384 @ 384x1536 377 / 273 / 566;
-4096x768 @ 768x768 349 / 272 / 821; 4096x3072 @ 3072x768 392 / 315 / 851. (oneDNN's bf16
-matmul ran at XLA's bf16 speed, within 10%, so bf16 stays on XLA.)
+4096x768 @ 768x768 349 / 272 / 821; 4096x3072 @ 3072x768 392 / 315 / 851.
 
-In f32 on one CPU device, attention's batched products ([B, N, L, H] x [B, N, M, H], small per
-batch entry) and the Dense layers' products also go to oneDNN (`f32_batched_matmul`, gradients
-included; layers.f32_on_onednn): on a Xeon (AVX-512 + VNNI, no avx512_bf16, where
-`dtype="auto"` is f32) BERT-base's attention products at [32, 12, 128, 64] took 3.0 / 2.6 ms
-against XLA:CPU's 6.8 / 8.2, and its Dense products 1.1-2.2x XLA's at 32 and 128 rows; the f32
-training step ran 5-10% faster, batch-32 f32 classification 1.21x (RESULTS.md runs W and X).
+On one CPU device, attention's batched products ([B, N, L, H] x [B, N, M, H], small per batch
+entry) and the Dense layers' products also go to oneDNN (`batched_matmul`, gradients included;
+layers.on_onednn), in f32 and, on CPUs with native bf16, in bf16:
+- f32: on a Xeon (AVX-512 + VNNI, no avx512_bf16, where `dtype="auto"` is f32) BERT-base's
+  attention products at [32, 12, 128, 64] took 3.0 / 2.6 ms against XLA:CPU's 6.8 / 8.2, and
+  its Dense products 1.1-2.2x XLA's at 32 and 128 rows; the f32 training step ran 5-10% faster,
+  batch-32 f32 classification 1.21x (RESULTS.md runs W and X).
+- bf16: oneDNN reads the backward's transposed operands through strides, where XLA:CPU's fast
+  bf16 dot needs them copied (layers._mm_nt), and its avx512_bf16 kernels ran BERT-base's Dense
+  products forward + backward 5-7% faster than XLA's on a 2-core AMD EPYC family 26: the bf16
+  training step 1.14x at 8 x 128 and 1.13x at 2 x 512 (RESULTS.md run AD). On family 25 a
+  single bf16 product had run at XLA's speed, within 10%.
 
 `int8_matmul(a, b)` is the int32 product of two int8 matrices: through oneDNN on CPU when the
 kernel is usable and the CPU has int8 dot-product instructions (VNNI or AMX), XLA's dot
@@ -259,9 +264,24 @@ def int8_enabled(environ=os.environ) -> bool:
 
 
 def f32_enabled(environ=os.environ) -> bool:
-  """Whether f32 batched products (attention's, f32_batched_matmul) run on oneDNN here:
+  """Whether f32 batched products (attention's, batched_matmul) run on oneDNN here:
   BERT_JAX_ONEDNN, a usable kernel, and one device (a custom call has no sharding rule)."""
   return _enabled(environ, unavailable_reason, "f32") and jax.device_count() == 1
+
+
+def bf16_reason(flags=None) -> str:
+  """'' when bf16 products go to oneDNN here, else why not."""
+  flags = _this_cpu_flags() if flags is None else flags
+  if not any(f in flags for f in device_dtype.NATIVE_BF16_FLAGS):
+    return ("this CPU has no native bf16 dot products (" +
+            ", ".join(device_dtype.NATIVE_BF16_FLAGS) + ")")
+  return _load()
+
+
+def bf16_enabled(environ=os.environ) -> bool:
+  """Whether bf16 Dense and attention products (batched_matmul) run on oneDNN here:
+  BERT_JAX_ONEDNN, a usable kernel, a CPU with native bf16 and one device."""
+  return _enabled(environ, bf16_reason, "bf16") and jax.device_count() == 1
 
 
 def unavailable_reason() -> str:
@@ -289,29 +309,35 @@ def matmul(a: jax.Array, b: jax.Array, out_dtype, *, transpose_a: bool = False,
   return call(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def f32_batched_matmul(a: jax.Array, b: jax.Array, transpose_b: bool = False) -> jax.Array:
-  """f32 a [..., M, K] @ b [..., K, N] (b [..., N, K] with `transpose_b`) on oneDNN, forward
-  and backward (the gradients are oneDNN products too, transposes read through strides): the
-  products of attention on one CPU device (see the top of this file)."""
-  return _f32_bmm_fwd(a, b, transpose_b)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def batched_matmul(a: jax.Array, b: jax.Array, transpose_b: bool = False,
+                   dtype=jnp.float32) -> jax.Array:
+  """a [..., M, K] @ b [..., K, N] (b [..., N, K] with `transpose_b`) on oneDNN with `dtype`
+  (f32 or bf16) inputs and f32 results, forward and backward (the gradients are oneDNN products
+  too, transposes read through strides, no transposed copies); the gradients come back in the
+  primal dtypes. The Dense and attention products on one CPU device (layers.on_onednn)."""
+  return _bmm_fwd(a, b, transpose_b, dtype)[0]
 
 
-def _f32_bmm_fwd(a, b, transpose_b):
-  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-  return matmul(a, b, jnp.float32, transpose_b=transpose_b), (a, b)
+def _bmm_fwd(a, b, transpose_b, dtype):
+  a_c, b_c = a.astype(dtype), b.astype(dtype)
+  # Zero-size markers carry the primal dtypes so that the gradients come back in them.
+  return (matmul(a_c, b_c, jnp.float32, transpose_b=transpose_b),
+          (a_c, b_c, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype)))
 
 
-def _f32_bmm_bwd(transpose_b, res, g):
-  a, b = res
+def _bmm_bwd(transpose_b, dtype, res, g):
+  a, b, a_marker, b_marker = res
+  g = g.astype(dtype)
   if transpose_b:  # y = a b^T: da = g b, db = g^T a.
-    return (matmul(g, b, jnp.float32), matmul(g, a, jnp.float32, transpose_a=True))
-  # y = a b: da = g b^T, db = a^T g.
-  return (matmul(g, b, jnp.float32, transpose_b=True),
-          matmul(a, g, jnp.float32, transpose_a=True))
+    da, db = matmul(g, b, jnp.float32), matmul(g, a, jnp.float32, transpose_a=True)
+  else:  # y = a b: da = g b^T, db = a^T g.
+    da, db = (matmul(g, b, jnp.float32, transpose_b=True),
+              matmul(a, g, jnp.float32, transpose_a=True))
+  return da.astype(a_marker.dtype), db.astype(b_marker.dtype)
 
 
-f32_batched_matmul.defvjp(_f32_bmm_fwd, _f32_bmm_bwd)
+batched_matmul.defvjp(_bmm_fwd, _bmm_bwd)
 
 
 def attention_usable(head_size: int) -> bool:

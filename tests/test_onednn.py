@@ -249,41 +249,53 @@ def test_quantized_matmul_is_xlas_dynamic_int8_bit_for_bit(m, k, n):
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+# bf16 products on oneDNN and on XLA take the same bf16 operands and sum in f32 in another order:
+# their f32 results differ in the last bits, and a later bf16 rounding can then flip one ulp
+# (2**-8 relative) of an operand further on.
+TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+ENABLED = {jnp.float32: "f32_enabled", jnp.bfloat16: "bf16_enabled"}
+
+
 @needs_kernel
-def test_attention_products_on_onednn_match_xla_forward_and_backward(monkeypatch):
-  """masked_attention with its products on oneDNN (f32, one CPU device) against XLA's:
-  context and the gradients of q, k and v, under a padding mask, attention dropout on."""
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attention_products_on_onednn_match_xla_forward_and_backward(monkeypatch, dtype):
+  """masked_attention with its products on oneDNN (f32 or bf16 inputs, one CPU device) against
+  XLA's: context and the gradients of q, k and v, under a padding mask, attention dropout on."""
   from bert_jax import attention
   kq, kk, kv, kd = jax.random.split(jax.random.key(3), 4)
   q, k, v = (jax.random.normal(key, (2, 24, 3, 8)) for key in (kq, kk, kv))
   mask = (jnp.arange(24)[None, :] < jnp.array([[24], [15]]))[:, None, None, :]
 
   def loss(q, k, v):
-    ctx, _ = attention.masked_attention(q, k, v, mask, dtype=jnp.float32, dropout_rate=0.1,
+    ctx, _ = attention.masked_attention(q, k, v, mask, dtype=dtype, dropout_rate=0.1,
                                         dropout_rng=kd)
     return jnp.sum(jnp.where(mask[:, 0, 0, :, None, None], ctx, 0.0) ** 2), ctx
 
   results = {}
   for on in (True, False):
-    monkeypatch.setattr(onednn, "f32_enabled", lambda on=on: on)
+    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
     f = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
     assert ("bert_jax_onednn_matmul" in f.lower(q, k, v).as_text()) == on
     results[on] = f(q, k, v)
   for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
                         strict=True):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert got.dtype == want.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=TOLERANCE[dtype],
+                               atol=TOLERANCE[dtype] * float(jnp.max(jnp.abs(want))))
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("lead", [(3, 5), (2, 70)])
-def test_f32_dense_on_onednn_matches_xla_forward_and_backward(monkeypatch, lead):
-  """An f32 Dense layer on oneDNN (one CPU device) against XLA: outputs and the gradients of the
-  input, kernel and bias, for 15 rows and 140 (N = 136: two 64-column runs split over threads,
-  the last one with the 8 left over; its gradient products split K and N the same way)."""
+def test_dense_on_onednn_matches_xla_forward_and_backward(monkeypatch, lead, dtype):
+  """A Dense layer on oneDNN (f32 or bf16 inputs, one CPU device) against XLA: outputs and the
+  gradients of the input, kernel and bias (f32, the primal dtypes), for 15 rows and 140 (N =
+  136: two 64-column runs split over threads, the last one with the 8 left over; its gradient
+  products split K and N the same way)."""
   from flax import nnx
 
   from bert_jax import layers
-  dense = layers.Dense((24,), (136,), ("embed",), ("mlp",), init_std=0.5, dtype=jnp.float32,
+  dense = layers.Dense((24,), (136,), ("embed",), ("mlp",), init_std=0.5, dtype=dtype,
                        param_dtype=jnp.float32, rngs=nnx.Rngs(0))
   dense.bias[...] = jax.random.normal(jax.random.key(7), (136,))
   graphdef, state = nnx.split(dense)
@@ -295,13 +307,15 @@ def test_f32_dense_on_onednn_matches_xla_forward_and_backward(monkeypatch, lead)
 
   results = {}
   for on in (True, False):
-    monkeypatch.setattr(onednn, "f32_enabled", lambda on=on: on)
+    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
     f = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
     assert ("bert_jax_onednn_matmul" in f.lower(state, x).as_text()) == on
     results[on] = f(state, x)
   for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
                         strict=True):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    assert got.dtype == want.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=TOLERANCE[dtype],
+                               atol=TOLERANCE[dtype] * float(jnp.max(jnp.abs(want))))
 
 
 @needs_kernel
@@ -499,3 +513,60 @@ def test_no_int8_dot_instructions_keep_xla():
   """Without VNNI / AMX oneDNN's int8 pairs saturate in 16 bits: XLA's integers are kept."""
   reason = onednn.int8_reason(frozenset({"avx2", "fma", "avx512_bf16"}))
   assert reason.startswith("this CPU has no int8 dot-product instructions (avx512_vnni")
+
+
+@needs_kernel
+def test_bf16_pretraining_step_on_onednn_tracks_xla(pretrain_dataset, vocab_path, monkeypatch):
+  """The tiny model's bf16 pretraining step on real Bible batches, its Dense and attention
+  products on oneDNN (where the CPU has native bf16: layers.on_onednn) against XLA's dots: the
+  custom call is in the program and three steps' losses and gradient norms agree to bf16's
+  precision (the same bf16 operands, f32 sums in another order)."""
+  from bert_jax import optim, pretraining, sharding, train
+  from bert_jax.configs import pretrain as pretrain_configs
+  config = pretrain_configs.get_config("tiny")
+  config.data.update(dir=str(pretrain_dataset), vocab=str(vocab_path))
+  config.model.update(dtype="bfloat16")
+  it = pretraining.make_task(config).train_iter()
+  batches = [next(it) for _ in range(3)]
+  runs = {}
+  for on in (True, False):
+    monkeypatch.setattr(onednn, "bf16_enabled", lambda on=on: on)
+    task = pretraining.make_task(config)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    tx, schedule = optim.create_optimizer(config.optimizer, config.train.num_steps)
+    graphdef, _, shardings = train.abstract_train_state(task, tx, mesh, seed=0)
+    with jax.set_mesh(mesh):
+      state = train.init_train_state(task, tx, shardings, 0)
+      step = train.jit_train_step(task, config, graphdef, tx, schedule, shardings)
+      hlo = step.lower(state, train.to_global(batches[0], mesh), jax.random.key(0)).as_text()
+      assert ("bert_jax_onednn_matmul" in hlo) == on
+      metrics = []
+      for i, batch in enumerate(batches):
+        state, m = step(state, train.to_global(batch, mesh), jax.random.key(i))
+        metrics.append((float(m["loss"][0]), float(m["grad_norm"][0])))
+    runs[on] = np.array(metrics)
+  assert np.all(np.isfinite(runs[True])) and runs[True][0, 0] > 1.0
+  np.testing.assert_allclose(runs[True], runs[False], rtol=2e-3)
+
+
+@needs_kernel
+def test_bf16_model_on_onednn_matches_xla(minilm_dir, mobydick_path, monkeypatch):
+  """The real model in bf16 on real sentences, its products on oneDNN and on XLA: the same
+  embeddings to bf16's precision (cosine >= 0.9999), the custom call in the program."""
+  import bert_jax
+  from bert_jax import inference
+  texts = corpus_sentences(mobydick_path, 12, min_words=5)
+  model = bert_jax.BertModel.from_pretrained(minilm_dir, dtype="bfloat16")
+  tokenizer = bert_jax.BertTokenizer.from_pretrained(minilm_dir)
+  ids = np.ones((4, 32), np.int32)
+  out = {}
+  for on in (True, False):
+    jax.clear_caches()  # encode is jitted: trace it again under the other choice
+    monkeypatch.setattr(onednn, "bf16_enabled", lambda on=on: on)
+    g, s = inference.inference_split(model)
+    hlo = inference.encode.lower(g, s, ids, ids, 0 * ids, pooling="mean").as_text()
+    assert ("bert_jax_onednn_matmul" in hlo) == on
+    out[on] = bert_jax.embed(model, tokenizer, texts, normalize=True)
+  jax.clear_caches()  # nothing traced under the patched choice outlives the test
+  cosines = np.sum(out[True] * out[False], axis=-1)
+  assert out[True].shape == (12, 384) and cosines.min() >= 0.9999, cosines
