@@ -52,8 +52,9 @@ def measure(n: int = 4096, reps: int = 5, chain: int = 1) -> dict[str, float]:
   for name, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
     peaks[f"{name}_xla"] = matmul_flops_per_s(n, dtype, reps, chain)
     if layers.on_onednn(dtype):
-      peaks[f"{name}_onednn"] = matmul_flops_per_s(n, dtype, reps, chain,
-                                                   product=onednn.batched_matmul)
+      peaks[f"{name}_onednn"] = matmul_flops_per_s(
+          n, dtype, reps, chain,
+          product=lambda x, b, dtype=dtype: onednn.batched_matmul(x, b, False, dtype))
   peaks["f32"] = max(peaks["f32_xla"], peaks.get("f32_onednn", 0.0))
   peaks["bf16_in_f32_acc"] = max(peaks["bf16_xla"], peaks.get("bf16_onednn", 0.0))
   return peaks
