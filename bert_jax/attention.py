@@ -39,7 +39,7 @@ import numpy as np
 from bert_jax import onednn
 from bert_jax.device_dtype import target_backend
 from bert_jax.errors import DataError
-from bert_jax.layers import dropout, f32_on_onednn, matmul, on_onednn
+from bert_jax.layers import dropout, matmul, on_onednn
 
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
 CHUNK_FROM = 2048  # Query length from which the XLA reference runs chunked.
@@ -182,7 +182,7 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
   chunk = _chunk_size(seq_len)
   if (kernel == INFERENCE_IMPL and not chunk and not want_probs and not dropout_active
       and not FUSED_MAX_SMALL_ROWS < q_BxLxNxH.shape[0] * seq_len < FUSED_MIN_ROWS
-      and f32_on_onednn(dtype)
+      and on_onednn(dtype)
       and onednn.attention_usable(head_size)):
     bias = jnp.where(dense_mask(mask, half_window), 0.0, _NEG_INF).astype(jnp.float32)
     bias_Bx1xRxM = jnp.broadcast_to(bias, (q_BxLxNxH.shape[0], 1, *bias.shape[2:]))

@@ -128,28 +128,28 @@ def inference_split(model: nnx.Module) -> tuple[StaticGraph, list]:
 
 
 def _inference_form(model: nnx.Module) -> nnx.Module:
-  """`model`, or a clone (sharing its other arrays) in the form f32 inference on oneDNN runs
-  faster in (layers.f32_on_onednn; forward only):
+  """`model`, or a clone (sharing its other arrays) in the form inference on oneDNN runs
+  faster in (layers.on_onednn: f32, and bf16 on a CPU with native bf16; forward only):
   - attention layers that would run XLA's attention take attention.INFERENCE_IMPL: the core of
     a call in one custom call where attention.py's gates let it (MiniLM embeddings at batch 32
     1.07-1.26x faster, batch 1 with the kernels' spinning helper 1.09x; benchmarks/RESULTS.md
     runs AA, AB);
   - Dense layers get their kernel [K, N] (flattened) also as onednn.column_panels, one dense
-    panel per thread, where N splits into whole 16-column blocks, for their products of few
-    rows (layers.ColumnPanels; batch-1 MiniLM 1.05-1.33x; run AB). A copy: the split holds the
-    Dense weights twice.
+    panel per thread in the layer's dtype, where N splits into whole 16-column blocks, for
+    their products of few rows (layers.ColumnPanels; batch-1 MiniLM f32 1.05-1.33x, run AB;
+    bf16 RUN_AD_BF16_PANELS). A copy: the split holds the Dense weights twice.
   """
   from bert_jax import attention
 
   def fused(mod):
     return (getattr(mod, "impl", None) in ("xla", "auto") and hasattr(mod, "dtype")
-            and layers.f32_on_onednn(mod.dtype))
+            and layers.on_onednn(mod.dtype))
 
   panels = onednn.panel_count()
 
   def paneled(mod):
     if not (isinstance(mod, layers.Dense) and type(mod.kernel) is nnx.Param and panels > 1
-            and getattr(mod, "panels", None) is None and layers.f32_on_onednn(mod.dtype)):
+            and getattr(mod, "panels", None) is None and layers.on_onednn(mod.dtype)):
       return False
     n = math.prod(mod.kernel.shape[mod.n_in:])
     return n % (16 * panels) == 0
@@ -163,7 +163,7 @@ def _inference_form(model: nnx.Module) -> nnx.Module:
     if paneled(mod):
       k = math.prod(mod.kernel.shape[:mod.n_in])
       mod.panels = layers.ColumnPanels(onednn.column_panels(mod.kernel[...].reshape(k, -1),
-                                                            panels))
+                                                            panels, mod.dtype))
   return clone
 
 

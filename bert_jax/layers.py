@@ -206,8 +206,7 @@ def activation(name: str):
 def f32_on_onednn(dtype) -> bool:
   """Whether products computed in `dtype` are f32 ones on oneDNN (onednn.batched_matmul,
   gradients too, split over XLA's threads): f32, compiled for the CPU, one device, a usable
-  kernel (onednn.f32_enabled; BERT_JAX_ONEDNN=off keeps XLA). Inference's weight panels and its
-  attention kernel, and the fused AdamW, are f32 only."""
+  kernel (onednn.f32_enabled; BERT_JAX_ONEDNN=off keeps XLA). The fused AdamW needs it."""
   return (jnp.dtype(dtype) == jnp.float32 and device_dtype.target_backend() == "cpu"
           and onednn.f32_enabled())
 
@@ -230,7 +229,7 @@ def _dense_product(x_MxK: jax.Array, w_KxN: jax.Array, dtype) -> jax.Array:
 
 
 class ColumnPanels(nnx.Variable):
-  """A copy of a Dense kernel for f32 inference on oneDNN, as column panels [P, K, N / P]
+  """A copy of a Dense kernel for inference on oneDNN, as column panels [P, K, N / P]
   (onednn.column_panels), in the layer's `panels` attribute: inference.inference_split's form of
   the model has them. The layer's products of at most PANEL_MAX_ROWS rows read them (forward
   only; oneDNN's gemm ran faster on dense panels at few rows, benchmarks/RESULTS.md run AB)."""

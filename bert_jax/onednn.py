@@ -370,25 +370,26 @@ def panel_count() -> int:
     return os.cpu_count() or 1
 
 
-def column_panels(w_KxN: jax.Array, panels: int) -> jax.Array:
-  """[K, N] f32 weights as `panels` dense column panels [P, K, N / P] for `panel_matmul`."""
+def column_panels(w_KxN: jax.Array, panels: int, dtype=jnp.float32) -> jax.Array:
+  """[K, N] weights as `panels` dense column panels [P, K, N / P] of `dtype` (f32 or bf16) for
+  `panel_matmul`."""
   k, n = w_KxN.shape
-  return jnp.transpose(w_KxN.astype(jnp.float32).reshape(k, panels, n // panels), (1, 0, 2))
+  return jnp.transpose(w_KxN.astype(dtype).reshape(k, panels, n // panels), (1, 0, 2))
 
 
 def panel_matmul(a_MxK: jax.Array, w_PxKxn: jax.Array, rows: jax.Array | None = None
                  ) -> jax.Array:
-  """f32 a [M, K] @ the [K, P n] matrix whose column panels are w [P, K, n] -> [M, P n], one
-  panel a thread, forward only (kernels/onednn_matmul.cc PanelMatmul: dense panels run oneDNN's
-  gemm faster at few rows than runs of a plain matrix's columns). With `rows` (an int32
-  scalar, clamped to [0, M]) only a's first `rows` rows are multiplied; the rest of the result
-  is zeros."""
+  """a [M, K] @ the [K, P n] matrix whose column panels are w [P, K, n] -> f32 [M, P n], a in
+  w's dtype (f32 or bf16), one panel a thread, forward only (kernels/onednn_matmul.cc
+  PanelMatmul: dense panels run oneDNN's gemm faster at few rows than runs of a plain matrix's
+  columns). With `rows` (an int32 scalar, clamped to [0, M]) only a's first `rows` rows are
+  multiplied; the rest of the result is zeros."""
   _require_kernel()
   p, _, n = w_PxKxn.shape
   call = jax.ffi.ffi_call(PANEL_TARGET, jax.ShapeDtypeStruct((a_MxK.shape[0], p * n),
                                                              jnp.float32))
   rows = jnp.zeros((0,), jnp.int32) if rows is None else jnp.asarray(rows, jnp.int32).reshape(1)
-  return call(a_MxK.astype(jnp.float32), w_PxKxn.astype(jnp.float32), rows)
+  return call(a_MxK.astype(w_PxKxn.dtype), w_PxKxn, rows)
 
 
 def int8_on_onednn() -> bool:

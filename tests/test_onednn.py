@@ -4,6 +4,7 @@ real sentences, int8 weights and activations) gives the same embeddings through 
 XLA, with the custom call really in the compiled program; f32 attention's products on oneDNN
 (forward and gradients) agree with XLA's, in the real model too."""
 import os
+import re
 import subprocess
 import sys
 
@@ -87,21 +88,32 @@ def test_float_products_match_xla(dtype, tol):
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("m,k,n,panels", [(1, 48, 32, 2), (40, 384, 1536, 2), (130, 64, 96, 3),
                                           (7, 16, 64, 4)])
-def test_panel_products_match_the_plain_product(m, k, n, panels):
+def test_panel_products_match_the_plain_product(m, k, n, panels, dtype):
   """a @ W from W's dense column panels (one custom call, a panel a thread, each writing its
-  columns in place) is the product of the plain [K, N] operand on oneDNN, bit for bit."""
+  columns in place), f32 or bf16 operands, f32 results: the product of the plain [K, N]
+  operand on oneDNN (bit for bit in f32; in bf16 oneDNN may pick another kernel for the plain
+  operand, whose f32 sums can differ in the last bit), and the exact product of the rounded
+  operands."""
   rng = np.random.default_rng(m + n)
   a = rng.standard_normal((m, k), np.float32)
   w = rng.standard_normal((k, n), np.float32)
-  w_PxKxn = onednn.column_panels(w, panels)
-  assert w_PxKxn.shape == (panels, k, n // panels)
-  np.testing.assert_array_equal(np.asarray(w_PxKxn[1]), w[:, n // panels:2 * n // panels])
+  w_PxKxn = onednn.column_panels(w, panels, dtype)
+  assert w_PxKxn.shape == (panels, k, n // panels) and w_PxKxn.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(w_PxKxn[1]),
+                                np.asarray(jnp.asarray(w[:, n // panels:2 * n // panels], dtype)))
   got = np.asarray(jax.jit(onednn.panel_matmul)(a, w_PxKxn))
-  np.testing.assert_allclose(got, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
-  np.testing.assert_array_equal(got, np.asarray(jax.jit(
-      lambda a, w: onednn.matmul(a, w, jnp.float32))(a, w)))
+  assert got.dtype == np.float32
+  a_r, w_r = (np.asarray(jnp.asarray(x, dtype).astype(jnp.float32), np.float64) for x in (a, w))
+  np.testing.assert_allclose(got, a_r @ w_r, rtol=1e-4, atol=1e-4)
+  plain = np.asarray(jax.jit(
+      lambda a, w: onednn.matmul(a.astype(dtype), w.astype(dtype), jnp.float32))(a, w))
+  if dtype == jnp.float32:
+    np.testing.assert_array_equal(got, plain)
+  else:
+    np.testing.assert_allclose(got, plain, rtol=1e-6, atol=1e-6 * np.abs(plain).max())
 
 
 @needs_kernel
@@ -551,8 +563,9 @@ def test_bf16_pretraining_step_on_onednn_tracks_xla(pretrain_dataset, vocab_path
 
 @needs_kernel
 def test_bf16_model_on_onednn_matches_xla(minilm_dir, mobydick_path, monkeypatch):
-  """The real model in bf16 on real sentences, its products on oneDNN and on XLA: the same
-  embeddings to bf16's precision (cosine >= 0.9999), the custom call in the program."""
+  """The real model in bf16 on real sentences, its products on oneDNN (one sentence at a time
+  from bf16 column panels) and on XLA: the same embeddings to bf16's precision (cosine >=
+  0.9999), one at a time as in the batch, the custom calls in the program."""
   import bert_jax
   from bert_jax import inference
   texts = corpus_sentences(mobydick_path, 12, min_words=5)
@@ -562,11 +575,18 @@ def test_bf16_model_on_onednn_matches_xla(minilm_dir, mobydick_path, monkeypatch
   out = {}
   for on in (True, False):
     jax.clear_caches()  # encode is jitted: trace it again under the other choice
+    inference._CAST_STATES.pop(model, None)  # and split the model again (panels or none)
     monkeypatch.setattr(onednn, "bf16_enabled", lambda on=on: on)
     g, s = inference.inference_split(model)
     hlo = inference.encode.lower(g, s, ids, ids, 0 * ids, pooling="mean").as_text()
     assert ("bert_jax_onednn_matmul" in hlo) == on
+    one = np.ones((1, 40), np.int32)
+    hlo = inference.encode.lower(g, s, one, one, 0 * one, pooling="mean").as_text()
+    assert bool(re.search(r"panel_matmul.*tensor<40x384xbf16>", hlo)) == on
     out[on] = bert_jax.embed(model, tokenizer, texts, normalize=True)
+    out[on, "one"] = np.stack([bert_jax.embed(model, tokenizer, t, normalize=True)
+                               for t in texts])
   jax.clear_caches()  # nothing traced under the patched choice outlives the test
-  cosines = np.sum(out[True] * out[False], axis=-1)
-  assert out[True].shape == (12, 384) and cosines.min() >= 0.9999, cosines
+  for got in (out[True], out[True, "one"], out[False, "one"]):
+    cosines = np.sum(got * out[False], axis=-1)
+    assert got.shape == (12, 384) and cosines.min() >= 0.9999, cosines

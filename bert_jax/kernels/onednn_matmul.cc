@@ -582,9 +582,9 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
   return ffi::Error::Success();
 }
 
-// c [M, P * n] f32 = a [M, K] . w, the weights as P dense column panels w [P, K, n] (panel p
-// holds columns [p n, (p + 1) n) of the [K, P n] matrix), each panel's product written in
-// place into its columns of c, one panel a thread. With a plain [K, N] operand each thread
+// c [M, P * n] f32 = a [M, K] . w, f32 or bf16 operands (one type), the weights as P dense
+// column panels w [P, K, n] (panel p holds columns [p n, (p + 1) n) of the [K, P n] matrix),
+// each panel's product written in place into its columns of c, one panel a thread. With a plain [K, N] operand each thread
 // reads a run of its columns, rows N apart, and oneDNN's f32 gemm ran slower on that than on a
 // dense panel at few rows (one thread, 12 weights in turn so they come from L3, best of 5 runs:
 // [40, 384] x [384, 384] 114 -> 96 us, x [384, 1536] 614 -> 470, [40, 1536] x [1536, 384] 390
@@ -594,34 +594,38 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
 // runs on those only and the rows after them are written as zeros. A batch of one sequence
 // passes the position after its last real token (inference.skipping_padding): the length
 // bucket's padding rows then cost no product, and their zeros stay finite through the model.
-ffi::Future PanelMatmul(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w,
-                        ffi::Buffer<ffi::S32> rows, ffi::Result<ffi::Buffer<ffi::F32>> c,
-                        ffi::ThreadPool pool) {
+ffi::Future PanelMatmul(ffi::AnyBuffer a, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> rows,
+                        ffi::Result<ffi::Buffer<ffi::F32>> c, ffi::ThreadPool pool) {
   auto a_dims = a.dimensions(), w_dims = w.dimensions(), c_dims = c->dimensions();
+  const ffi::DataType type = a.element_type();
   if (a_dims.size() != 2 || w_dims.size() != 3 || c_dims.size() != 2 || a_dims[1] != w_dims[1] ||
-      c_dims[0] != a_dims[0] || c_dims[1] != w_dims[0] * w_dims[2] || rows.element_count() > 1) {
+      c_dims[0] != a_dims[0] || c_dims[1] != w_dims[0] * w_dims[2] || rows.element_count() > 1 ||
+      w.element_type() != type || (type != ffi::DataType::F32 && type != ffi::DataType::BF16)) {
     return Completed(ffi::Error::InvalidArgument(
-        "bert_jax onednn panel matmul takes f32 a [M, K], w [P, K, n], int32 rows [1] or [0] -> "
-        "c [M, P n]"));
+        "bert_jax onednn panel matmul takes a [M, K] and w [P, K, n] both f32 or both bf16, "
+        "int32 rows [1] or [0] -> f32 c [M, P n]"));
   }
   const int64_t k = a_dims[1], panels = w_dims[0], n = w_dims[2];
   const int64_t big_n = panels * n;
   const int64_t m = rows.element_count() == 0
                         ? a_dims[0]
                         : std::clamp<int64_t>(rows.typed_data()[0], 0, a_dims[0]);
-  float* const a_data = a.typed_data();
-  float* const w_data = w.typed_data();
+  const size_t element = type == ffi::DataType::F32 ? 4 : 2;
+  uint8_t* const a_data = static_cast<uint8_t*>(a.untyped_data());
+  uint8_t* const w_data = static_cast<uint8_t*>(w.untyped_data());
   float* const c_data = c->typed_data();
   std::fill(c_data + m * big_n, c_data + a_dims[0] * big_n, 0.f);
   if (m == 0) return Completed(ffi::Error::Success());
+  memory::data_type dt;
+  ToDnnl(type, &dt);
   constexpr auto f32 = memory::data_type::f32;
-  const memory::desc a_md({1, m, k}, f32, memory::dims{m * k, k, 1});
-  const memory::desc b_md({1, k, n}, f32, memory::dims{k * n, n, 1});
+  const memory::desc a_md({1, m, k}, dt, memory::dims{m * k, k, 1});
+  const memory::desc b_md({1, k, n}, dt, memory::dims{k * n, n, 1});
   const memory::desc c_md({1, m, n}, f32, memory::dims{m * big_n, big_n, 1});
-  const Key key{1, m, k, n, static_cast<int>(f32), static_cast<int>(f32), static_cast<int>(f32),
+  const Key key{1, m, k, n, static_cast<int>(dt), static_cast<int>(dt), static_cast<int>(f32),
                 false, false, true, true, big_n};
   return ParallelForAsync(pool, std::min(PoolThreads(pool), panels), panels, [=](int64_t p) {
-    return Execute(key, a_md, a_data, b_md, w_data + p * k * n, c_md, c_data + p * n);
+    return Execute(key, a_md, a_data, b_md, w_data + p * k * n * element, c_md, c_data + p * n);
   }, m);
 }
 
@@ -663,8 +667,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnMatmul, Matmul,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BertJaxOnednnPanelMatmul, PanelMatmul,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // a, f32 [M, K]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w, f32 [P, K, n]
+                                  .Arg<ffi::AnyBuffer>()  // a, f32 or bf16 [M, K]
+                                  .Arg<ffi::AnyBuffer>()  // w, a's type [P, K, n]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // rows, int32 [1] or [0]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c, f32 [M, P n]
                                   .Ctx<ffi::ThreadPool>());
