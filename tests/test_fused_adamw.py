@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import run_train_steps
 
 from bert_jax import fused_adamw, onednn, optim, pretraining, sharding, train
 from bert_jax.configs import pretrain as pretrain_configs
@@ -30,19 +31,8 @@ def _train(config, batches, fused: bool, monkeypatch):
   """The initial parameters, the state after the train step `run` executes went over
   `batches`, the last step's gradient norm and the step's compiled HLO."""
   monkeypatch.setattr(fused_adamw, "usable", _USABLE if fused else lambda params: False)
-  task = pretraining.make_task(config)
-  mesh = sharding.make_mesh(dict(config.mesh))
-  tx, schedule = optim.create_optimizer(config.optimizer, config.train.num_steps)
-  graphdef, _, shardings = train.abstract_train_state(task, tx, mesh, seed=0)
-  with jax.set_mesh(mesh):
-    state = train.init_train_state(task, tx, shardings, 0)
-    step = train.jit_train_step(task, config, graphdef, tx, schedule, shardings)
-    first = train.to_global(batches[0], mesh)
-    hlo = step.lower(state, first, jax.random.key(0)).compile().as_text()
-    initial = jax.device_get(state.params)
-    for i, batch in enumerate(batches):
-      state, metrics = step(state, train.to_global(batch, mesh), jax.random.key(i))
-  return initial, jax.device_get(state), float(metrics["grad_norm"][0]), hlo
+  initial, state, metrics, hlo = run_train_steps(config, batches)
+  return initial, state, metrics[-1][1], hlo
 
 
 def test_pretraining_step_is_optax_bit_for_bit(pretrain_dataset, vocab_path, monkeypatch):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, corpus_sentences
+from conftest import REPO, corpus_sentences, run_train_steps
 
 from bert_jax import onednn
 from bert_jax.errors import ConfigError
@@ -533,7 +533,7 @@ def test_bf16_pretraining_step_on_onednn_tracks_xla(pretrain_dataset, vocab_path
   products on oneDNN (where the CPU has native bf16: layers.on_onednn) against XLA's dots: the
   custom call is in the program and three steps' losses and gradient norms agree to bf16's
   precision (the same bf16 operands, f32 sums in another order)."""
-  from bert_jax import optim, pretraining, sharding, train
+  from bert_jax import pretraining
   from bert_jax.configs import pretrain as pretrain_configs
   config = pretrain_configs.get_config("tiny")
   config.data.update(dir=str(pretrain_dataset), vocab=str(vocab_path))
@@ -543,19 +543,8 @@ def test_bf16_pretraining_step_on_onednn_tracks_xla(pretrain_dataset, vocab_path
   runs = {}
   for on in (True, False):
     monkeypatch.setattr(onednn, "bf16_enabled", lambda on=on: on)
-    task = pretraining.make_task(config)
-    mesh = sharding.make_mesh(dict(config.mesh))
-    tx, schedule = optim.create_optimizer(config.optimizer, config.train.num_steps)
-    graphdef, _, shardings = train.abstract_train_state(task, tx, mesh, seed=0)
-    with jax.set_mesh(mesh):
-      state = train.init_train_state(task, tx, shardings, 0)
-      step = train.jit_train_step(task, config, graphdef, tx, schedule, shardings)
-      hlo = step.lower(state, train.to_global(batches[0], mesh), jax.random.key(0)).as_text()
-      assert ("bert_jax_onednn_matmul" in hlo) == on
-      metrics = []
-      for i, batch in enumerate(batches):
-        state, m = step(state, train.to_global(batch, mesh), jax.random.key(i))
-        metrics.append((float(m["loss"][0]), float(m["grad_norm"][0])))
+    _, _, metrics, hlo = run_train_steps(config, batches)
+    assert ("bert_jax_onednn_matmul" in hlo) == on
     runs[on] = np.array(metrics)
   assert np.all(np.isfinite(runs[True])) and runs[True][0, 0] > 1.0
   np.testing.assert_allclose(runs[True], runs[False], rtol=2e-3)
