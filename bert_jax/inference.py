@@ -137,7 +137,7 @@ def _inference_form(model: nnx.Module) -> nnx.Module:
   - Dense layers get their kernel [K, N] (flattened) also as onednn.column_panels, one dense
     panel per thread in the layer's dtype, where N splits into whole 16-column blocks, for
     their products of few rows (layers.ColumnPanels; batch-1 MiniLM f32 1.05-1.33x, run AB;
-    bf16 RUN_AD_BF16_PANELS). A copy: the split holds the Dense weights twice.
+    bf16 1.24x, run AD). A copy: the split holds the Dense weights twice.
   """
   from bert_jax import attention
 

@@ -269,19 +269,15 @@ def f32_enabled(environ=os.environ) -> bool:
   return _enabled(environ, unavailable_reason, "f32") and jax.device_count() == 1
 
 
-def bf16_reason(flags=None) -> str:
-  """'' when bf16 products go to oneDNN here, else why not."""
+def bf16_enabled(environ=os.environ, flags=None) -> bool:
+  """Whether bf16 Dense and attention products (batched_matmul) run on oneDNN here:
+  BERT_JAX_ONEDNN, a usable kernel, a CPU with native bf16 and one device. Without native bf16
+  they stay on XLA even with BERT_JAX_ONEDNN=on (bf16 is emulated either way; "auto" picks f32
+  on such a CPU)."""
   flags = _this_cpu_flags() if flags is None else flags
   if not any(f in flags for f in device_dtype.NATIVE_BF16_FLAGS):
-    return ("this CPU has no native bf16 dot products (" +
-            ", ".join(device_dtype.NATIVE_BF16_FLAGS) + ")")
-  return _load()
-
-
-def bf16_enabled(environ=os.environ) -> bool:
-  """Whether bf16 Dense and attention products (batched_matmul) run on oneDNN here:
-  BERT_JAX_ONEDNN, a usable kernel, a CPU with native bf16 and one device."""
-  return _enabled(environ, bf16_reason, "bf16") and jax.device_count() == 1
+    return False
+  return _enabled(environ, unavailable_reason, "bf16") and jax.device_count() == 1
 
 
 def unavailable_reason() -> str:

@@ -521,6 +521,18 @@ def test_int8_activations_without_the_kernel_warn_and_still_compute(monkeypatch,
     onednn.int8_enabled()
 
 
+def test_bf16_products_go_to_onednn_only_on_native_bf16():
+  """bf16 products on a CPU that only emulates bf16 stay on XLA, even with BERT_JAX_ONEDNN=on
+  (nothing to stop for: its dtype "auto" is f32); off keeps XLA everywhere."""
+  emulated = frozenset({"avx2", "fma", "avx512f", "avx512_vnni"})
+  for mode in onednn.CHOICES:
+    assert not onednn.bf16_enabled({onednn.ENV: mode}, flags=emulated)
+  assert not onednn.bf16_enabled({onednn.ENV: "off"}, flags=emulated | {"avx512_bf16"})
+  if not REASON:
+    assert onednn.bf16_enabled({onednn.ENV: "auto"}, flags=emulated | {"amx_bf16"}) == (
+        jax.device_count() == 1)
+
+
 def test_no_int8_dot_instructions_keep_xla():
   """Without VNNI / AMX oneDNN's int8 pairs saturate in 16 bits: XLA's integers are kept."""
   reason = onednn.int8_reason(frozenset({"avx2", "fma", "avx512_bf16"}))

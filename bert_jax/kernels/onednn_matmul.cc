@@ -584,9 +584,9 @@ ffi::Error QuantizedMatmul(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed,
 
 // c [M, P * n] f32 = a [M, K] . w, f32 or bf16 operands (one type), the weights as P dense
 // column panels w [P, K, n] (panel p holds columns [p n, (p + 1) n) of the [K, P n] matrix),
-// each panel's product written in place into its columns of c, one panel a thread. With a plain [K, N] operand each thread
-// reads a run of its columns, rows N apart, and oneDNN's f32 gemm ran slower on that than on a
-// dense panel at few rows (one thread, 12 weights in turn so they come from L3, best of 5 runs:
+// each panel's product written in place into its columns of c, one panel a thread. With a
+// plain [K, N] operand each thread reads a run of its columns, rows N apart, and oneDNN's f32
+// gemm ran slower on that than on a dense panel at few rows (one thread, 12 weights in turn so they come from L3, best of 5 runs:
 // [40, 384] x [384, 384] 114 -> 96 us, x [384, 1536] 614 -> 470, [40, 1536] x [1536, 384] 390
 // -> 339; at 128 and 1,280 rows within 5% either way; benchmarks/RESULTS.md run AB).
 //
