@@ -36,12 +36,18 @@ def cpu_flags() -> frozenset[str]:
   return frozenset()
 
 
+def native_bf16(flags: frozenset[str] | None = None) -> bool:
+  """Whether this CPU (or one with `flags`) has a native bf16 dot product."""
+  flags = cpu_flags() if flags is None else flags
+  return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
 def choose(platform: str | None = None) -> str:
   """'bfloat16' or 'float32' for `platform` (default: JAX's default backend)."""
   platform = platform or jax.default_backend()
   if platform in ("tpu", "gpu", "cuda", "rocm"):
     return "bfloat16"
-  return "bfloat16" if any(f in cpu_flags() for f in NATIVE_BF16_FLAGS) else "float32"
+  return "bfloat16" if native_bf16() else "float32"
 
 
 def resolve(dtype, platform: str | None = None):

@@ -274,8 +274,7 @@ def bf16_enabled(environ=os.environ, flags=None) -> bool:
   BERT_JAX_ONEDNN, a usable kernel, a CPU with native bf16 and one device. Without native bf16
   they stay on XLA even with BERT_JAX_ONEDNN=on (bf16 is emulated either way; "auto" picks f32
   on such a CPU)."""
-  flags = _this_cpu_flags() if flags is None else flags
-  if not any(f in flags for f in device_dtype.NATIVE_BF16_FLAGS):
+  if not device_dtype.native_bf16(_this_cpu_flags() if flags is None else flags):
     return False
   return _enabled(environ, unavailable_reason, "bf16") and jax.device_count() == 1
 
