@@ -39,7 +39,7 @@ import numpy as np
 from bert_jax import onednn
 from bert_jax.device_dtype import target_backend
 from bert_jax.errors import DataError
-from bert_jax.layers import dropout, matmul, on_onednn
+from bert_jax.layers import dropout, matmul, on_onednn, product
 
 IMPLEMENTATIONS = ("xla", "cudnn", "splash", "auto")
 CHUNK_FROM = 2048  # Query length from which the XLA reference runs chunked.
@@ -202,28 +202,19 @@ def masked_attention(q_BxLxNxH, k_BxMxNxH, v_BxMxNxH, mask_Bx1xLxM, *, dtype,
   """The XLA reference under any boolean mask [B or 1, 1, L, M] (a causal mask, a KV cache's
   filled slots, ...): (context [B, L, N, H] f32, probabilities [B, N, L, M] or None)."""
   scale = 1.0 / jnp.sqrt(jnp.float32(q_BxLxNxH.shape[-1]))
-  product = _batched_product(dtype)
+  mm = functools.partial(product, dtype=dtype)
   q_BxNxLxH = jnp.swapaxes(q_BxLxNxH * scale, 1, 2)
   k_BxNxMxH = jnp.swapaxes(k_BxMxNxH, 1, 2)
   v_BxNxMxH = jnp.swapaxes(v_BxMxNxH, 1, 2)
-  scores_BxNxLxM = product(q_BxNxLxH, k_BxNxMxH, transpose_b=True)
+  scores_BxNxLxM = mm(q_BxNxLxH, k_BxNxMxH, transpose_b=True)
   # The mask as an additive bias, not a select: XLA:CPU fuses the add into the softmax (the
   # select cost as much as the softmax itself at [32, 12, 128, 128]). Fully masked rows
   # (padding queries) come out finite either way; their outputs are not defined.
   scores_BxNxLxM = scores_BxNxLxM + jnp.where(mask_Bx1xLxM, 0.0, _NEG_INF)
   probs_BxNxLxM = jax.nn.softmax(scores_BxNxLxM, axis=-1)
   dropped = dropout(probs_BxNxLxM, dropout_rate, dropout_rng)
-  ctx_BxLxNxH = jnp.swapaxes(product(dropped, v_BxNxMxH), 1, 2)
+  ctx_BxLxNxH = jnp.swapaxes(mm(dropped, v_BxNxMxH), 1, 2)
   return ctx_BxLxNxH, (probs_BxNxLxM if want_probs else None)
-
-
-def _batched_product(dtype):
-  """Attention's two batched products: on oneDNN for f32 on one CPU device where its kernel is
-  usable (onednn.f32_enabled; 2-3x XLA:CPU's batched dots at BERT's shapes), else
-  layers.matmul in `dtype` with f32 accumulation."""
-  if on_onednn(dtype):
-    return lambda a, b, transpose_b=False: onednn.batched_matmul(a, b, transpose_b, dtype)
-  return lambda a, b, transpose_b=False: matmul(a, b, dtype, transpose_b=transpose_b)
 
 
 # ----------------------------------------------------------------------------- XLA, chunked

@@ -219,13 +219,15 @@ def on_onednn(dtype) -> bool:
   return f32_on_onednn(dtype)
 
 
-def _dense_product(x_MxK: jax.Array, w_KxN: jax.Array, dtype) -> jax.Array:
-  """A Dense layer's product: oneDNN's where on_onednn (f32 on a Xeon without avx512_bf16,
-  where "auto" is f32: BERT-base's f32 training step 5-10% faster, batch-1 f32 classification
-  1.3x, MiniLM embeddings 1.16x; benchmarks/RESULTS.md run X), else `matmul` in `dtype`."""
+def product(a_xMxK: jax.Array, b: jax.Array, dtype, transpose_b: bool = False) -> jax.Array:
+  """(Batched) a @ b, or a @ b^T with `transpose_b`, in `dtype` with f32 results, forward and
+  backward: oneDNN's where on_onednn (f32 on a Xeon without avx512_bf16, where "auto" is f32:
+  BERT-base's f32 training step 5-10% faster, batch-1 f32 classification 1.3x, MiniLM embeddings
+  1.16x, benchmarks/RESULTS.md run X; bf16 on CPUs with native bf16, run AD), else `matmul`.
+  Dense layers, attention's batched products and tied decoders (Embed.attend) all go here."""
   if on_onednn(dtype):
-    return onednn.batched_matmul(x_MxK, w_KxN, False, dtype)
-  return matmul(x_MxK, w_KxN, dtype)
+    return onednn.batched_matmul(a_xMxK, b, transpose_b, dtype)
+  return matmul(a_xMxK, b, dtype, transpose_b=transpose_b)
 
 
 class ColumnPanels(nnx.Variable):
@@ -290,7 +292,7 @@ class Dense(nnx.Module):
     if panels is not None and math.prod(lead) <= PANEL_MAX_ROWS:
       y_MxN = onednn.panel_matmul(x.reshape(-1, k), panels[...], _VALID_ROWS.get())
     else:
-      y_MxN = _dense_product(x.reshape(-1, k), kernel.reshape(k, n), self.dtype)
+      y_MxN = product(x.reshape(-1, k), kernel.reshape(k, n), self.dtype)
     y = y_MxN.reshape(*lead, *out_shape)
     if self.bias is not None:
       y = y + self.bias[...].astype(jnp.float32)
@@ -339,5 +341,5 @@ class Embed(nnx.Module):
       from bert_jax import quantization
       return quantization.attend(self.embedding, x, self.dtype)
     table_VxD = self.embedding[...]
-    logits_MxV = matmul(x.reshape(-1, x.shape[-1]), table_VxD, self.dtype, transpose_b=True)
+    logits_MxV = product(x.reshape(-1, x.shape[-1]), table_VxD, self.dtype, transpose_b=True)
     return logits_MxV.reshape(*x.shape[:-1], table_VxD.shape[0])

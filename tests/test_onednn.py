@@ -334,6 +334,36 @@ def test_dense_on_onednn_matches_xla_forward_and_backward(monkeypatch, lead, dty
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_tied_decoder_on_onednn_matches_xla_forward_and_backward(monkeypatch, dtype):
+  """Embed.attend (the MLM decoder against the word-embedding table, read through its strides:
+  no transposed copy of the table) on oneDNN against XLA: logits and the gradients of the
+  input and the table, for 3 x 7 rows against 300 words (four 64-column runs and 44 over)."""
+  from flax import nnx
+
+  from bert_jax import layers
+  embed = layers.Embed(300, 48, ("vocab", "embed"), init_std=0.5, dtype=dtype,
+                       param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(embed)
+  x = jax.random.normal(jax.random.key(9), (3, 7, 48))
+
+  def loss(state, x):
+    logits = nnx.merge(graphdef, state).attend(x)
+    return jnp.sum(jax.nn.log_softmax(logits)[..., :5]), logits
+
+  results = {}
+  for on in (True, False):
+    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
+    f = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+    assert ("bert_jax_onednn_matmul" in f.lower(state, x).as_text()) == on
+    results[on] = f(state, x)
+  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
+                        strict=True):
+    assert got.shape == want.shape and got.dtype == want.dtype == jnp.float32
+    _assert_close_for(dtype, got, want)
+
+
+@needs_kernel
 def test_f32_model_attention_on_onednn_matches_xla(minilm_dir, mobydick_path, tmp_path):
   """The real f32 model on real sentences: attention's and the Dense layers' products on oneDNN
   (BERT_JAX_ONEDNN auto: one CPU device; few rows from the kernels' column panels), and with
