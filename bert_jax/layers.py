@@ -154,6 +154,11 @@ def _mix32(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
+def key_words(key: jax.Array) -> jax.Array:
+  """A PRNG key's data as the uint32 words counter_bits hashes (and kernels that repeat it)."""
+  return jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
+
+
 def counter_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   """uint32 bits for each element of `shape`: a hash of the key and the element's index.
 
@@ -162,7 +167,7 @@ def counter_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   whole arrays (memory-bound: about 10% of a BERT-base CPU train step went to dropout masks).
   Each dimension's index is mixed in turn, so there is no wrap-around at 2**32 elements.
   """
-  words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
+  words = key_words(key)
   h = _mix32(words[0] ^ jnp.uint32(0x9E3779B9))
   for w in words[1:]:
     h = _mix32(h ^ w)

@@ -19,6 +19,10 @@ layers.on_onednn), in f32 and, on CPUs with native bf16, in bf16:
   training step 1.14x at 8 x 128 and 1.13x at 2 x 512 (RESULTS.md run AD). On family 25 a
   single bf16 product had run at XLA's speed, within 10%.
 
+For training on AVX-512, `attention_core` runs attention's products, softmax and dropout as
+one custom VJP: its softmax and dropout are one pass over the scores each way
+(kernels/softmax_dropout.cc, layers.dropout's mask to the bit) where XLA:CPU made five.
+
 `int8_matmul(a, b)` is the int32 product of two int8 matrices: through oneDNN on CPU when the
 kernel is usable and the CPU has int8 dot-product instructions (VNNI or AMX), XLA's dot
 elsewhere (`jax.lax.platform_dependent`, so a TPU or GPU lowering never sees the custom call),
@@ -82,12 +86,16 @@ QUANTIZED_TARGET = "bert_jax_onednn_quantized_matmul"
 ADAMW_TARGET = "bert_jax_adamw"
 ATTENTION_TARGET = "bert_jax_attention"
 PANEL_TARGET = "bert_jax_onednn_panel_matmul"
+SOFTMAX_TARGET = "bert_jax_softmax_dropout"
+SOFTMAX_GRAD_TARGET = "bert_jax_softmax_dropout_grad"
 _KERNELS = os.path.join(os.path.dirname(__file__), "kernels")
 SOURCE = os.path.join(_KERNELS, "onednn_matmul.cc")
 # Built into the same library: the fused AdamW step (bert_jax.fused_adamw), attention's core for
-# inference (`attention`) and the thread-pool helpers the kernels share.
-OTHER_SOURCES = (os.path.join(_KERNELS, "adamw.cc"), os.path.join(_KERNELS, "attention.cc"))
-HEADERS = (os.path.join(_KERNELS, "pool.h"),)
+# inference (`attention`), its softmax and dropout for training (`attention_core`) and the
+# thread-pool helpers the kernels share.
+OTHER_SOURCES = (os.path.join(_KERNELS, "adamw.cc"), os.path.join(_KERNELS, "attention.cc"),
+                 os.path.join(_KERNELS, "softmax_dropout.cc"))
+HEADERS = (os.path.join(_KERNELS, "pool.h"), os.path.join(_KERNELS, "exp.h"))
 # OpenMP to keep oneDNN single-threaded on each of XLA's pool threads the kernel splits work
 # over; no FMA contraction, so the quantized product's quantize and rescale repeat XLA's f32
 # roundings (an FMA only where it writes one); sqrt without errno, so AdamW's loop vectorizes.
@@ -196,7 +204,9 @@ def _load_once() -> str:
                          (QUANTIZED_TARGET, library.BertJaxOnednnQuantizedMatmul),
                          (ADAMW_TARGET, library.BertJaxAdamW),
                          (ATTENTION_TARGET, library.BertJaxAttention),
-                         (PANEL_TARGET, library.BertJaxOnednnPanelMatmul)):
+                         (PANEL_TARGET, library.BertJaxOnednnPanelMatmul),
+                         (SOFTMAX_TARGET, library.BertJaxSoftmaxDropout),
+                         (SOFTMAX_GRAD_TARGET, library.BertJaxSoftmaxDropoutGrad)):
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   library.BertJaxSetSpinMicros.argtypes = [ctypes.c_int]
   library.BertJaxOnednnPackedBytes.argtypes = [ctypes.c_int64, ctypes.c_int64]
@@ -333,6 +343,67 @@ def _bmm_bwd(transpose_b, dtype, res, g):
 
 
 batched_matmul.defvjp(_bmm_fwd, _bmm_bwd)
+
+
+def core_usable() -> bool:
+  """Whether `attention_core`'s softmax and dropout kernels run on this CPU (AVX-512); the
+  caller checks that its products run on oneDNN (layers.on_onednn)."""
+  return "avx512f" in _this_cpu_flags()
+
+
+def _dropout_constants(rate: float) -> tuple[int, np.float32]:
+  """layers.dropout's threshold on the hash and its scale of what is kept (0: no dropout)."""
+  if rate <= 0.0:
+    return 0, np.float32(1.0)
+  return min(round(rate * 2.0**32), 2**32 - 1), np.float32(1.0 / (1.0 - rate))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def attention_core(q_BxNxLxH: jax.Array, k_BxNxMxH: jax.Array, v_BxNxMxH: jax.Array,
+                   bias_Bx1xLxM: jax.Array, key_words: jax.Array, dtype, rate: float
+                   ) -> jax.Array:
+  """softmax(q k^T + bias) with layers.dropout's mask (the words of its key, `rate`), times v:
+  the context [B, N, L, H] in f32, gradients included, for training (q already scaled). The
+  products are oneDNN's (`dtype` inputs, f32 sums); the softmax and dropout one pass over the
+  scores each way (kernels/softmax_dropout.cc: the row's max and sum kept, y recomputed in the
+  backward), with the dropped probabilities and the scores' gradient in `dtype`. The bias
+  [B or 1, 1, L or 1, M] (a mask's 0 / -1e9) gets no gradient; q, k and v get theirs in their
+  own dtypes."""
+  return _core_fwd(q_BxNxLxH, k_BxNxMxH, v_BxNxMxH, bias_Bx1xLxM, key_words, dtype, rate)[0]
+
+
+def _core_fwd(q, k, v, bias, key_words, dtype, rate):
+  _require_kernel()
+  q_c, k_c, v_c = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+  s_BxNxLxM = matmul(q_c, k_c, jnp.float32, transpose_b=True)
+  drop_below, keep_scale = _dropout_constants(rate)
+  b, n, l, _ = s_BxNxLxM.shape
+  call = jax.ffi.ffi_call(SOFTMAX_TARGET, (jax.ShapeDtypeStruct(s_BxNxLxM.shape, dtype),
+                                           jax.ShapeDtypeStruct((b, n, l, 2), jnp.float32)))
+  p_BxNxLxM, stats = call(s_BxNxLxM, bias.astype(jnp.float32), key_words.astype(jnp.uint32),
+                          drop_below=np.int64(drop_below), keep_scale=keep_scale)
+  ctx = matmul(p_BxNxLxM, v_c, jnp.float32)
+  markers = tuple(jnp.zeros((0,), x.dtype) for x in (q, k, v))
+  return ctx, (q_c, k_c, v_c, s_BxNxLxM, bias, stats, p_BxNxLxM, key_words, markers)
+
+
+def _core_bwd(dtype, rate, res, g):
+  q_c, k_c, v_c, s_BxNxLxM, bias, stats, p_BxNxLxM, key_words, markers = res
+  g_c = g.astype(dtype)
+  dp_BxNxLxM = matmul(g_c, v_c, jnp.float32, transpose_b=True)
+  dv = matmul(p_BxNxLxM, g_c, jnp.float32, transpose_a=True)
+  drop_below, keep_scale = _dropout_constants(rate)
+  call = jax.ffi.ffi_call(SOFTMAX_GRAD_TARGET, jax.ShapeDtypeStruct(s_BxNxLxM.shape, dtype))
+  ds_BxNxLxM = call(s_BxNxLxM, bias.astype(jnp.float32), stats, dp_BxNxLxM,
+                    key_words.astype(jnp.uint32), drop_below=np.int64(drop_below),
+                    keep_scale=keep_scale)
+  dq = matmul(ds_BxNxLxM, k_c, jnp.float32)
+  dk = matmul(ds_BxNxLxM, q_c, jnp.float32, transpose_a=True)
+  return (dq.astype(markers[0].dtype), dk.astype(markers[1].dtype), dv.astype(markers[2].dtype),
+          None, None)
+
+
+attention_core.defvjp(_core_fwd, _core_bwd)
 
 
 def attention_usable(head_size: int) -> bool:

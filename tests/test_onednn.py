@@ -300,6 +300,78 @@ def test_attention_products_on_onednn_match_xla_forward_and_backward(monkeypatch
     _assert_close_for(dtype, got, want)
 
 
+needs_core = pytest.mark.skipif(bool(REASON) or not onednn.core_usable(),
+                                reason=f"attention_core needs the kernel and AVX-512: {REASON}")
+
+
+@needs_core
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("mask_kind,rate", [("padding", 0.1), ("padding", 0.02), ("causal", 0.5)])
+def test_attention_core_matches_xla_forward_and_backward(monkeypatch, dtype, mask_kind, rate):
+  """masked_attention as onednn.attention_core (products, softmax and dropout in one custom
+  VJP, the softmax kernels in the program) against XLA's ops: the context and the gradients of
+  q, k and v, with a padding mask [B, 1, 1, M] or a causal one [1, 1, L, M], 37 keys (two
+  16-lane blocks and 5 over), dropout at 0.02, 0.1 and 0.5 (a mask that differed anywhere
+  would move the results far past the tolerance). Without dropout (inference, evaluation) the
+  XLA path stays."""
+  from bert_jax import attention
+  kq, kk, kv, kd, kg = jax.random.split(jax.random.key(4), 5)
+  q, k, v = (jax.random.normal(key, (3, 37, 2, 16)) for key in (kq, kk, kv))
+  if mask_kind == "padding":
+    mask = (jnp.arange(37)[None, :] < jnp.array([[37], [20], [1]]))[:, None, None, :]
+  else:
+    mask = (jnp.arange(37)[None, :] <= jnp.arange(37)[:, None])[None, None]
+  weights = jax.random.normal(kg, (3, 37, 2, 16))
+
+  def loss(q, k, v):
+    ctx, _ = attention.masked_attention(q, k, v, mask, dtype=dtype, dropout_rate=rate,
+                                        dropout_rng=kd if rate else None)
+    return jnp.sum(ctx * weights), ctx
+
+  results = {}
+  for on in (True, False):
+    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
+    f = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+    hlo = f.lower(q, k, v).as_text()
+    assert (onednn.SOFTMAX_TARGET in hlo and onednn.SOFTMAX_GRAD_TARGET in hlo) == on
+    results[on] = f(q, k, v)
+  no_dropout = jax.jit(lambda q: attention.masked_attention(q, k, v, mask, dtype=dtype)[0])
+  assert onednn.SOFTMAX_TARGET not in no_dropout.lower(q).as_text()
+  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
+                        strict=True):
+    assert got.dtype == want.dtype == jnp.float32
+    _assert_close_for(dtype, got, want)
+
+
+@needs_core
+def test_attention_core_keeps_layers_dropout_mask():
+  """The kernel's dropout is layers.dropout's to the bit: with v the identity, the context is
+  the dropped probabilities themselves, zero exactly where layers.counter_bits drops (shapes
+  whose rows split unevenly over the threads, 70 keys)."""
+  from bert_jax import layers
+  b, n, l, m = 2, 3, 5, 70
+  key = jax.random.key(11)
+  q = jnp.zeros((b, n, l, m))  # uniform scores: every probability 1 / m before dropout
+  k = jnp.zeros((b, n, m, m))
+  v = jnp.broadcast_to(jnp.eye(m), (b, n, m, m))
+  bias = jnp.zeros((b, 1, 1, m))
+  ctx = onednn.attention_core(q, k, v, bias, layers.key_words(key), jnp.float32, 0.3)
+  keep = np.asarray(layers.counter_bits(key, (b, n, l, m)) >= round(0.3 * 2.0**32))
+  assert 0.55 < keep.mean() < 0.85
+  np.testing.assert_array_equal(np.asarray(ctx) == 0.0, ~keep)
+  np.testing.assert_allclose(np.asarray(ctx)[keep], 1.0 / m / 0.7, rtol=1e-5)
+
+
+@needs_core
+def test_attention_core_rejects_a_bias_of_another_shape():
+  """A bias that is not [B or 1, 1, L or 1, M] stops with one sentence saying the shapes."""
+  q = jnp.zeros((2, 1, 4, 16))
+  bias = jnp.zeros((2, 1, 3, 4))  # 3 rows: neither 1 nor L
+  with pytest.raises(Exception, match="softmax_dropout takes scores"):
+    jax.block_until_ready(onednn.attention_core(q, q, q, bias, jnp.zeros((1,), jnp.uint32),
+                                                jnp.float32, 0.0))
+
+
 @needs_kernel
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("lead", [(3, 5), (2, 70)])
@@ -590,6 +662,7 @@ def test_bf16_pretraining_step_on_onednn_tracks_xla(pretrain_dataset, vocab_path
     monkeypatch.setattr(onednn, "bf16_enabled", lambda on=on: on)
     _, _, metrics, hlo = run_train_steps(config, batches)
     assert ("bert_jax_onednn_matmul" in hlo) == on
+    assert (onednn.SOFTMAX_GRAD_TARGET in hlo) == (on and onednn.core_usable())
     runs[on] = np.array(metrics)
   assert np.all(np.isfinite(runs[True])) and runs[True][0, 0] > 1.0
   np.testing.assert_allclose(runs[True], runs[False], rtol=2e-3)

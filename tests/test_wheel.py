@@ -28,7 +28,8 @@ PACKAGE_FILES = ("bert_jax/configs/__init__.py", "bert_jax/configs/common.py",
                  "bert_jax/resources/bert-base-uncased-vocab.txt",
                  "bert_jax/resources/web-bible.en.txt.gz", "bert_jax/cli/__init__.py",
                  "bert_jax/kernels/onednn_matmul.cc", "bert_jax/kernels/adamw.cc",
-                 "bert_jax/kernels/pool.h")
+                 "bert_jax/kernels/attention.cc", "bert_jax/kernels/softmax_dropout.cc",
+                 "bert_jax/kernels/pool.h", "bert_jax/kernels/exp.h")
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
