@@ -273,6 +273,23 @@ def _assert_close_for(dtype, got, want):
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=atol)
 
 
+def _assert_onednn_matches_xla(monkeypatch, dtype, fn, *args,
+                               targets=("bert_jax_onednn_matmul",)):
+  """jit(fn)(*args) with `dtype` products on oneDNN and on XLA: the custom-call `targets` in the
+  program exactly when on, and every output leaf f32, shaped alike and close (_assert_close_for)."""
+  results = {}
+  for on in (True, False):
+    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
+    f = jax.jit(lambda *a: fn(*a))  # a new function: jit's trace cache must not serve both
+    hlo = f.lower(*args).as_text()
+    assert [t in hlo for t in targets] == [on] * len(targets)
+    results[on] = f(*args)
+  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
+                        strict=True):
+    assert got.shape == want.shape and got.dtype == want.dtype == jnp.float32
+    _assert_close_for(dtype, got, want)
+
+
 @needs_kernel
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_attention_products_on_onednn_match_xla_forward_and_backward(monkeypatch, dtype):
@@ -288,16 +305,8 @@ def test_attention_products_on_onednn_match_xla_forward_and_backward(monkeypatch
                                         dropout_rng=kd)
     return jnp.sum(jnp.where(mask[:, 0, 0, :, None, None], ctx, 0.0) ** 2), ctx
 
-  results = {}
-  for on in (True, False):
-    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
-    f = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
-    assert ("bert_jax_onednn_matmul" in f.lower(q, k, v).as_text()) == on
-    results[on] = f(q, k, v)
-  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
-                        strict=True):
-    assert got.dtype == want.dtype == jnp.float32
-    _assert_close_for(dtype, got, want)
+  _assert_onednn_matches_xla(monkeypatch, dtype,
+                             jax.grad(loss, argnums=(0, 1, 2), has_aux=True), q, k, v)
 
 
 needs_core = pytest.mark.skipif(bool(REASON) or not onednn.core_usable(),
@@ -328,19 +337,12 @@ def test_attention_core_matches_xla_forward_and_backward(monkeypatch, dtype, mas
                                         dropout_rng=kd if rate else None)
     return jnp.sum(ctx * weights), ctx
 
-  results = {}
-  for on in (True, False):
-    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
-    f = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
-    hlo = f.lower(q, k, v).as_text()
-    assert (onednn.SOFTMAX_TARGET in hlo and onednn.SOFTMAX_GRAD_TARGET in hlo) == on
-    results[on] = f(q, k, v)
+  _assert_onednn_matches_xla(monkeypatch, dtype,
+                             jax.grad(loss, argnums=(0, 1, 2), has_aux=True), q, k, v,
+                             targets=(onednn.SOFTMAX_TARGET, onednn.SOFTMAX_GRAD_TARGET))
+  monkeypatch.setattr(onednn, ENABLED[dtype], lambda: True)
   no_dropout = jax.jit(lambda q: attention.masked_attention(q, k, v, mask, dtype=dtype)[0])
   assert onednn.SOFTMAX_TARGET not in no_dropout.lower(q).as_text()
-  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
-                        strict=True):
-    assert got.dtype == want.dtype == jnp.float32
-    _assert_close_for(dtype, got, want)
 
 
 @needs_core
@@ -393,16 +395,8 @@ def test_dense_on_onednn_matches_xla_forward_and_backward(monkeypatch, lead, dty
     y = nnx.merge(graphdef, state)(x)
     return jnp.sum(jnp.sin(y)), y
 
-  results = {}
-  for on in (True, False):
-    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
-    f = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
-    assert ("bert_jax_onednn_matmul" in f.lower(state, x).as_text()) == on
-    results[on] = f(state, x)
-  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
-                        strict=True):
-    assert got.dtype == want.dtype == jnp.float32
-    _assert_close_for(dtype, got, want)
+  _assert_onednn_matches_xla(monkeypatch, dtype,
+                             jax.grad(loss, argnums=(0, 1), has_aux=True), state, x)
 
 
 @needs_kernel
@@ -423,16 +417,8 @@ def test_tied_decoder_on_onednn_matches_xla_forward_and_backward(monkeypatch, dt
     logits = nnx.merge(graphdef, state).attend(x)
     return jnp.sum(jax.nn.log_softmax(logits)[..., :5]), logits
 
-  results = {}
-  for on in (True, False):
-    monkeypatch.setattr(onednn, ENABLED[dtype], lambda on=on: on)
-    f = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
-    assert ("bert_jax_onednn_matmul" in f.lower(state, x).as_text()) == on
-    results[on] = f(state, x)
-  for got, want in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False]),
-                        strict=True):
-    assert got.shape == want.shape and got.dtype == want.dtype == jnp.float32
-    _assert_close_for(dtype, got, want)
+  _assert_onednn_matches_xla(monkeypatch, dtype,
+                             jax.grad(loss, argnums=(0, 1), has_aux=True), state, x)
 
 
 @needs_kernel
