@@ -59,6 +59,11 @@ FUSED_MIN_ROWS = 1280
 # without: 1.10-1.16x; run AB).
 FUSED_MAX_SMALL_ROWS = 64
 _NEG_INF = -1e9  # Large but finite, so fully masked rows (padding queries) stay finite.
+
+
+def _mask_bias(mask: jax.Array) -> jax.Array:
+  """A boolean mask as the f32 additive bias the kernels and the XLA softmax take (0 / -1e9)."""
+  return jnp.where(mask, 0.0, _NEG_INF).astype(jnp.float32)
 _log = logging.getLogger(__name__)
 _warned: set[str] = set()
 
@@ -184,7 +189,7 @@ def dot_product_attention(q_BxLxNxH: jax.Array, k_BxMxNxH: jax.Array, v_BxMxNxH:
       and not FUSED_MAX_SMALL_ROWS < q_BxLxNxH.shape[0] * seq_len < FUSED_MIN_ROWS
       and on_onednn(dtype)
       and onednn.attention_usable(head_size)):
-    bias = jnp.where(dense_mask(mask, half_window), 0.0, _NEG_INF).astype(jnp.float32)
+    bias = _mask_bias(dense_mask(mask, half_window))
     bias_Bx1xRxM = jnp.broadcast_to(bias, (q_BxLxNxH.shape[0], 1, *bias.shape[2:]))
     return onednn.attention(q_BxLxNxH, k_BxMxNxH, v_BxMxNxH, bias_Bx1xRxM,
                             1.0 / math.sqrt(head_size)), None
@@ -206,19 +211,19 @@ def masked_attention(q_BxLxNxH, k_BxMxNxH, v_BxMxNxH, mask_Bx1xLxM, *, dtype,
   q_BxNxLxH = jnp.swapaxes(q_BxLxNxH * scale, 1, 2)
   k_BxNxMxH = jnp.swapaxes(k_BxMxNxH, 1, 2)
   v_BxNxMxH = jnp.swapaxes(v_BxMxNxH, 1, 2)
+  # The mask as an additive bias, not a select: XLA:CPU fuses the add into the softmax (the
+  # select cost as much as the softmax itself at [32, 12, 128, 128]). Fully masked rows
+  # (padding queries) come out finite either way; their outputs are not defined.
+  bias_Bx1xLxM = _mask_bias(mask_Bx1xLxM)
   dropping = dropout_rng is not None and dropout_rate > 0.0
   if dropping and not want_probs and on_onednn(dtype) and onednn.core_usable():
     # Training: products, softmax and dropout in one custom VJP (onednn.attention_core; the
     # BERT-base bf16 step 1.02x at 2 x 512, level at 8 x 128: RESULTS.md run AE).
-    bias_Bx1xLxM = jnp.where(mask_Bx1xLxM, 0.0, _NEG_INF).astype(jnp.float32)
     ctx_BxNxLxH = onednn.attention_core(q_BxNxLxH, k_BxNxMxH, v_BxNxMxH, bias_Bx1xLxM,
                                         key_words(dropout_rng), dtype, dropout_rate)
     return jnp.swapaxes(ctx_BxNxLxH, 1, 2), None
   scores_BxNxLxM = mm(q_BxNxLxH, k_BxNxMxH, transpose_b=True)
-  # The mask as an additive bias, not a select: XLA:CPU fuses the add into the softmax (the
-  # select cost as much as the softmax itself at [32, 12, 128, 128]). Fully masked rows
-  # (padding queries) come out finite either way; their outputs are not defined.
-  scores_BxNxLxM = scores_BxNxLxM + jnp.where(mask_Bx1xLxM, 0.0, _NEG_INF)
+  scores_BxNxLxM = scores_BxNxLxM + bias_Bx1xLxM
   probs_BxNxLxM = jax.nn.softmax(scores_BxNxLxM, axis=-1)
   dropped = dropout(probs_BxNxLxM, dropout_rate, dropout_rng)
   ctx_BxLxNxH = jnp.swapaxes(mm(dropped, v_BxNxMxH), 1, 2)

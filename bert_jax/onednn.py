@@ -375,13 +375,14 @@ def attention_core(q_BxNxLxH: jax.Array, k_BxNxMxH: jax.Array, v_BxNxMxH: jax.Ar
 def _core_fwd(q, k, v, bias, key_words, dtype, rate):
   _require_kernel()
   q_c, k_c, v_c = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+  bias, key_words = bias.astype(jnp.float32), key_words.astype(jnp.uint32)  # kept so for bwd
   s_BxNxLxM = matmul(q_c, k_c, jnp.float32, transpose_b=True)
   drop_below, keep_scale = _dropout_constants(rate)
   b, n, l, _ = s_BxNxLxM.shape
   call = jax.ffi.ffi_call(SOFTMAX_TARGET, (jax.ShapeDtypeStruct(s_BxNxLxM.shape, dtype),
                                            jax.ShapeDtypeStruct((b, n, l, 2), jnp.float32)))
-  p_BxNxLxM, stats = call(s_BxNxLxM, bias.astype(jnp.float32), key_words.astype(jnp.uint32),
-                          drop_below=np.int64(drop_below), keep_scale=keep_scale)
+  p_BxNxLxM, stats = call(s_BxNxLxM, bias, key_words, drop_below=np.int64(drop_below),
+                          keep_scale=keep_scale)
   ctx = matmul(p_BxNxLxM, v_c, jnp.float32)
   markers = tuple(jnp.zeros((0,), x.dtype) for x in (q, k, v))
   return ctx, (q_c, k_c, v_c, s_BxNxLxM, bias, stats, p_BxNxLxM, key_words, markers)
@@ -394,9 +395,8 @@ def _core_bwd(dtype, rate, res, g):
   dv = matmul(p_BxNxLxM, g_c, jnp.float32, transpose_a=True)
   drop_below, keep_scale = _dropout_constants(rate)
   call = jax.ffi.ffi_call(SOFTMAX_GRAD_TARGET, jax.ShapeDtypeStruct(s_BxNxLxM.shape, dtype))
-  ds_BxNxLxM = call(s_BxNxLxM, bias.astype(jnp.float32), stats, dp_BxNxLxM,
-                    key_words.astype(jnp.uint32), drop_below=np.int64(drop_below),
-                    keep_scale=keep_scale)
+  ds_BxNxLxM = call(s_BxNxLxM, bias, stats, dp_BxNxLxM, key_words,
+                    drop_below=np.int64(drop_below), keep_scale=keep_scale)
   dq = matmul(ds_BxNxLxM, k_c, jnp.float32)
   dk = matmul(ds_BxNxLxM, q_c, jnp.float32, transpose_a=True)
   return (dq.astype(markers[0].dtype), dk.astype(markers[1].dtype), dv.astype(markers[2].dtype),

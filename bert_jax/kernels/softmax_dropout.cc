@@ -203,12 +203,20 @@ __attribute__((target("avx512f"))) void BackwardRows(const Rows& r, const float*
   }
 }
 
-// Checks the shapes and fills `rows`; an error message, or "" when they fit.
-const char* Shapes(ffi::Span<const int64_t> sd, ffi::Span<const int64_t> bd, size_t key_words,
-                   Rows* rows) {
+uint32_t KeyHash(const uint32_t* words, size_t count) {  // counter_bits' hash of the key
+  uint32_t h = Mix(words[0] ^ kGolden);
+  for (size_t i = 1; i < count; ++i) h = Mix(h ^ words[i]);
+  return h;
+}
+
+// Checks the shapes and fills `rows` (shapes, key hash, dropout constants); an error message,
+// or "" when they fit.
+const char* Prepare(ffi::Span<const int64_t> sd, ffi::Span<const int64_t> bd,
+                    const ffi::Buffer<ffi::U32>& key, int64_t drop_below, float keep_scale,
+                    Rows* rows) {
   if (sd.size() != 4 || bd.size() != 4 || bd[1] != 1 || (bd[0] != 1 && bd[0] != sd[0]) ||
-      (bd[2] != 1 && bd[2] != sd[2]) || bd[3] != sd[3] || sd[3] < 1 || key_words < 1 ||
-      !__builtin_cpu_supports("avx512f")) {
+      (bd[2] != 1 && bd[2] != sd[2]) || bd[3] != sd[3] || sd[3] < 1 ||
+      key.element_count() < 1 || !__builtin_cpu_supports("avx512f")) {
     return "bert_jax softmax_dropout takes scores [B, N, L, M], a bias [B or 1, 1, L or 1, M] "
            "and at least one key word, on a CPU with AVX-512";
   }
@@ -218,13 +226,11 @@ const char* Shapes(ffi::Span<const int64_t> sd, ffi::Span<const int64_t> bd, siz
   rows->m = sd[3];
   rows->bias_b = bd[0];
   rows->bias_l = bd[2];
+  rows->key_hash = KeyHash(key.typed_data(), key.element_count());
+  rows->drop_below = static_cast<uint32_t>(drop_below);
+  rows->dropout = drop_below > 0;
+  rows->keep_scale = keep_scale;
   return "";
-}
-
-uint32_t KeyHash(const uint32_t* words, size_t count) {  // counter_bits' hash of the key
-  uint32_t h = Mix(words[0] ^ kGolden);
-  for (size_t i = 1; i < count; ++i) h = Mix(h ^ words[i]);
-  return h;
 }
 
 template <typename Body>
@@ -241,17 +247,13 @@ ffi::Future Forward(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> bias,
                     ffi::ResultBuffer<ffi::F32> stats, int64_t drop_below, float keep_scale,
                     ffi::ThreadPool pool) {
   Rows r{};
-  const char* bad = Shapes(s.dimensions(), bias.dimensions(), key.element_count(), &r);
+  const char* bad = Prepare(s.dimensions(), bias.dimensions(), key, drop_below, keep_scale, &r);
   const bool bf16 = p->element_type() == ffi::DataType::BF16;
   if (*bad || (!bf16 && p->element_type() != ffi::DataType::F32) ||
       p->element_count() != s.element_count() || stats->element_count() != 2 * r.b * r.n * r.l) {
     return Completed(ffi::Error::InvalidArgument(
         *bad ? bad : "bert_jax softmax_dropout writes f32 or bf16 p shaped as the scores"));
   }
-  r.key_hash = KeyHash(key.typed_data(), key.element_count());
-  r.drop_below = static_cast<uint32_t>(drop_below);
-  r.dropout = drop_below > 0;
-  r.keep_scale = keep_scale;
   const float *sp = s.typed_data(), *bp = bias.typed_data();
   float* st = stats->typed_data();
   void* out = p->untyped_data();
@@ -271,7 +273,7 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> bias,
                      ffi::Buffer<ffi::U32> key, ffi::Result<ffi::AnyBuffer> ds,
                      int64_t drop_below, float keep_scale, ffi::ThreadPool pool) {
   Rows r{};
-  const char* bad = Shapes(s.dimensions(), bias.dimensions(), key.element_count(), &r);
+  const char* bad = Prepare(s.dimensions(), bias.dimensions(), key, drop_below, keep_scale, &r);
   const bool bf16 = ds->element_type() == ffi::DataType::BF16;
   if (*bad || (!bf16 && ds->element_type() != ffi::DataType::F32) ||
       ds->element_count() != s.element_count() || dp.element_count() != s.element_count() ||
@@ -279,10 +281,6 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> bias,
     return Completed(ffi::Error::InvalidArgument(
         *bad ? bad : "bert_jax softmax_dropout_grad takes dp and writes ds shaped as the scores"));
   }
-  r.key_hash = KeyHash(key.typed_data(), key.element_count());
-  r.drop_below = static_cast<uint32_t>(drop_below);
-  r.dropout = drop_below > 0;
-  r.keep_scale = keep_scale;
   const float *sp = s.typed_data(), *bp = bias.typed_data(), *st = stats.typed_data();
   const float* dpp = dp.typed_data();
   void* out = ds->untyped_data();
