@@ -177,11 +177,17 @@ def counter_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   return h
 
 
+def drop_threshold(rate: float) -> int:
+  """Dropout's threshold: an element is dropped where its counter hash is below it (both the
+  XLA path here and onednn.attention_core's kernel)."""
+  return min(round(rate * 2.0**32), 2**32 - 1)
+
+
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
   """Inverted dropout (drop probability `rate` to 2**-32); `key=None` means deterministic."""
   if key is None or rate == 0.0:
     return x
-  drop_below = jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
+  drop_below = jnp.uint32(drop_threshold(rate))
   keep = counter_bits(key, x.shape) >= drop_below
   return jnp.where(keep, x * (1.0 / (1.0 - rate)), jnp.zeros_like(x))
 

@@ -355,7 +355,8 @@ def _dropout_constants(rate: float) -> tuple[int, np.float32]:
   """layers.dropout's threshold on the hash and its scale of what is kept (0: no dropout)."""
   if rate <= 0.0:
     return 0, np.float32(1.0)
-  return min(round(rate * 2.0**32), 2**32 - 1), np.float32(1.0 / (1.0 - rate))
+  from bert_jax import layers  # imported here: layers imports this module
+  return layers.drop_threshold(rate), np.float32(1.0 / (1.0 - rate))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
