@@ -225,6 +225,12 @@ def cpu_mode(write=None) -> dict:
   results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
              "machine": machine(), "jax": jax.__version__, "device": str(jax.devices()[0]),
              "command": " ".join(sys.argv), "rows": []}
+  from bert_jax import onednn
+  # A kernel library that does not build sends every product back to XLA without an error.
+  results["onednn"] = onednn.unavailable_reason() or "usable"
+  if results["onednn"] != "usable":
+    print(f"The oneDNN kernels are unusable, every product runs on XLA: {results['onednn']}",
+          flush=True)
   print("Measuring the matmul peak (jitted 4096^2) ...", flush=True)
   peaks = matmul_peak.measure()
   results["peak_flops_per_s"] = peaks
@@ -250,8 +256,10 @@ def cpu_mode(write=None) -> dict:
           round_peak = ({"round_peak_flops_per_s": fastest_peak(matmul_peak.measure())}
                         if _ROUNDS.value > 1 else {})
           print(f"[{preset} {b}x{l}] bert_jax ({_DTYPE.value} -> {bc.dtype}) ...", flush=True)
-          row = dict(bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value),
+          row = dict(bert_jax_step.measure(config, steps=_STEPS.value, warmup=_WARMUP.value,
+                                           with_custom_calls=True),
                      variant=ours, **round_peak)
+          print(f"  custom calls in the step: {row['custom_calls'] or 'none'}", flush=True)
         else:
           print(f"[{preset} {b}x{l}] {name} {variant} ...", flush=True)
           row = run_peer(name, variant, case, python)
