@@ -61,6 +61,7 @@ import fcntl
 import functools
 import glob
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -190,14 +191,26 @@ def _load() -> str:
 _LIBRARY: list = []  # the loaded kernel library, once _load succeeded
 
 
+def _open_library():
+  """The kernel library, built if need be, or why it cannot be (a str). Without oneDNN or a
+  compiler that is expected and the products quietly stay on XLA; a build that fails with both
+  present is a bug, so it is logged too (a broken kernel would otherwise only show as speed)."""
+  try:
+    return ctypes.CDLL(build())
+  except RuntimeError as e:
+    logging.warning("The oneDNN kernels did not build; every product runs on XLA: %s", e)
+    return str(e)
+  except (OSError, FileNotFoundError) as e:
+    return str(e)
+
+
 @functools.cache
 def _load_once() -> str:
   spin = os.environ.get(SPIN_ENV, "").strip()
   spin = _spin_micros(spin) if spin else None  # a bad value stops here, before loading
-  try:
-    library = ctypes.CDLL(build())
-  except (OSError, RuntimeError, FileNotFoundError) as e:
-    return str(e)
+  library = _open_library()
+  if isinstance(library, str):
+    return library
   for target, symbol in ((TARGET, library.BertJaxOnednnMatmul),
                          (PACK_TARGET, library.BertJaxOnednnPack),
                          (PACKED_TARGET, library.BertJaxOnednnMatmulPacked),

@@ -586,6 +586,25 @@ def test_build_is_cached_per_user(tmp_path):
       os.path.basename(first)]
 
 
+def test_a_failed_build_is_logged_and_a_missing_onednn_is_not(monkeypatch, caplog):
+  def failing(message, error):
+    def build(environ=os.environ):
+      raise error(message)
+    return build
+
+  monkeypatch.setattr(onednn, "build", failing("building the oneDNN kernel failed (test)",
+                                               RuntimeError))
+  with caplog.at_level("WARNING"):
+    assert onednn._open_library() == "building the oneDNN kernel failed (test)"
+  assert "did not build; every product runs on XLA" in caplog.text
+  caplog.clear()
+  monkeypatch.setattr(onednn, "build", failing("no oneDNN with headers found (test)",
+                                               FileNotFoundError))
+  with caplog.at_level("WARNING"):
+    assert onednn._open_library() == "no oneDNN with headers found (test)"
+  assert caplog.text == ""
+
+
 def test_int8_activations_without_the_kernel_warn_and_still_compute(monkeypatch, caplog):
   from flax import nnx
 
