@@ -59,13 +59,13 @@ FUSED_MIN_ROWS = 1280
 # without: 1.10-1.16x; run AB).
 FUSED_MAX_SMALL_ROWS = 64
 _NEG_INF = -1e9  # Large but finite, so fully masked rows (padding queries) stay finite.
+_log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 def _mask_bias(mask: jax.Array) -> jax.Array:
   """A boolean mask as the f32 additive bias the kernels and the XLA softmax take (0 / -1e9)."""
   return jnp.where(mask, 0.0, _NEG_INF).astype(jnp.float32)
-_log = logging.getLogger(__name__)
-_warned: set[str] = set()
 
 
 class PackingError(DataError):

@@ -193,14 +193,15 @@ _LIBRARY: list = []  # the loaded kernel library, once _load succeeded
 
 def _open_library():
   """The kernel library, built if need be, or why it cannot be (a str). Without oneDNN or a
-  compiler that is expected and the products quietly stay on XLA; a build that fails with both
-  present is a bug, so it is logged too (a broken kernel would otherwise only show as speed)."""
+  compiler (build's FileNotFoundError) that is expected and the products quietly stay on XLA;
+  anything else (the build fails, the built library does not load) is a bug with both present,
+  so it is logged too (a broken kernel would otherwise only show as speed)."""
   try:
     return ctypes.CDLL(build())
-  except RuntimeError as e:
-    logging.warning("The oneDNN kernels did not build; every product runs on XLA: %s", e)
+  except FileNotFoundError as e:
     return str(e)
-  except (OSError, FileNotFoundError) as e:
+  except (OSError, RuntimeError) as e:
+    logging.warning("The oneDNN kernels did not build; every product runs on XLA: %s", e)
     return str(e)
 
 

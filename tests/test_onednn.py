@@ -598,6 +598,11 @@ def test_a_failed_build_is_logged_and_a_missing_onednn_is_not(monkeypatch, caplo
     assert onednn._open_library() == "building the oneDNN kernel failed (test)"
   assert "did not build; every product runs on XLA" in caplog.text
   caplog.clear()
+  monkeypatch.setattr(onednn, "build", lambda environ=os.environ: "/nonexistent/kernel.so")
+  with caplog.at_level("WARNING"):
+    assert "/nonexistent/kernel.so" in onednn._open_library()  # built but does not load
+  assert "did not build; every product runs on XLA" in caplog.text
+  caplog.clear()
   monkeypatch.setattr(onednn, "build", failing("no oneDNN with headers found (test)",
                                                FileNotFoundError))
   with caplog.at_level("WARNING"):
